@@ -1,0 +1,1 @@
+"""doit entry point: the task creators live in tasks/."""

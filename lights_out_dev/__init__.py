@@ -1,0 +1,1 @@
+"""lights-out: run GPU RL experiments unattended on a doit task graph."""

@@ -1,0 +1,226 @@
+"""Project configuration: `[tool.lights_out]` in pyproject.toml, validated by pydantic.
+
+Every field has a default, so an empty table is a working configuration for the reference
+trainer. Errors name the offending key and the fix in one sentence (`ConfigError`).
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+LauncherKind = Literal["lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu"]
+LAUNCHER_KINDS: tuple[str, ...] = ("lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu")
+MULTI_GPU_LAUNCHERS = frozenset({"lab_mgpu", "newton_mgpu"})
+
+
+class ConfigError(Exception):
+    """A user-caused configuration problem; str() is one sentence naming the value and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_duration(value: str | int | float | None) -> float | None:
+    """'90', '90s', '15m', '1h', '1h30m', '2d' -> seconds; None/'none'/0 -> None (no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value > 0 else None
+    text = value.strip().lower()
+    if text in ("", "none", "0", "inf", "unlimited"):
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"'{value}' is not a duration; write e.g. 90s, 15m, 1h or 1h30m")
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return float(sum(float(n) * scale[u] for n, u in parts))
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "none"
+    seconds = int(round(seconds))
+    if seconds % 3600 == 0 and seconds:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0 and seconds:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+class LauncherConfig(_Strict):
+    """How one launcher kind turns into a command line."""
+
+    prefix: list[str] = Field(default_factory=list, description="e.g. ['./IsaacLab/isaaclab.sh', '-p']; empty = this Python")
+    script: str = "workloads/train.py"
+    script_args: list[str] = Field(default_factory=list, description="fixed args right after the script, e.g. ['--rl_library', 'rsl_rl']")
+    flavour: Literal["isaaclab2", "isaaclab3"] = "isaaclab2"
+    headless: bool | None = None  # None: the launcher kind decides (lab_debug is the only GUI one)
+    newton_selector: str = "physics=newton"
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class PowerPolicy(_Strict):
+    watts: float | None = None
+    sm_clock_mhz: int | None = None
+    required_for_mgpu: bool = True
+    tolerance_watts: float = 1.0
+
+
+class GpuGuard(_Strict):
+    allowed_models: list[str] = Field(default_factory=list, description="regexes; empty = any model")
+    expected_count: int | None = None
+
+
+class MonitorConfig(_Strict):
+    stall_s: float = 300.0
+    startup_stall_s: float = 900.0
+    idle_gpu_stall_s: float = 300.0
+    time_limit: float | None = 3600.0
+    grace_s: float = 20.0
+    status_interval_s: float = 30.0
+    imbalance_util_pct: float = 30.0
+    imbalance_mem_pct: float = 30.0
+    busy_gpu_mem_mb: float = 1024.0
+    busy_gpu_action: Literal["refuse", "wait"] = "refuse"
+    extra_patterns: dict[str, list[str]] = Field(default_factory=dict, description="verdict -> regexes")
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _duration(cls, v):
+        return parse_duration(v)
+
+
+class PolicyRule(_Strict):
+    """What to do for one verdict; attempts are counted per verdict within a run."""
+
+    action: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "give_up", "accept"] = "retry"
+    max_attempts: int = 3
+    then: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "give_up", "accept"] | None = None
+    after: int = 1  # how many attempts use `action` before `then` applies
+
+
+def default_policy() -> dict[str, PolicyRule]:
+    """DESIGN.md §6."""
+    return {
+        "crash": PolicyRule(action="retry", max_attempts=3),
+        "stall": PolicyRule(action="retry", max_attempts=3),
+        "nccl": PolicyRule(action="retry", max_attempts=3),
+        "oom": PolicyRule(action="retry", max_attempts=3, after=1, then="halve_envs"),
+        "segfault": PolicyRule(action="retry", max_attempts=1),
+        "cuda_error": PolicyRule(action="retry", max_attempts=2, after=1, then="other_gpu"),
+        "imbalance": PolicyRule(action="retry", max_attempts=2, after=1, then="fewer_gpus"),
+        "config_error": PolicyRule(action="give_up", max_attempts=0),
+        "killed": PolicyRule(action="retry", max_attempts=3),
+        "timeout": PolicyRule(action="accept", max_attempts=0),
+    }
+
+
+class SlurmConfig(_Strict):
+    partition: str | None = None
+    account: str | None = None
+    constraint: str | None = None
+    nodelist: str | None = None
+    gres_per_gpu: str = "gpu"
+    signal: str = "USR1"
+    signal_lead_s: int = 60
+    requeue: bool = False
+    pending_timeout_s: float = 1800.0
+    extra_sbatch: list[str] = Field(default_factory=list)
+
+
+class ProjectConfig(_Strict):
+    logs_dir: str = "local_experiment_logs"
+    ledger: str = "lights_out_dev/sweep_log.md"
+    default_plan: str = "sweeps/default.yaml"
+    trainer_logs_dir: str = "logs/rsl_rl"
+    cpu_slots: int = Field(default=2, ge=1)
+    executor: Literal["local", "slurm"] = "local"
+    launchers: dict[str, LauncherConfig] = Field(default_factory=dict)
+    power: PowerPolicy = Field(default_factory=PowerPolicy)
+    gpu_guard: GpuGuard = Field(default_factory=GpuGuard)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    policy: dict[str, PolicyRule] = Field(default_factory=dict)
+    max_consecutive_failures: int = 3
+    experiment_env: dict[str, dict[str, str]] = Field(default_factory=dict, description="family -> literal env vars")
+    secrets: list[str] = Field(default_factory=lambda: ["WANDB_API_KEY"], description="env var names passed through, never written")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    events_command: list[str] = Field(default_factory=list, description="run on every watch event, the event JSON on stdin")
+
+    @field_validator("launchers")
+    @classmethod
+    def _known_launchers(cls, v: dict[str, LauncherConfig]):
+        unknown = sorted(set(v) - set(LAUNCHER_KINDS))
+        if unknown:
+            raise ValueError(f"unknown launcher {unknown[0]!r}; use one of {', '.join(LAUNCHER_KINDS)}")
+        return v
+
+    @field_validator("policy")
+    @classmethod
+    def _known_verdicts(cls, v: dict[str, PolicyRule]):
+        from lights_out_dev.verdicts import Verdict
+
+        unknown = sorted(set(v) - {x.value for x in Verdict})
+        if unknown:
+            raise ValueError(f"policy for unknown verdict {unknown[0]!r}; use one of {', '.join(x.value for x in Verdict)}")
+        return v
+
+    def launcher(self, kind: str) -> LauncherConfig:
+        return self.launchers.get(kind) or LauncherConfig()
+
+    def recovery_policy(self) -> dict[str, PolicyRule]:
+        return {**default_policy(), **self.policy}
+
+    def path(self, root: Path, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else root / p
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The directory holding dodo.py + pyproject.toml; LIGHTS_OUT_ROOT overrides."""
+    env = os.environ.get("LIGHTS_OUT_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").exists() and (d / "dodo.py").exists():
+            return d
+    return here
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    where = f"{source} [tool.lights_out]" + (f" key '{loc}'" if loc else "")
+    if first["type"] == "extra_forbidden":
+        return f"{where} is not a known setting; remove it or check its spelling (see README 'Configuration')."
+    return f"{where}: {msg}; fix that value in {source}."
+
+
+def load_config(root: Path | None = None) -> ProjectConfig:
+    root = root or project_root()
+    pyproject = root / "pyproject.toml"
+    if not pyproject.exists():
+        return ProjectConfig()
+    try:
+        data = tomllib.loads(pyproject.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{pyproject} is not valid TOML ({e}); fix the file.") from None
+    table = data.get("tool", {}).get("lights_out", {})
+    try:
+        return ProjectConfig.model_validate(table)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, str(pyproject))) from None
+
+
+def python_prefix() -> list[str]:
+    return [sys.executable]

@@ -1,0 +1,33 @@
+"""The closed set of verdicts a run's observations can lead to (DESIGN.md §3.5)."""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Verdict(str, Enum):
+    running = "running"
+    healthy = "healthy"
+    completed = "completed"
+    timeout = "timeout"
+    oom = "oom"
+    crash = "crash"
+    segfault = "segfault"
+    stall = "stall"
+    nccl = "nccl"
+    cuda_error = "cuda_error"
+    imbalance = "imbalance"
+    config_error = "config_error"
+    killed = "killed"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (Verdict.running, Verdict.healthy)
+
+    @property
+    def is_failure(self) -> bool:
+        return self.is_final and self not in (Verdict.completed, Verdict.timeout)
+
+
+# Run status as the ledger shows it.
+RUN_STATUSES = ("pending", "running", "completed", "timeout", "failed", "interrupted", "skipped")
+FINAL_STATUSES = frozenset({"completed", "timeout", "failed", "skipped"})
