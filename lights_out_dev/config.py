@@ -206,20 +206,41 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"{where}: {msg}; fix that value in {source}."
 
 
+def _read_table(path: Path) -> dict:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML ({e}); fix the file.") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path} ({e.strerror}); check the path.") from None
+    return data.get("tool", {}).get("lights_out", data if "tool" not in data else {})
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(root: Path | None = None) -> ProjectConfig:
+    """[tool.lights_out] of pyproject.toml, with the TOML file named by LIGHTS_OUT_CONFIG (if set)
+    merged over it — so a machine or a test can change limits without editing the project."""
     root = root or project_root()
     pyproject = root / "pyproject.toml"
-    if not pyproject.exists():
-        return ProjectConfig()
-    try:
-        data = tomllib.loads(pyproject.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{pyproject} is not valid TOML ({e}); fix the file.") from None
-    table = data.get("tool", {}).get("lights_out", {})
+    table = _read_table(pyproject) if pyproject.exists() else {}
+    source = str(pyproject)
+    overlay = os.environ.get("LIGHTS_OUT_CONFIG")
+    if overlay:
+        table = _deep_merge(table, _read_table(Path(overlay)))
+        source = f"{pyproject} + {overlay}"
     try:
         return ProjectConfig.model_validate(table)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, str(pyproject))) from None
+        raise ConfigError(_format_validation_error(e, source)) from None
 
 
 def python_prefix() -> list[str]:
