@@ -48,6 +48,8 @@ class Attempt(BaseModel):
     decision: str | None = None
     log_tail: list[str] = Field(default_factory=list)
     survivors: list[int] = Field(default_factory=list)
+    cleanup_s: float | None = None  # kill -> processes gone from the process table (and NVML)
+    imbalance: str | None = None  # multi-GPU imbalance seen while running
 
 
 class RunState(BaseModel):

@@ -1,0 +1,174 @@
+"""spec -> argv: the exact command line of one launch (DESIGN.md §3.2). Pure apart from `free_port`.
+
+Shape (Isaac Lab 2.x; isaaclab3 drops --headless):
+    single GPU: <prefix> <script> <script_args> --task T [--num_envs N] [--max_iterations N] [--seed N]
+                [--headless] --device cuda:N|cpu [--experiment_name E] [--checkpoint P]
+                [physics=newton] --rid <uuid> --run_name <name> <extra args...>
+    multi GPU:  <prefix> -m torch.distributed.run --nnodes=1 --nproc_per_node=N --master_port=P
+                <script> ... --distributed <extra args...>
+`prefix` empty means this Python (sys.executable). GPU pinning is `--device cuda:N`, never
+CUDA_VISIBLE_DEVICES; only multi-GPU runs get CUDA_VISIBLE_DEVICES (see `gpu_env`), because
+torch.distributed.run numbers its ranks 0..N-1 and each rank uses cuda:<LOCAL_RANK>.
+
+Last flag wins (`merge_flags`): an override replaces the earlier item *in place* (so the command
+keeps its familiar order and `--distributed` stays where the launcher put it); a new flag is
+appended. Items are flags with their value (`--num_envs 64`, `--lr=3e-4`) or Hydra tokens keyed by
+the name before '=' (`physics=newton`).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+from lights_out_dev.overrides import item_key, split_items
+from lights_out_dev.spec import RunSpec
+
+REDACTED = "***"
+
+
+def merge_flags(base: list[str], overrides: list[str]) -> list[str]:
+    """Last flag wins; order kept: a repeated flag/key replaces the earlier one where it stood."""
+    items = split_items(list(base))
+    for item in split_items(list(overrides)):
+        key = item_key(item)
+        positions = [i for i, old in enumerate(items) if item_key(old) == key]
+        if positions:
+            items[positions[0]] = item
+            for i in reversed(positions[1:]):
+                del items[i]
+        else:
+            items.append(item)
+    return [tok for item in items for tok in item]
+
+
+def new_rid() -> str:
+    return str(uuid.uuid4())
+
+
+def default_run_name(spec: RunSpec, gpus: list[int] | None, rid: str) -> str:
+    """`<task_short>_<envs>_gpu<N>_<rid6>`: unique, so parallel runs never share a log dir."""
+    short = spec.task.replace(":", "_")
+    where = "cpu" if gpus is None else "gpu" + "-".join(str(g) for g in gpus)
+    return f"{short}_{spec.num_envs or 'default'}_{where}_{rid[:6]}"
+
+
+def free_port() -> int:
+    """A TCP port free right now, so two multi-GPU runs on one host don't share a rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher_argv(spec: RunSpec, nproc: int, master_port: int | None = None) -> list[str]:
+    """Everything before the trainer's own flags: prefix [+ torch.distributed.run] + script."""
+    prefix = list(spec.prefix) or [sys.executable]
+    if not spec.multi_gpu:
+        return [*prefix, spec.script, *spec.script_args]
+    port = master_port if master_port is not None else free_port()
+    return [*prefix, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+            f"--master_port={port}", spec.script, *spec.script_args]
+
+
+def trainer_flags(spec: RunSpec, gpus: list[int] | None) -> list[str]:
+    """The flags the spec itself implies, before extra args are merged in."""
+    flags = ["--task", spec.trainer_task]
+    for name in ("num_envs", "max_iterations", "seed"):
+        value = getattr(spec, name)
+        if value is not None:
+            flags += [f"--{name}", str(value)]
+    if spec.headless and spec.flavour == "isaaclab2":
+        flags.append("--headless")
+    if gpus is None:
+        flags += ["--device", "cpu"]
+    elif not spec.multi_gpu:
+        flags += ["--device", f"cuda:{gpus[0]}"]
+    # multi-GPU on GPUs: Isaac Lab's train.py picks cuda:<LOCAL_RANK> itself under --distributed
+    if spec.experiment_name:
+        flags += ["--experiment_name", spec.experiment_name]
+    if spec.load_checkpoint:
+        flags += ["--checkpoint", spec.load_checkpoint]
+    if spec.newton_selector:
+        flags.append(spec.newton_selector)
+    return flags
+
+
+def build_argv(spec: RunSpec, gpus: list[int] | None, rid: str | None = None, run_name: str | None = None,
+               extra: list[str] = (), master_port: int | None = None) -> list[str]:
+    """The argv of one launch. gpus None = CPU (`--device cpu`); a RID and run name are always added."""
+    rid = rid or new_rid()
+    name = run_name or default_run_name(spec, gpus, rid)
+    nproc = len(gpus) if (spec.multi_gpu and gpus) else spec.gpus
+    flags = trainer_flags(spec, gpus) + ["--rid", rid, "--run_name", name]
+    if spec.multi_gpu:
+        flags.append("--distributed")
+    return launcher_argv(spec, nproc, master_port) + merge_flags(flags, [*spec.extra_args, *extra])
+
+
+def gpu_env(spec: RunSpec, gpus: list[int] | None) -> dict[str, str]:
+    """Env changes for the chosen GPUs: only multi-GPU runs restrict CUDA_VISIBLE_DEVICES."""
+    if spec.multi_gpu and gpus:
+        return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
+    return {}
+
+
+def trainer_env(spec: RunSpec) -> dict[str, str]:
+    """spec.env plus the secrets named in spec.secret_env, taken from os.environ (never stored)."""
+    env = dict(spec.env)
+    env.update({name: os.environ[name] for name in spec.secret_env if os.environ.get(name)})
+    return env
+
+
+def secret_values(spec: RunSpec) -> list[str]:
+    return [os.environ[name] for name in spec.secret_env if os.environ.get(name)]
+
+
+def redact_text(text: str, secret_values: list[str]) -> str:
+    for value in sorted(set(secret_values), key=len, reverse=True):  # longest first: no partial leaks
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def redact_argv(argv: list[str], secret_values: list[str]) -> list[str]:
+    return [redact_text(tok, secret_values) for tok in argv]
+
+
+def shell_join(argv: list[str]) -> str:
+    return shlex.join(argv)
+
+
+def format_command(argv: list[str], env: dict[str, str], secret_values: list[str]) -> str:
+    """`KEY=value ... argv`, shell-quoted, secrets replaced by ***: safe to print or log."""
+    shown_env = [f"{k}={shlex.quote(redact_text(v, secret_values))}" for k, v in sorted(env.items())]
+    return " ".join([*shown_env, shell_join(redact_argv(argv, secret_values))])
+
+
+def launch_problem(spec: RunSpec, root: Path, gpu: int | None, gpu_count: int) -> str | None:
+    """Why this spec cannot be launched on this machine (one sentence), or None.
+
+    Checked before anything starts: the prefix executable, the trainer script, a requested GPU
+    index, and enough GPUs for a multi-GPU run.
+    """
+    if spec.prefix:
+        exe = spec.prefix[0]
+        found = (root / exe).exists() if ("/" in exe and not os.path.isabs(exe)) else (
+            os.path.exists(exe) if os.path.isabs(exe) else shutil.which(exe) is not None)
+        if not found:
+            return (f"{spec.task}: launcher prefix '{exe}' was not found; install it or fix "
+                    f"[tool.lights_out.launchers.{spec.launcher}] prefix in pyproject.toml.")
+    script = Path(spec.script)
+    if not (script if script.is_absolute() else root / script).exists():
+        return (f"{spec.task}: trainer script '{spec.script}' does not exist under {root}; fix "
+                f"[tool.lights_out.launchers.{spec.launcher}] script in pyproject.toml.")
+    if gpu is not None and gpu >= gpu_count:
+        if gpu_count == 0:
+            return f"--gpu {gpu} is out of range: this machine has no NVIDIA GPU; drop --gpu to run on the CPU."
+        return f"--gpu {gpu} is out of range: this machine has GPUs 0-{gpu_count - 1}; pick one of those."
+    if spec.multi_gpu and gpu_count < spec.gpus:
+        return (f"{spec.task} needs {spec.gpus} GPUs but this machine has {gpu_count}; "
+                f"run the single-GPU variant {spec.task.removesuffix('-mgpu')} instead.")
+    return None

@@ -1,0 +1,51 @@
+"""Watch events: one JSON line per event in <logs_dir>/events.jsonl, plus an optional user hook.
+
+An agent or a person waits on this file (or on `events_command`, e.g. a notifier) instead of polling
+runs. Kinds: started, healthy, retry, gave_up, completed, timeout, failed, sweep_finished,
+preflight_failed. A failing hook is logged to stderr and never stops a run.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+from lights_out_dev.config import ProjectConfig
+
+HOOK_TIMEOUT_S = 10.0
+
+KINDS = ("started", "healthy", "retry", "gave_up", "completed", "timeout", "failed", "sweep_finished",
+         "preflight_failed")
+
+
+def events_path(root: Path, cfg: ProjectConfig) -> Path:
+    return cfg.path(root, cfg.logs_dir) / "events.jsonl"
+
+
+def emit(root: Path, cfg: ProjectConfig, kind: str, **data) -> dict:
+    """Append the event (with `ts` and `kind`) and run cfg.events_command with it on stdin."""
+    event = {"ts": round(time.time(), 3), "kind": kind, **data}
+    line = json.dumps(event, default=str)
+    path = events_path(root, cfg)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=10):
+            with open(path, "a") as f:
+                f.write(line + "\n")
+    except OSError as e:  # e.g. disk full: the run state is the truth, the event stream is a convenience
+        print(f"lights-out: could not append event {kind!r} to {path}: {e}", file=sys.stderr)
+    if cfg.events_command:
+        try:
+            proc = subprocess.run(cfg.events_command, input=line + "\n", text=True, capture_output=True,
+                                  timeout=HOOK_TIMEOUT_S)
+            if proc.returncode != 0:
+                print(f"lights-out: events_command {cfg.events_command[0]!r} exited {proc.returncode} for "
+                      f"event {kind!r}: {proc.stderr.strip()[-300:]}", file=sys.stderr)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            print(f"lights-out: events_command {cfg.events_command[0]!r} failed for event {kind!r}: {e}",
+                  file=sys.stderr)
+    return event

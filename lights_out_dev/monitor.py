@@ -1,0 +1,210 @@
+"""The watch loop for one attempt: event-driven, one loop per run, no fixed long tick.
+
+Each turn blocks in executor.wait() for at most `tick` seconds (a pidfd poll locally, so an exit ends
+the wait at once), then reads only the bytes the log gained since the last turn (LogTail keeps the
+offset and any partial last line) and feeds them to the LogScanner. Decisions the loop takes:
+
+- process exit                     -> done (the caller classifies)
+- a fatal signature line (oom, segfault, nccl, cuda_error) while the process lives on -> SIGKILL now
+- time limit                       -> graceful stop (SIGINT, grace, SIGTERM, SIGKILL), stopped_by='timeout'
+- stall: no new output for startup_stall_s before the first iteration, for stall_s after it, or
+  (with a GPU) all processes asleep at 0 % GPU for idle_gpu_stall_s -> SIGKILL, stopped_by='stall'
+- multi-GPU load imbalance (gpu_check.imbalance) lasting idle_gpu_stall_s -> SIGKILL, stopped_by='imbalance'
+- silent for stall_s after the end marker ('Training time:'): a hang at exit -> graceful stop,
+  stopped_by=None, so the finished run is classified completed
+After any end the run's whole group/session is killed and waited for (survivors reported by pid).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lights_out_dev import procs
+from lights_out_dev.executor import Executor, ExitStatus, Handle
+from lights_out_dev.signatures import FATAL_CLASSES  # the run is lost even if its process lives on
+GPU_POLL_S = 2.0  # NVML per-process memory / utilisation sampling period
+READ_CHUNK = 1 << 20
+
+
+class LogTail:
+    """Incremental reader of a growing log file: remembers its offset, never re-reads."""
+
+    def __init__(self, path: Path | str, offset: int = 0):
+        self.path = Path(path)
+        self.offset = offset  # bytes consumed up to the end of the last complete line
+        self._fd: int | None = None
+        self._partial = b""
+
+    def _open(self) -> bool:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return False
+            os.lseek(self._fd, self.offset, os.SEEK_SET)
+        return True
+
+    def read_lines(self, final: bool = False) -> list[str]:
+        """New complete lines; with final=True also the unterminated last line."""
+        if not self._open():
+            return []
+        chunks = []
+        while True:
+            data = os.read(self._fd, READ_CHUNK)
+            if not data:
+                break
+            chunks.append(data)
+        data = self._partial + b"".join(chunks)
+        if not data:
+            return []
+        *complete, self._partial = data.split(b"\n")
+        if final and self._partial:
+            complete.append(self._partial)
+            self._partial = b""
+        self.offset += len(data) - len(self._partial)
+        return [c.decode(errors="replace").rstrip("\r") for c in complete]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass
+class Limits:
+    stall_s: float
+    startup_stall_s: float
+    idle_gpu_stall_s: float
+    time_left_s: float | None  # what is left of the run's time limit for this attempt
+    grace_s: float
+    status_interval_s: float
+    tick_s: float = 0.1
+    imbalance_util_pct: float = 30.0
+    imbalance_mem_pct: float = 30.0
+
+    @classmethod
+    def from_config(cls, monitor, time_left_s: float | None, tick_s: float = 0.1) -> "Limits":
+        return cls(stall_s=monitor.stall_s, startup_stall_s=monitor.startup_stall_s,
+                   idle_gpu_stall_s=monitor.idle_gpu_stall_s, time_left_s=time_left_s, grace_s=monitor.grace_s,
+                   status_interval_s=monitor.status_interval_s, tick_s=tick_s,
+                   imbalance_util_pct=monitor.imbalance_util_pct, imbalance_mem_pct=monitor.imbalance_mem_pct)
+
+
+@dataclass
+class WatchResult:
+    exit: ExitStatus | None
+    stopped_by: str | None  # None | 'stall' | 'timeout' | 'user'
+    trigger: str  # exit | signature:<cls> | stall | startup_stall | idle_gpu | hang_exit | timeout | user
+    detected_at: float  # wall time the loop noticed the end condition (benchmarks use it)
+    survivors: list[int] = field(default_factory=list)
+    peak_vram_mb: float | None = None
+    healthy_at: float | None = None
+    cleanup_s: float | None = None  # stop() until the run's processes left the process table (and NVML)
+    imbalance: str | None = None  # the last multi-GPU imbalance sentence seen
+
+
+def _gpu_sample(gpus: list[int], pids: set[int], limits: Limits) -> tuple[float, float, str | None]:
+    """(VRAM MB used by `pids` on `gpus`, max utilisation % of those GPUs, imbalance sentence or None)."""
+    from lights_out_dev import nvml
+    from lights_out_dev.gpu_check import imbalance
+    infos = [i for i in nvml.query_gpus() if i.index in gpus]
+    used = sum(p.used_mb or 0 for i in infos for p in i.processes if p.pid in pids)
+    util = max((i.util_pct or 0 for i in infos), default=0)
+    return used, util, imbalance(infos, limits.imbalance_util_pct, limits.imbalance_mem_pct)
+
+
+def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: LogTail, *,
+          gpus: list[int] | None = None, notify: Callable[[str], None] = lambda kind: None,
+          should_stop: Callable[[], bool] = lambda: False) -> WatchResult:
+    """Watch one attempt until it ends or is stopped; notify('progress'|'healthy'|'status'|'tb_dir')."""
+    start = last_output = last_status = time.monotonic()
+    deadline = None if limits.time_left_s is None else start + max(0.0, limits.time_left_s)
+    healthy_at = peak = idle_since = imbalanced_since = imbalance = None
+    next_gpu = start
+    tb_dir = scanner.tb_dir
+    last_progress = scanner.progress.model_dump()
+    use_gpu = bool(gpus)
+    stop: tuple[str, str | None, bool] | None = None  # (trigger, stopped_by, graceful)
+    exit_status: ExitStatus | None = None
+
+    while True:
+        exit_status = executor.wait(handle, limits.tick_s)
+        now = time.monotonic()
+        lines = tail.read_lines(final=exit_status is not None)
+        if lines:
+            last_output = now
+            for line in lines:
+                scanner.feed(line)
+            if scanner.tb_dir != tb_dir:
+                tb_dir = scanner.tb_dir
+                notify("tb_dir")
+            progress = scanner.progress.model_dump()
+            if progress != last_progress:
+                last_progress = progress
+                notify("progress")
+            if healthy_at is None and scanner.first_iteration_seen:
+                healthy_at = time.time()
+                notify("healthy")
+        if exit_status is not None:
+            trigger = "exit"
+            break
+        fatal = sorted(FATAL_CLASSES & set(scanner.hits))
+        if fatal:
+            stop = (f"signature:{fatal[0]}", None, False)
+        elif should_stop():
+            stop = ("user", "user", True)
+        elif deadline is not None and now >= deadline:
+            stop = ("timeout", "timeout", True)
+        elif not scanner.first_iteration_seen and now - last_output >= limits.startup_stall_s:
+            stop = ("startup_stall", "stall", False)
+        elif scanner.end_marker and now - last_output >= limits.stall_s:
+            # Training finished and saved; the process hangs on its way out (Isaac Sim does): a clean-up
+            # stop, not a stall, so the run still counts as completed.
+            stop = ("hang_exit", None, True)
+        elif scanner.first_iteration_seen and now - last_output >= limits.stall_s:
+            stop = ("stall", "stall", False)
+        if stop is None and use_gpu and now >= next_gpu:
+            next_gpu = now + GPU_POLL_S
+            try:
+                pids = set(procs.run_pids(handle.pgid or handle.pid, handle.extra.get("sid")))
+                used, util, unbalanced = _gpu_sample(gpus, pids, limits)
+            except Exception:  # NVML hiccups must not end a healthy run
+                used, util, unbalanced, pids = 0.0, 1.0, None, set()
+            if used:
+                peak = max(peak or 0.0, used)
+            # GPU-observed problems must last idle_gpu_stall_s (one sample proves nothing) after health
+            if scanner.first_iteration_seen and util == 0 and procs.sleeping(pids):
+                idle_since = idle_since or now
+                if now - idle_since >= limits.idle_gpu_stall_s:
+                    stop = ("idle_gpu", "stall", False)
+            else:
+                idle_since = None
+            if scanner.first_iteration_seen and unbalanced and len(gpus) > 1:
+                imbalance = unbalanced
+                imbalanced_since = imbalanced_since or now
+                if stop is None and now - imbalanced_since >= limits.idle_gpu_stall_s:
+                    stop = ("imbalance", "imbalance", False)
+            else:
+                imbalanced_since = None
+        if stop is not None:
+            trigger = stop[0]
+            break
+        if now - last_status >= limits.status_interval_s:
+            last_status = now
+            notify("status")
+
+    detected_at = time.time()
+    stopped_by = stop[1] if stop else None
+    t_stop = time.monotonic()
+    survivors = executor.stop(handle, graceful=bool(stop and stop[2]), grace_s=limits.grace_s)
+    cleanup_s = time.monotonic() - t_stop
+    if exit_status is None:
+        exit_status = executor.wait(handle, 1.0)
+    for line in tail.read_lines(final=True):
+        scanner.feed(line)
+    return WatchResult(exit=exit_status, stopped_by=stopped_by, trigger=trigger, detected_at=detected_at,
+                       survivors=survivors, peak_vram_mb=peak, healthy_at=healthy_at, cleanup_s=cleanup_s,
+                       imbalance=imbalance)

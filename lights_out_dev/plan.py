@@ -1,0 +1,287 @@
+"""Sweep plans: `sweeps/<name>.yaml`, validated by pydantic, expanded into numbered runs.
+
+A plan is data: a list of run entries (task + trainer overrides + GPUs + time limit + phase),
+optionally multiplied by a `grid` of override values, plus an optional promotion rule that
+turns the best run of one phase into its `-mgpu` variant on all GPUs. Errors name the file,
+the line and the field (YAML node marks map a pydantic error location back to a line).
+Pure apart from reading the file.
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lights_out_dev.config import format_duration, parse_duration
+
+GRID_KEYS = ("num_envs", "max_iterations", "seed")
+
+
+class PlanError(Exception):
+    """A user-caused plan problem; str() is one sentence naming file, line, field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _duration(v):
+    return parse_duration(v)
+
+
+class RunOverrides(_Strict):
+    num_envs: int | None = Field(default=None, ge=1)
+    max_iterations: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    trainer_args: list[str] = Field(default_factory=list, description="extra trainer flags, last flag wins")
+
+
+class RunEntry(_Strict):
+    task: str = Field(min_length=1, description="doit task name, e.g. cartpole:base")
+    overrides: RunOverrides = Field(default_factory=RunOverrides)
+    grid: dict[Literal["num_envs", "max_iterations", "seed"], list[int]] = Field(
+        default_factory=dict, description="each combination becomes one run (cartesian product, keys in order)")
+    gpus: int = Field(default=1, ge=1)
+    time_limit: float | None = Field(default=None, description="e.g. 1h; default: the plan's time_limit")
+    phase: int = Field(default=1, ge=1)
+    smoke: bool | None = None
+    notes: str = ""
+
+    _dur = field_validator("time_limit", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty(cls, v):
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"grid '{key}' has no values; list at least one")
+        return v
+
+
+class Promotion(_Strict):
+    """Promote the best run of `from_phase` to its multi-GPU variant in `phase`."""
+
+    metric: str = "Train/mean_reward"
+    mode: Literal["max", "min"] = "max"
+    from_phase: int = Field(default=1, ge=1)
+    phase: int = Field(default=2, ge=2)
+    suffix: str = Field(default="-mgpu", description="task name suffix of the multi-GPU variant")
+    gpus: int | Literal["all"] = "all"
+    cpu_ranks: int = Field(default=2, ge=1, description="ranks (CPU slots) when the machine has no GPU")
+    scale_envs: bool = Field(default=True, description="num_envs of the promoted run = best run's num_envs x GPUs")
+    time_limit: float | None = None
+    overrides: RunOverrides = Field(default_factory=RunOverrides)
+    smoke: bool | None = None
+
+    _dur = field_validator("time_limit", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.phase <= self.from_phase:
+            raise ValueError(f"promote.phase ({self.phase}) must come after from_phase ({self.from_phase})")
+        return self
+
+
+class Plan(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    mode: Literal["parallel", "sequential"] = Field(
+        default="parallel", description="parallel: one run per GPU (or CPU slot) at a time; sequential: one run at a time")
+    smoke: bool = Field(default=False, description="recorded on every run's spec (per-run `smoke` wins)")
+    time_limit: float | None = Field(default=None, description="default per-run limit; none = project monitor.time_limit")
+    max_envs_per_gpu_gb: float | None = Field(
+        default=None, gt=0, description="parallel mode: cap num_envs at this many envs per GB of the assigned GPU's memory")
+    runs: list[RunEntry] = Field(min_length=1)
+    promote: Promotion | None = None
+
+    _dur = field_validator("time_limit", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+    @model_validator(mode="after")
+    def _promotion_phase(self):
+        if self.promote:
+            phases = {r.phase for r in self.runs}
+            if self.promote.from_phase not in phases:
+                raise ValueError(f"promote.from_phase {self.promote.from_phase} has no runs; use one of {sorted(phases)}")
+            if any(p >= self.promote.phase for p in phases):
+                raise ValueError(f"promote.phase {self.promote.phase} must come after every run's phase ({max(phases)})")
+        return self
+
+
+@dataclass
+class PlannedRun:
+    """One concrete run of a plan, numbered from 1 in plan order (promotion runs last)."""
+
+    index: int
+    phase: int
+    task: str | None  # None for a promotion run until its source run is chosen
+    num_envs: int | None
+    max_iterations: int | None
+    seed: int | None
+    trainer_args: list[str]
+    gpus: int
+    time_limit_s: float | None
+    smoke: bool
+    line: int | None = None
+    notes: str = ""
+    promotion: Promotion | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.index:02d}"
+
+
+@dataclass
+class LoadedPlan:
+    plan: Plan
+    path: Path
+    runs: list[PlannedRun]
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    def phases(self) -> list[int]:
+        return sorted({r.phase for r in self.runs})
+
+    def run(self, index: int) -> PlannedRun:
+        return self.runs[index - 1]
+
+
+# --- YAML with line numbers -------------------------------------------------------------------
+
+def _node_at(node: yaml.Node | None, loc: tuple) -> yaml.Node | None:
+    """Deepest YAML node along a pydantic error location (stops where the path leaves the file)."""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == str(part)), None)
+            if nxt is None:  # unknown key: point at the key itself
+                nxt = next((k for k, _ in node.value if k.value == str(part)), None)
+                return nxt or node
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return node
+    return node
+
+
+def _format_error(err: ValidationError, source: str, root: yaml.Node | None) -> str:
+    first = err.errors()[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    node = _node_at(root, loc)
+    line = f" line {node.start_mark.line + 1}" if node is not None else ""
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{source}{line}: '{dotted}' is not a plan field; remove it or check its spelling (see README 'Sweeps')."
+    if first["type"] == "missing":
+        return f"{source}{line}: field '{dotted}' is required; add it."
+    return f"{source}{line}: field '{dotted}': {msg}; fix that value."
+
+
+def parse_plan(text: str, source: str = "<plan>") -> tuple[Plan, dict[int, int]]:
+    """YAML text -> (plan, {run entry index: line number})."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise PlanError(f"{source}{where} is not valid YAML ({problem}); fix the syntax.") from None
+    if not isinstance(data, dict):
+        raise PlanError(f"{source} must be a YAML mapping with at least 'name' and 'runs'; see sweeps/default.yaml.")
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as e:
+        raise PlanError(_format_error(e, source, root)) from None
+    lines = {}
+    runs_node = _node_at(root, ("runs",))
+    if isinstance(runs_node, yaml.SequenceNode):
+        lines = {i: n.start_mark.line + 1 for i, n in enumerate(runs_node.value)}
+    return plan, lines
+
+
+def expand(plan: Plan, lines: dict[int, int] | None = None) -> list[PlannedRun]:
+    """Entries x grid -> numbered runs, ordered by phase then plan order; promotion runs last."""
+    lines = lines or {}
+    out: list[PlannedRun] = []
+    ordered = sorted(enumerate(plan.runs), key=lambda ie: ie[1].phase)
+    for i, entry in ordered:
+        keys = list(entry.grid)
+        combos = itertools.product(*(entry.grid[k] for k in keys)) if keys else [()]
+        for combo in combos:
+            values = {k: getattr(entry.overrides, k) for k in GRID_KEYS} | dict(zip(keys, combo))
+            out.append(PlannedRun(
+                index=0, phase=entry.phase, task=entry.task, num_envs=values["num_envs"],
+                max_iterations=values["max_iterations"], seed=values["seed"],
+                trainer_args=list(entry.overrides.trainer_args), gpus=entry.gpus,
+                time_limit_s=entry.time_limit if entry.time_limit is not None else plan.time_limit,
+                smoke=plan.smoke if entry.smoke is None else entry.smoke, line=lines.get(i), notes=entry.notes))
+    if plan.promote:
+        p = plan.promote
+        out.append(PlannedRun(
+            index=0, phase=p.phase, task=None, num_envs=p.overrides.num_envs,
+            max_iterations=p.overrides.max_iterations, seed=p.overrides.seed,
+            trainer_args=list(p.overrides.trainer_args), gpus=0,
+            time_limit_s=p.time_limit if p.time_limit is not None else plan.time_limit,
+            smoke=plan.smoke if p.smoke is None else p.smoke, promotion=p,
+            notes=f"promotion: best {p.metric} ({p.mode}) of phase {p.from_phase}"))
+    for n, run in enumerate(out, start=1):
+        run.index = n
+    return out
+
+
+def load_plan(path: Path | str) -> LoadedPlan:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        here = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        hint = f" (plans in {path.parent}: {', '.join(here)})" if here else ""
+        raise PlanError(f"plan file {path} does not exist{hint}; pass an existing file with --plan.") from None
+    plan, lines = parse_plan(text, str(path))
+    return LoadedPlan(plan=plan, path=path, runs=expand(plan, lines))
+
+
+def check_tasks(loaded: LoadedPlan, known: Iterable[str]) -> None:
+    """Every task of the plan must be a known doit task; the error suggests the closest names."""
+    known = sorted(set(known))
+    for run in loaded.runs:
+        if run.task is None or run.task in known:
+            continue
+        close = difflib.get_close_matches(run.task, known, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}" if close else "run `doit list --all` for the task names"
+        where = f" line {run.line}" if run.line else ""
+        raise PlanError(f"{loaded.path}{where}: unknown task '{run.task}'; {hint}?")
+
+
+def promoted_task(task: str, suffix: str) -> str:
+    return task if task.endswith(suffix) else task + suffix
+
+
+def describe(run: PlannedRun) -> str:
+    """Short one-line description used in status lines and the ledger notes."""
+    parts = [run.task or "(promotion)"]
+    if run.num_envs:
+        parts.append(f"{run.num_envs} envs")
+    if run.seed is not None:
+        parts.append(f"seed {run.seed}")
+    if run.time_limit_s:
+        parts.append(format_duration(run.time_limit_s))
+    return ", ".join(parts)
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(text: str) -> str:
+    """Task name -> file-name-safe token ('cartpole:base' -> 'cartpole__base')."""
+    return _SAFE.sub("_", text.replace(":", "__"))

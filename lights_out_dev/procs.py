@@ -1,0 +1,109 @@
+"""Process-table helpers (Linux /proc): which processes belong to a run, are they alive, is a pid ours.
+
+A run is its own session and process group (the leader's pid is both ids). Children that moved to a
+new process group (e.g. a trainer's own worker pools) usually stay in the session, so a run's
+processes are "group or session". Zombies count as gone: they hold no memory and only wait to be
+reaped by their parent.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+PROC = "/proc"
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    state: str  # R, S, D, Z, T, ...
+    ppid: int
+    pgid: int
+    sid: int
+    start_ticks: int  # clock ticks after boot; with the pid, identifies one process for this boot
+
+
+def stat(pid: int) -> ProcStat | None:
+    """Parse /proc/<pid>/stat; None when the process does not exist."""
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as f:
+            raw = f.read().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # comm is in parentheses and may itself contain spaces or ')': split at the last ')'.
+    rest = raw[raw.rfind(")") + 2:].split()
+    try:
+        return ProcStat(pid=pid, state=rest[0], ppid=int(rest[1]), pgid=int(rest[2]), sid=int(rest[3]),
+                        start_ticks=int(rest[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    s = stat(pid)
+    return s.start_ticks if s else None
+
+
+def alive(pid: int | None, start: float | int | None = None) -> bool:
+    """True if `pid` exists, is not a zombie, and (when `start` is given) is the same process."""
+    if not pid:
+        return False
+    s = stat(pid)
+    if s is None or s.state in ("Z", "X"):
+        return False
+    return start is None or int(start) == s.start_ticks
+
+
+def _all_stats() -> Iterable[ProcStat]:
+    for name in os.listdir(PROC):
+        if name.isdigit():
+            s = stat(int(name))
+            if s is not None:
+                yield s
+
+
+def run_pids(pgid: int, sid: int | None = None, include_zombies: bool = False) -> list[int]:
+    """Pids in process group `pgid` or session `sid` (default: same id, as for a session leader)."""
+    sid = pgid if sid is None else sid
+    return sorted(s.pid for s in _all_stats()
+                  if (s.pgid == pgid or s.sid == sid) and (include_zombies or s.state not in ("Z", "X")))
+
+
+def sleeping(pids: Iterable[int]) -> bool:
+    """True if every pid is in interruptible sleep (S) - 'alive but doing nothing'."""
+    states = [s.state for s in (stat(p) for p in pids) if s is not None]
+    return bool(states) and all(st == "S" for st in states)
+
+
+def signal_run(pgid: int, sig: int, sid: int | None = None) -> list[int]:
+    """Send `sig` to the process group and to session members that left the group. Returns pids hit."""
+    hit: list[int] = []
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pid in run_pids(pgid, sid):
+        try:
+            os.kill(pid, sig)
+            hit.append(pid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return hit
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, first_sleep: float = 0.005,
+               max_sleep: float = 0.1) -> bool:
+    """Poll `pred` with short, growing sleeps (never one fixed long sleep); True once it holds."""
+    deadline = time.monotonic() + timeout
+    delay = first_sleep
+    while True:
+        if pred():
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, max_sleep)
+

@@ -1,0 +1,181 @@
+"""Sweep report: `<logs_dir>/sweeps/<plan>/report.md` plus, per run, metrics.csv, plots and a copy of
+its resolved configuration. Built at the end of a sweep and on demand (`doit sweep_report`).
+
+    report.md                    comparative table + links (the ledger links here)
+    reward.png, throughput.png   Train/mean_reward and Perf/total_fps over steps, one line per run
+    artifacts/NN_<task>/         metrics.csv (every scalar: tag,step,wall_time,value), spec.json (the
+                                 RunSpec), argv.txt (last attempt), params/*.yaml (trainer's copy)
+
+`table` is pure (table-tested); the rest reads TensorBoard files and writes files.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+from lights_out_dev.ledger import effective_envs, gpus_text, stamp
+from lights_out_dev.plan import LoadedPlan, safe_name
+from lights_out_dev.state import RunState, atomic_write_text
+
+REWARD = "Train/mean_reward"
+FPS = "Perf/total_fps"
+EPISODE = "Train/mean_episode_length"
+
+Series = dict[str, list[tuple[int, float, float]]]  # tag -> [(step, wall_time, value)]
+
+COLUMNS = ("#", "Task", "Envs", "GPUs", "Status", "Attempts", "Wall time", "Steps/s", "Final reward",
+           "Best reward", "Episode length", "Peak VRAM")
+
+
+def _f(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def wall_time_s(state: RunState) -> float | None:
+    spans = [a.ended_at - a.started_at for a in state.attempts if a.started_at and a.ended_at]
+    return sum(spans) if spans else None
+
+
+def summary(state: RunState, series: Series) -> dict:
+    """Numbers of one run for the table: TensorBoard first, the run state's stdout numbers second."""
+    rewards = [v for _, _, v in series.get(REWARD, [])]
+    fps = [v for _, _, v in series.get(FPS, [])]
+    episode = [v for _, _, v in series.get(EPISODE, [])]
+    best = max(rewards) if rewards else state.best_reward
+    return {
+        "final_reward": rewards[-1] if rewards else state.final.mean_reward,
+        "best_reward": best,
+        "steps_per_s": (fps[-1] if fps else None) or state.final.steps_per_s,
+        "episode_length": episode[-1] if episode else state.final.mean_episode_length,
+        "wall_s": wall_time_s(state),
+    }
+
+
+def table(plan: LoadedPlan, states: dict[int, RunState], series: dict[int, Series]) -> str:
+    """The comparative markdown table (all planned runs; runs not started show as pending). Pure."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for run in plan.runs:
+        st = states.get(run.index)
+        if st is None:
+            cells = [str(run.index), run.task or "(promotion)", str(run.num_envs or "-"), gpus_text(None, run),
+                     "pending", "0"] + ["-"] * 6
+        else:
+            s = summary(st, series.get(run.index, {}))
+            wall = "-" if s["wall_s"] is None else f"{s['wall_s']:.0f}s"
+            cells = [str(run.index), st.task, str(effective_envs(st, run) or "-"), gpus_text(st, run), st.status,
+                     str(len(st.attempts)), wall, _f(s["steps_per_s"], 0), _f(s["final_reward"]),
+                     _f(s["best_reward"]), _f(s["episode_length"], 1),
+                     "-" if st.peak_vram_mb is None else f"{st.peak_vram_mb:.0f}MB"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def read_series(state: RunState) -> Series:
+    """Every scalar of every attempt's TensorBoard dir, merged by step (a resumed attempt continues)."""
+    merged: Series = {}
+    dirs = list(dict.fromkeys(a.tb_dir for a in state.attempts if a.tb_dir))
+    for d in dirs:
+        if not Path(d).exists():
+            continue
+        for tag, points in _scalars(d).items():
+            merged.setdefault(tag, []).extend(points)
+    for tag in merged:
+        by_step = {p[0]: p for p in sorted(merged[tag], key=lambda p: p[1])}  # later attempt wins a step
+        merged[tag] = sorted(by_step.values())
+    return merged
+
+
+def _scalars(run_dir: str) -> Series:
+    try:
+        from lights_out_dev.tb import read_scalars
+    except ImportError:  # the fast reader is optional; TensorBoard's own reader is always installed
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+        acc.Reload()
+        return {t: [(e.step, e.wall_time, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+    return {t: [tuple(p) for p in pts] for t, pts in read_scalars(run_dir).items()}
+
+
+def metrics_csv(series: Series) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["tag", "step", "wall_time", "value"])
+    for tag in sorted(series):
+        for step, wall, value in series[tag]:
+            w.writerow([tag, step, f"{wall:.3f}", repr(float(value))])
+    return buf.getvalue()
+
+
+def _plot(path: Path, title: str, tag: str, series: dict[int, Series], labels: dict[int, str]) -> bool:
+    if not any(series.get(i, {}).get(tag) for i in series):
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on a headless box
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, s in sorted(series.items()):
+        pts = s.get(tag)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[2] for p in pts], label=labels[i])
+    ax.set_title(title)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(tag)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def _copy_config(state: RunState, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dest / "spec.json", state.spec.model_dump_json(indent=2))
+    if state.current:
+        atomic_write_text(dest / "argv.txt", " ".join(state.current.argv) + "\n")
+    tb = next((a.tb_dir for a in reversed(state.attempts) if a.tb_dir), None)
+    params = Path(tb) / "params" if tb else None
+    if params and params.is_dir():
+        shutil.copytree(params, dest / "params", dirs_exist_ok=True)
+
+
+def write_report(sweep) -> Path:
+    """Write report.md, plots, per-run metrics.csv and config copies for a `sweep.Sweep`; returns report.md."""
+    loaded: LoadedPlan = sweep.loaded
+    out = sweep.paths.dir
+    states = sweep.states()
+    series = {i: read_series(st) for i, st in states.items()}
+    labels = {i: f"{i}: {st.task} ({effective_envs(st, loaded.run(i)) or '?'} envs)" for i, st in states.items()}
+    links = []
+    for i, st in sorted(states.items()):
+        art = out / "artifacts" / f"{i:02d}_{safe_name(st.task)}"
+        _copy_config(st, art)
+        atomic_write_text(art / "metrics.csv", metrics_csv(series[i]))
+        links.append(f"- Run {i}: [{art.relative_to(out)}]({art.relative_to(out)}) "
+                     f"(metrics.csv, spec.json, params/)" + (f", log {st.current.log_path}" if st.current else ""))
+    plots = []
+    if _plot(out / "reward.png", f"{loaded.name}: mean reward", REWARD, series, labels):
+        plots.append("![reward](reward.png)")
+    if _plot(out / "throughput.png", f"{loaded.name}: throughput", FPS, series, labels):
+        plots.append("![throughput](throughput.png)")
+    started = json.loads(sweep.paths.meta.read_text()).get("started_at") if sweep.paths.meta.exists() else None
+    text = "\n".join([
+        f"# Sweep report: {loaded.name}", "",
+        f"Plan: {loaded.path} · Started: {stamp(started)} · Mode: {loaded.plan.mode}", "",
+        table(loaded, states, series), "",
+        *(plots + [""] if plots else []),
+        "## Runs", *links, "",
+    ])
+    path = sweep.paths.report
+    atomic_write_text(path, text)
+    return path

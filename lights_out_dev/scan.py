@@ -1,0 +1,160 @@
+"""Incremental reading of one trainer log: progress, TensorBoard dir, failure signatures, tracebacks.
+
+The supervisor feeds every new line exactly once (`LogScanner.feed`); nothing is re-read. Progress
+comes from rsl_rl's per-iteration stdout block in both spellings:
+
+    5.x:  Learning iteration 12/1500 / Steps per second: 48213 / Mean reward: 3.21 / Run name: x
+    2.x/3.x:  Learning iteration 12/1500 / Computation: 48213 steps/s (collection: ..., learning ...)
+
+`progress.iteration` counts finished iterations: rsl_rl prints the 0-based index of the iteration
+it has just finished ("Learning iteration 1499/1500" is the last one), so iteration = index + 1 and
+a run that reached its end has iteration == total.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from lights_out_dev.classify import Observations
+from lights_out_dev.executor import ExitStatus
+from lights_out_dev.signatures import (RANK_PREFIX, TRACEBACK_START, SignatureMatcher, compile_matcher,
+                                       exception_name)
+from lights_out_dev.state import Progress
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+ITERATION = re.compile(r"Learning iteration (\d+)/(\d+)")
+COMPUTATION = re.compile(r"Computation:\s*([\d.]+) steps/s")
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf)", re.IGNORECASE)
+END_MARKER = "Training time:"
+LOG_DIR_LINE = "Logging experiment in directory:"
+RUN_DIR_NAME_LINE = "Exact experiment name requested from command line:"
+# rsl_rl's logger (rank 0 only) names the exact run dir: "Storing git diff for 'repo' in: <run>/git/repo.diff".
+GIT_DIFF_LINE = re.compile(r"Storing git diff for '[^']*' in: (?P<path>.+)/git/[^/]+\.diff$")
+# Exceptions that only wrap a worker's real error; they do not replace an exception already seen.
+WRAPPER_EXCEPTIONS = frozenset({"ChildFailedError"})
+MAX_WARNINGS = 20
+MAX_LINE = 500
+# A traceback header whose exception line never comes (output cut off) stops hiding lines after this.
+MAX_TRACEBACK = 1000
+
+
+def _number(text: str) -> float | None:
+    m = NUMBER.search(text)
+    return float(m.group()) if m else None
+
+
+class LogScanner:
+    """State distilled from the lines fed so far. Cheap per line (see bench/read_logs_speed.py)."""
+
+    def __init__(self, extra_patterns: dict[str, list[str]] | None = None, *, run_name: str | None = None,
+                 matcher: SignatureMatcher | None = None):
+        self._matcher = matcher or compile_matcher(extra_patterns)
+        self.progress = Progress()
+        self.end_marker = False
+        self.first_iteration_seen = False
+        self.hits: dict[str, str] = {}
+        self.exception: str | None = None
+        self.warnings: list[str] = []
+        self._in_traceback = False
+        self._traceback_lines = 0
+        self._log_root: str | None = None
+        self._run_dir_name: str | None = None
+        self._run_dir: str | None = None  # from rsl_rl's git diff line: beats what train.py printed
+        # Isaac Lab appends "_<run_name>" to the directory name it prints; rsl_rl 5.x prints the run
+        # name in its block, and the supervisor knows the one it passed.
+        self._run_name = run_name
+
+    @property
+    def tb_dir(self) -> str | None:
+        """The run's log directory (TensorBoard events, checkpoints) as far as the log tells.
+
+        Every rank of a multi-GPU run prints train.py's two lines, with stamps that may differ; only
+        rank 0 logs, and its rsl_rl names the directory exactly, so that line wins when it comes."""
+        if self._run_dir is not None:
+            return self._run_dir
+        if self._log_root is None:
+            return None
+        if self._run_dir_name is None:
+            return self._log_root
+        name = self._run_dir_name
+        if self._run_name and not name.endswith(f"_{self._run_name}"):
+            name = f"{name}_{self._run_name}"
+        return os.path.join(self._log_root, name)
+
+    def feed(self, line: str) -> None:
+        if "\x1b" in line:
+            line = ANSI.sub("", line)
+        line = line.rstrip("\r\n")
+        bare = RANK_PREFIX.sub("", line) if line.startswith("[") else line
+        if self._in_traceback:
+            self._traceback_lines += 1
+            if bare[:1] in (" ", "\t") and self._traceback_lines < MAX_TRACEBACK:
+                return  # a frame or its source line: code that may mention "OutOfMemoryError", not an error
+            if bare and (name := exception_name(bare)):
+                # Python's final traceback line: the first unindented "Name: message" after the header.
+                self._in_traceback = False
+                if not (self.exception and name in WRAPPER_EXCEPTIONS):
+                    self.exception = bare[:MAX_LINE]
+        classes = self._matcher.match(line)
+        if classes:
+            self._record_hits(classes, line)
+        if bare.startswith(TRACEBACK_START):
+            self._in_traceback = True
+            self._traceback_lines = 0
+            return
+        self._progress(bare.strip())
+
+    def _record_hits(self, classes: list[str], line: str) -> None:
+        text = line.strip()[:MAX_LINE]
+        for cls in classes:
+            if cls == "warning":
+                if len(self.warnings) < MAX_WARNINGS and text not in self.warnings:
+                    self.warnings.append(text)
+            elif cls == "completed":
+                self.end_marker = True
+            else:
+                self.hits.setdefault(cls, text)
+
+    def _progress(self, s: str) -> None:
+        p = self.progress
+        if s.startswith("Mean reward:"):
+            p.mean_reward = _number(s[12:])
+        elif s.startswith("Mean episode length:"):
+            p.mean_episode_length = _number(s[20:])
+        elif s.startswith("Steps per second:"):
+            p.steps_per_s = _number(s[17:])
+        elif s.startswith("Computation:"):
+            m = COMPUTATION.match(s)
+            if m:
+                p.steps_per_s = float(m.group(1))
+        elif "Learning iteration" in s:
+            m = ITERATION.search(s)
+            if m:
+                p.iteration, p.total = int(m.group(1)) + 1, int(m.group(2))
+                self.first_iteration_seen = True
+        elif s.startswith("Run name:"):
+            self._run_name = s[9:].strip() or self._run_name
+        elif END_MARKER in s:
+            self.end_marker = True
+        elif LOG_DIR_LINE in s:
+            self._log_root = s.split(LOG_DIR_LINE, 1)[1].strip()
+            self._run_dir_name = None
+        elif RUN_DIR_NAME_LINE in s:
+            self._run_dir_name = s.split(RUN_DIR_NAME_LINE, 1)[1].strip() or None
+        elif s.startswith("Storing git diff for"):
+            m = GIT_DIFF_LINE.match(s)
+            if m:
+                self._run_dir = m["path"]
+
+    def observations(self, exit: ExitStatus | None, stopped_by: str | None) -> Observations:
+        return Observations(
+            exit_code=exit.exit_code if exit else None,
+            signal=exit.signal if exit else None,
+            scheduler_state=exit.scheduler_state if exit else None,
+            hits=dict(self.hits),
+            exception=self.exception,
+            end_marker=self.end_marker,
+            iteration=self.progress.iteration,
+            total=self.progress.total,
+            stopped_by=stopped_by,
+        )

@@ -1,0 +1,202 @@
+"""One compact screen about the current sweep: `python lights_out_dev/status.py [--json] [--plan P]`.
+
+Per run: state, GPU, iteration/total, steps/s, reward, elapsed/limit, attempts; then the
+runs started outside the sweep (`doit <task>`) that are running; then the GPUs (NVML) or
+"no GPU: N CPU slots". Reads only the run-state JSON files, never the trainer: cheap to call.
+The sweep is --plan (a plan file or a plan name), else the last one started
+(<logs_dir>/sweeps/current).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lights_out_dev.config import ConfigError, ProjectConfig, format_duration, load_config, project_root  # noqa: E402
+from lights_out_dev.state import RunState, load_state  # noqa: E402
+
+
+def _clock(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def run_row(index: int | None, st: RunState | None, task: str, now: float) -> dict:
+    """The status of one run as plain data (also the --json shape). Pure given `now`."""
+    if st is None:
+        return {"index": index, "task": task, "status": "pending", "where": "-", "iteration": None, "total": None,
+                "steps_per_s": None, "reward": None, "elapsed_s": None, "limit_s": None, "attempts": 0}
+    a = st.current
+    p = a.progress if a else None
+    running = st.status == "running"
+    elapsed = sum((x.ended_at or (now if running else x.started_at)) - x.started_at
+                  for x in st.attempts if x.started_at) if st.attempts else None
+    return {
+        "index": index, "task": st.task, "status": st.status,
+        "where": "-" if not a else ("cpu" if a.gpus is None else "gpu" + ",".join(map(str, a.gpus))),
+        "iteration": p.iteration if p else None, "total": p.total if p else None,
+        "steps_per_s": (p.steps_per_s if p and p.steps_per_s is not None else st.final.steps_per_s),
+        "reward": (p.mean_reward if p and p.mean_reward is not None else st.final.mean_reward),
+        "elapsed_s": elapsed, "limit_s": st.spec.time_limit_s, "attempts": len(st.attempts),
+        "reason": st.reason if st.status in ("failed", "timeout", "skipped", "interrupted") else None,
+        "log": a.log_path if a else None,
+    }
+
+
+def format_row(r: dict) -> str:
+    it = f"it {r['iteration'] if r['iteration'] is not None else '-'}/{r['total'] if r['total'] is not None else '-'}"
+    sps = "-" if r["steps_per_s"] is None else f"{r['steps_per_s']:.0f}"
+    reward = "-" if r["reward"] is None else f"{r['reward']:.3g}"
+    idx = f"{r['index']:>2}" if r["index"] is not None else " *"
+    line = (f"{idx} {r['status']:<11} {r['task']:<28} {r['where']:<6} {it:<10} {sps:>7} steps/s  "
+            f"reward {reward:<7} {_clock(r['elapsed_s'])}/{format_duration(r['limit_s'])}  a{r['attempts']}")
+    if r.get("reason"):
+        line += f"  ({r['reason'][:80]})"
+    return line
+
+
+def gpu_summary(root: Path, cfg: ProjectConfig) -> tuple[str, list[dict]]:
+    try:
+        from lights_out_dev.nvml import NvmlUnavailable, query_gpus
+    except ImportError:
+        NvmlUnavailable, query_gpus = Exception, None  # noqa: N806
+    gpus = []
+    if query_gpus is not None:
+        try:
+            gpus = query_gpus()
+        except NvmlUnavailable:
+            gpus = []
+    if not gpus:
+        busy = _cpu_slots_in_use(root, cfg)
+        return f"no GPU: {cfg.cpu_slots} CPU slots ({busy} in use)", []
+    rows = [{"index": g.index, "name": g.name, "util_pct": g.util_pct, "mem_used_mb": g.mem_used_mb,
+             "mem_total_mb": g.mem_total_mb, "power_w": g.power_w, "processes": len(g.processes)} for g in gpus]
+    text = " | ".join(f"GPU{g.index} {g.util_pct or 0:.0f}% {g.mem_used_mb / 1024:.1f}/{g.mem_total_mb / 1024:.0f}GB"
+                      f" {g.power_w or 0:.0f}W {len(g.processes)}p" for g in gpus)
+    return text, rows
+
+
+def _cpu_slots_in_use(root: Path, cfg: ProjectConfig) -> int:
+    from filelock import FileLock, Timeout
+
+    ldir = cfg.path(root, cfg.logs_dir) / "locks"
+    used = 0
+    for k in range(cfg.cpu_slots):
+        path = ldir / f"cpu{k}.lock"
+        if not path.exists():
+            continue
+        lock = FileLock(str(path), timeout=0, thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+            lock.release()
+        except Timeout:
+            used += 1
+    return used
+
+
+def current_sweep(root: Path, cfg: ProjectConfig, plan: str | None) -> str | None:
+    if plan:
+        p = cfg.path(root, plan)
+        if p.suffix in (".yaml", ".yml") and p.exists():
+            from lights_out_dev.plan import load_plan
+
+            return load_plan(p).name
+        return plan
+    try:
+        return (cfg.path(root, cfg.logs_dir) / "sweeps" / "current").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def collect(root: Path, cfg: ProjectConfig, plan: str | None = None, now: float | None = None) -> dict:
+    """Everything status shows, as data."""
+    from lights_out_dev.sweep import Sweep, paths_for
+
+    now = now or time.time()
+    name = current_sweep(root, cfg, plan)
+    runs: list[dict] = []
+    if name:
+        sp = paths_for(root, cfg, name)
+        loaded = None
+        try:
+            from lights_out_dev.plan import load_plan
+
+            meta = json.loads(sp.meta.read_text())
+            loaded = load_plan(cfg.path(root, meta["plan"]))
+        except Exception:  # plan moved/edited: show what the state files say
+            loaded = None
+        if loaded is not None and loaded.name == name:
+            sweep = Sweep(loaded, cfg, root, status_line=lambda _: None)
+            states = sweep.states()
+            runs = [run_row(r.index, states.get(r.index), r.task or "(promotion)", now) for r in loaded.runs]
+        else:
+            for f in sorted(sp.runs.glob("[0-9]*.json")) if sp.runs.exists() else []:
+                st = _safe_load(f)
+                if st:
+                    runs.append(run_row(st.index, st, st.task, now))
+    others = []
+    single = cfg.path(root, cfg.logs_dir) / "runs"
+    for f in sorted(single.glob("*.json")) if single.exists() else []:
+        st = _safe_load(f)
+        if st and st.status == "running":
+            others.append(run_row(None, st, st.task, now))
+    gpu_text, gpus = gpu_summary(root, cfg)
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return {"sweep": name, "counts": counts, "runs": runs, "other_runs": others, "gpus": gpus, "gpu_summary": gpu_text,
+            "time": now}
+
+
+def _safe_load(path: Path) -> RunState | None:
+    try:
+        return load_state(path)
+    except Exception:  # a state being replaced right now: skip it this time
+        return None
+
+
+def summary_line(data: dict) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(data["counts"].items())) or "no runs"
+    active = [r for r in data["runs"] + data["other_runs"] if r["status"] == "running"]
+    bits = [f"{r['task']} it {r['iteration'] if r['iteration'] is not None else '-'}/{r['total'] or '-'}"
+            for r in active][:4]
+    head = f"sweep {data['sweep']}: {counts}" if data["sweep"] else f"no sweep: {len(active)} run(s) running"
+    return f"{time.strftime('%H:%M:%S')} {head}" + (f" | {'; '.join(bits)}" if bits else "") + f" | {data['gpu_summary']}"
+
+
+def render(data: dict) -> str:
+    lines = [f"sweep {data['sweep'] or '(none)'}: " + (", ".join(f"{n} {s}" for s, n in sorted(data["counts"].items()))
+                                                       or "no runs")]
+    lines += [format_row(r) for r in data["runs"]]
+    if data["other_runs"]:
+        lines.append("other runs:")
+        lines += [format_row(r) for r in data["other_runs"]]
+    lines.append(data["gpu_summary"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Compact status of the current sweep and running runs.")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--plan", help="plan file or plan name (default: the last sweep started)")
+    args = ap.parse_args(argv)
+    root = project_root()
+    try:
+        cfg = load_config(root)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    data = collect(root, cfg, args.plan)
+    print(json.dumps(data, indent=2, default=str) if args.json else render(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

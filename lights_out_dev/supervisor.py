@@ -1,0 +1,608 @@
+"""The supervisor: runs one experiment to a final state (completed / timeout / failed).
+
+    spec -> argv -> process -> watch -> classify -> decide -> next attempt | final
+
+Everything it learns goes into the run-state JSON (state.RunState), written atomically on every
+change, so a supervisor that dies at any moment loses nothing: a restarted one adopts a trainer that
+is still running (same pid *and* same process start time) and keeps reading its log from the
+recorded offset, or marks a dead one interrupted and retries it by policy. A file lock beside the
+state file keeps two supervisors off one run; the trainer never inherits it (close-on-exec).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from pydantic import ValidationError
+
+from lights_out_dev import command, events, gpu_lock, procs
+from lights_out_dev.config import ConfigError, ProjectConfig, load_config, project_root
+from lights_out_dev.executor import Executor, Handle
+from lights_out_dev.local_executor import LaunchError, LocalExecutor
+from lights_out_dev.monitor import Limits, LogTail, WatchResult, watch
+from lights_out_dev.spec import RunSpec
+from lights_out_dev.state import Attempt, Progress, RunState, atomic_write_text, load_state, save_state
+from lights_out_dev.verdicts import FINAL_STATUSES, Verdict
+
+PROGRESS_SAVE_S = 1.0  # progress-only changes are persisted at most this often (start/health/end at once)
+LOG_TAIL_LINES = 20
+_MODEL_RE = re.compile(r"model_(\d+)\.pt$")
+
+
+class SupervisorError(Exception):
+    """A problem the user can fix; str() is one sentence naming it and the fix."""
+
+
+class SupervisorBusy(SupervisorError):
+    """Another live supervisor owns this run."""
+
+
+def run_key(task: str) -> str:
+    return task.replace(":", "__")
+
+
+def lock_path(state_path: Path) -> Path:
+    return Path(str(state_path) + ".lock")
+
+
+def state_path_for(root: Path, cfg: ProjectConfig, task: str) -> Path:
+    return cfg.path(root, cfg.logs_dir) / "runs" / f"{run_key(task)}.json"
+
+
+def checkpoints_in(tb_dir: str | None) -> list[str]:
+    """model_<iter>.pt files of one trainer run directory, oldest iteration first."""
+    if not tb_dir or not Path(tb_dir).is_dir():
+        return []
+    found = [(int(m.group(1)), str(p)) for p in Path(tb_dir).iterdir() if (m := _MODEL_RE.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resume_flags(flavour: str, checkpoint: str, spec: RunSpec) -> list[str]:
+    """Trainer flags that continue from `checkpoint` (a model_*.pt inside the run's own log dir)."""
+    if flavour == "isaaclab3":
+        return ["--checkpoint", checkpoint]
+    flags = ["--resume", "--load_run", Path(checkpoint).parent.name]
+    if spec.load_checkpoint:  # a fine-tuning start checkpoint must not win over the run's own progress
+        flags += ["--checkpoint", checkpoint]
+    return flags
+
+
+def _fmt_rate(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
+
+
+def _fmt_clock(s: float | None) -> str:
+    if s is None:
+        return "none"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _tail_of(path: str | None, n: int = LOG_TAIL_LINES) -> list[str]:
+    """Last n lines of a log, reading only its last 16 KiB."""
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            return f.read().decode(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
+def _argv_value(argv: list[str], flag: str) -> str | None:
+    value = None
+    for i, tok in enumerate(argv):
+        if tok == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif tok.startswith(flag + "="):
+            value = tok.split("=", 1)[1]
+    return value
+
+
+def _new_scanner(cfg: ProjectConfig, argv: list[str]):
+    from lights_out_dev.scan import LogScanner
+    # The run name we passed completes the run directory Isaac Lab prints only as root + stamp.
+    return LogScanner(extra_patterns=cfg.monitor.extra_patterns or None, run_name=_argv_value(argv, "--run_name"))
+
+
+def _classify(scanner, exit_status, stopped_by) -> tuple[Verdict, str]:
+    """classify() on the scanner's observations; an ended process is never 'running'."""
+    from lights_out_dev.classify import classify
+    verdict, reason = classify(scanner.observations(exit_status, stopped_by))
+    verdict = Verdict(verdict)
+    if verdict in (Verdict.running, Verdict.healthy):
+        # Only an adopted trainer (not our child) ends with an unknown exit code; judge it by its log.
+        unknown = (exit_status.reason if exit_status and exit_status.reason else "exit code unknown")
+        if scanner.end_marker:
+            return Verdict.completed, f"finished: 'Training time:' in the log ({unknown})"
+        return Verdict.crash, f"ended with no end marker and no known error signature ({unknown})"
+    return verdict, reason
+
+
+class _Run:
+    """One supervise() call: the state, the lease and the current attempt."""
+
+    def __init__(self, spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, executor: Executor,
+                 lease: gpu_lock.Lease | None, key: str, status_line: Callable[[str], None],
+                 sweep: str | None, index: int | None, phase: int | None,
+                 should_stop: Callable[[], bool]):
+        self.spec, self.cfg, self.root, self.path = spec, cfg, root, state_path
+        self.executor, self.lease, self.key = executor, lease, key
+        self.say, self.should_stop = status_line, should_stop
+        self.where = dict(sweep=sweep, index=index, phase=phase)
+        self.logs_dir = cfg.path(root, cfg.logs_dir)
+        self.limit = spec.time_limit_s if spec.time_limit_s is not None else cfg.monitor.time_limit
+        self.state: RunState | None = None
+        self.scanner = None
+        self.tail: LogTail | None = None
+        self.handle: Handle | None = None
+        self._last_save = 0.0
+        self.previous_supervisor: int | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+    def save(self, force: bool = True) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_save < PROGRESS_SAVE_S:
+            return
+        if self.tail is not None:
+            self.state.extra["log_offset"] = self.tail.offset
+        try:
+            save_state(self.state, self.path)
+        except OSError as e:
+            raise SupervisorError(f"could not write the run state {self.path} ({e.strerror or e}); free disk space "
+                                  f"or fix permissions under {self.path.parent}, then rerun.") from None
+        self._last_save = now
+
+    def emit(self, kind: str, **data) -> None:
+        events.emit(self.root, self.cfg, kind, task=self.spec.task, run_key=self.key, state_path=str(self.path),
+                    **{k: v for k, v in self.where.items() if v is not None}, **data)
+
+    def _load_or_new(self) -> RunState:
+        try:
+            old = load_state(self.path)
+        except (json.JSONDecodeError, ValidationError, UnicodeDecodeError):
+            bad = self.path.with_name(self.path.name + f".unreadable-{int(time.time())}")
+            os.replace(self.path, bad)
+            self.say(f"lights-out: {self.path} was unreadable; moved it to {bad.name} and started a fresh run.")
+            old = None
+        if old is not None and old.status not in FINAL_STATUSES and old.attempts:
+            if old.status == "running" and old.supervisor_host not in (None, socket.gethostname()):
+                raise SupervisorBusy(f"{self.spec.task} is being supervised on host {old.supervisor_host} "
+                                     f"(pid {old.supervisor_pid}); stop it there or wait for it to finish.")
+            return old  # continue it: adopt or retry
+        if old is not None:  # a finished run: keep its record beside the new one
+            archive = self.path.parent / "archive" / f"{self.key}_{time.strftime('%Y%m%d_%H%M%S')}.json"
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path, archive)
+        rid = command.new_rid()
+        return RunState(run_key=self.key, rid=rid, task=self.spec.task, spec=self.spec,
+                        run_name=command.default_run_name(self.spec, self.lease.gpus if self.lease else None, rid),
+                        **self.where)
+
+    # -- attempts ------------------------------------------------------------------------------
+    def _gpus(self) -> list[int] | None:
+        return self.lease.gpus if self.lease else None
+
+    def _effective_spec(self) -> RunSpec:
+        eff = self.state.extra.get("effective", {})
+        return self.spec.model_copy(update={k: v for k, v in eff.items() if k in ("num_envs",)})
+
+    def _used_s(self) -> float:
+        now = time.time()
+        return sum((a.ended_at or now) - a.started_at for a in self.state.attempts if a.started_at)
+
+    def _launch(self) -> Attempt:
+        st = self.state
+        n = len(st.attempts) + 1
+        gpus = self._gpus()
+        spec = self._effective_spec()
+        extra: list[str] = []
+        resume_from = st.extra.pop("resume_from", None)
+        if resume_from:
+            extra = resume_flags(spec.flavour, resume_from, spec)
+        run_name = st.run_name if n == 1 else f"{st.run_name}_a{n}"  # unique trainer log dir per attempt
+        argv = command.build_argv(spec, gpus, rid=st.rid, run_name=run_name, extra=extra)
+        env_over = {**spec.env, **command.gpu_env(spec, gpus), "LIGHTS_OUT_ATTEMPT": str(n), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **command.trainer_env(spec), **env_over}
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        log_path = self.logs_dir / f"{stamp}_{self.key}{'' if n == 1 else f'_a{n}'}.log"
+        self.handle = self.executor.start(argv, env, log_path, gpus, time_limit_s=self.limit,
+                                          job_name=f"lo-{self.key}")
+        attempt = Attempt(number=n, argv=argv, gpus=gpus, env_overrides=env_over, started_at=time.time(),
+                          pid=self.handle.pid, pgid=self.handle.pgid, job_id=self.handle.job_id,
+                          node=self.handle.node, log_path=self.handle.log_path)
+        st.attempts.append(attempt)
+        st.status = "running"
+        st.extra["handle"] = self.handle.__dict__
+        self.scanner = _new_scanner(self.cfg, argv)
+        self.tail = LogTail(self.handle.log_path, 0)
+        self.save()
+        self.emit("started", attempt=n, gpus=gpus, log_path=attempt.log_path, argv=argv)
+        self.say(self.status_text("started"))
+        return attempt
+
+    def _adopt(self) -> bool:
+        """Continue a run left 'running' by a dead supervisor. True if its trainer is still ours."""
+        st = self.state
+        attempt = st.current
+        hd = st.extra.get("handle")
+        handle = Handle(**hd) if hd else None
+        self.scanner = _new_scanner(self.cfg, attempt.argv)
+        offset = int(st.extra.get("log_offset", 0))
+        if attempt.log_path:  # rebuild the scanner's view (tb dir, health, progress) up to the offset, once
+            try:
+                with open(attempt.log_path, "rb") as f:
+                    seen = f.read(offset)
+            except OSError:
+                seen = b""
+            for line in seen.decode(errors="replace").splitlines():
+                self.scanner.feed(line)
+        self.tail = LogTail(attempt.log_path, offset) if attempt.log_path else None
+        # Locally the leader itself must live and be the same process (pid + start time): a reused pid is
+        # not ours, and a dead leader with stray children is a finished attempt whose leftovers get killed.
+        ours = handle is not None and self.executor.alive(handle) and (
+            handle.kind != "local" or procs.alive(handle.pid, handle.start_time))
+        if ours:
+            self.handle = handle
+            self.say(f"lights-out: adopting {st.task} attempt {attempt.number} (pid {handle.pid}) left running "
+                     f"by supervisor pid {self.previous_supervisor}.")
+            return True
+        # The trainer ended while nobody watched: finish that attempt from its log, then go on by policy.
+        if handle:
+            attempt.survivors = self.executor.stop(handle, graceful=False, grace_s=0)  # strays of a dead leader
+        if self.tail is not None:  # what it wrote after the last recorded offset counts too
+            for line in self.tail.read_lines(final=True):
+                self.scanner.feed(line)
+            self.tail.close()
+        verdict, reason = _classify(self.scanner, None, None)
+        if verdict in (Verdict.crash, Verdict.killed):
+            verdict, reason = Verdict.killed, f"trainer ended while no supervisor watched it ({reason})"
+        self._record_end(attempt, verdict, reason, None, None)
+        st.status = "interrupted"
+        self.save()
+        return False
+
+    def _record_end(self, attempt: Attempt, verdict: Verdict, reason: str, result: WatchResult | None,
+                    exit_status) -> None:
+        attempt.ended_at = attempt.ended_at or time.time()
+        attempt.verdict, attempt.reason = verdict.value, reason
+        if exit_status is not None:
+            attempt.exit_code, attempt.signal = exit_status.exit_code, exit_status.signal
+        if result is not None:
+            attempt.survivors = result.survivors
+            attempt.peak_vram_mb = result.peak_vram_mb
+            attempt.cleanup_s = result.cleanup_s
+            attempt.imbalance = result.imbalance
+            attempt.healthy_at = attempt.healthy_at or result.healthy_at
+        self._sync_from_scanner(attempt)
+        attempt.log_tail = _tail_of(attempt.log_path)
+        st = self.state
+        st.checkpoints = [c for a in st.attempts for c in checkpoints_in(a.tb_dir)]
+        vram = [a.peak_vram_mb for a in st.attempts if a.peak_vram_mb]
+        st.peak_vram_mb = max(vram) if vram else None
+        st.extra.pop("handle", None)
+        st.extra.pop("log_offset", None)
+
+    def _sync_from_scanner(self, attempt: Attempt) -> None:
+        sc = self.scanner
+        attempt.progress = Progress(**sc.progress.model_dump())
+        attempt.tb_dir = sc.tb_dir or attempt.tb_dir
+        attempt.warnings = list(sc.warnings)[:20]
+        r = attempt.progress.mean_reward
+        if r is not None and (self.state.best_reward is None or r > self.state.best_reward):
+            self.state.best_reward = r
+
+    # -- status line ---------------------------------------------------------------------------
+    def status_text(self, what: str | None = None) -> str:
+        st, a = self.state, self.state.current
+        where = "cpu" if not a or a.gpus is None else "gpu" + ",".join(map(str, a.gpus))
+        p = self.scanner.progress if self.scanner else Progress()
+        it = f"it {p.iteration if p.iteration is not None else '-'}/{p.total if p.total is not None else '-'}"
+        reward = "-" if p.mean_reward is None else f"{p.mean_reward:.3g}"
+        parts = [f"[{st.task} a{a.number if a else 0} {where}]", it, f"{_fmt_rate(p.steps_per_s)} steps/s",
+                 f"reward {reward}", f"{_fmt_clock(self._used_s())}/{_fmt_clock(self.limit)}"]
+        if what:
+            parts.append(what)
+        return " ".join(parts)
+
+    def _notify(self, kind: str) -> None:
+        attempt = self.state.current
+        self._sync_from_scanner(attempt)
+        if kind == "healthy":
+            attempt.healthy_at = time.time()
+            self.save()
+            self.emit("healthy", attempt=attempt.number, progress=attempt.progress.model_dump())
+            self.say(self.status_text("healthy"))
+        elif kind == "tb_dir":
+            self.save()
+        elif kind == "status":
+            self.say(self.status_text())
+            self.save(force=False)
+        else:
+            self.save(force=False)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> RunState:
+        self.state = self._load_or_new()
+        st = self.state
+        self.previous_supervisor = st.supervisor_pid
+        st.supervisor_pid, st.supervisor_host = os.getpid(), socket.gethostname()
+        adopted = False
+        if st.attempts and st.current.verdict is not None and st.checkpoints:
+            st.extra.setdefault("resume_from", st.checkpoints[-1])  # an interrupted run continues its training
+        if st.attempts and st.current.verdict is None:
+            adopted = self._adopt()
+            if not adopted:
+                decision_final = self._decide(st.current)
+                if decision_final:
+                    return self._finish()
+        self.save()
+        while True:
+            try:
+                attempt = st.current if adopted else self._launch()
+                adopted = False
+                time_left = None if self.limit is None else self.limit - self._used_s()
+                limits = Limits.from_config(self.cfg.monitor, time_left,
+                                            tick_s=getattr(self.executor, "poll_interval_s", 0.1))
+                result = watch(self.executor, self.handle, self.scanner, limits, self.tail, gpus=attempt.gpus,
+                               notify=self._notify, should_stop=self.should_stop)
+            except BaseException:
+                self._abort()
+                raise
+            verdict, reason = _classify(self.scanner, result.exit, result.stopped_by)
+            self._record_end(attempt, verdict, reason, result, result.exit)
+            self.tail.close()
+            if hasattr(self.executor, "forget"):
+                self.executor.forget(self.handle)
+            self.handle = None
+            if result.stopped_by == "user":
+                st.status = "interrupted"
+                st.reason = "stopped by the user"
+                self.save()
+                return st
+            if self._decide(attempt):
+                return self._finish()
+            self.save()
+
+    def _abort(self) -> None:
+        """The supervisor itself is going down (error, Ctrl-C, SIGTERM): leave no trainer behind."""
+        graceful = not isinstance(sys.exc_info()[1], Exception)  # Ctrl-C / SIGTERM: let it save; errors: kill
+        if self.handle is None:
+            return
+        survivors = self.executor.stop(self.handle, graceful=graceful, grace_s=self.cfg.monitor.grace_s)
+        attempt = self.state.current
+        if attempt is not None and attempt.pid == self.handle.pid and attempt.verdict is None:
+            attempt.survivors = survivors
+            attempt.ended_at = time.time()
+            attempt.verdict, attempt.reason = Verdict.killed.value, "the supervisor was stopped"
+        self.state.status = "interrupted"
+        self.state.extra.pop("handle", None)
+        self.handle = None
+        try:
+            save_state(self.state, self.path)
+        except OSError:
+            pass  # the old state file is intact (atomic write); the error that brought us here is reported
+
+    def _decide(self, attempt: Attempt) -> bool:
+        """Apply the policy to a finished attempt; True when the run reached a final state."""
+        from lights_out_dev.policy import decide
+
+        st = self.state
+        verdict = Verdict(attempt.verdict)
+        if verdict in (Verdict.completed, Verdict.timeout):
+            st.status, st.final_verdict, st.reason = verdict.value, verdict.value, attempt.reason
+            attempt.decision = "done" if verdict == Verdict.completed else "accept"
+            return True
+        history = [Verdict(a.verdict) for a in st.attempts[:-1] if a.verdict]
+        spec = self._effective_spec()
+        gpus = len(attempt.gpus) if attempt.gpus else spec.gpus
+        d = decide(verdict, history, self.cfg.recovery_policy(), self.cfg.max_consecutive_failures,
+                   spec.num_envs, gpus, bool(st.checkpoints))
+        attempt.decision = f"{d.action}: {d.reason}"
+        if d.action in ("done", "accept"):
+            st.status = "completed" if d.action == "done" else "timeout"
+            st.final_verdict, st.reason = verdict.value, attempt.reason
+            return True
+        if d.action == "give_up":
+            st.status, st.final_verdict, st.reason = "failed", verdict.value, f"{attempt.reason}; {d.reason}"
+            self.emit("gave_up", attempt=attempt.number, verdict=verdict.value, reason=st.reason)
+            return True
+        eff = st.extra.setdefault("effective", {})
+        if d.action == "halve_envs" and d.num_envs:
+            eff["num_envs"] = d.num_envs
+        if d.action == "other_gpu" and self.lease and self.lease.gpus:
+            self._move_gpu()
+        if d.action == "fewer_gpus" and self.lease and d.gpus:
+            self.lease.shrink(d.gpus)
+        if d.resume and st.checkpoints:
+            st.extra["resume_from"] = st.checkpoints[-1]
+        st.status = "running"
+        self.emit("retry", attempt=attempt.number, verdict=verdict.value, reason=attempt.reason,
+                  action=d.action, decision=d.reason)
+        self.say(self.status_text(f"{verdict.value}: {attempt.reason} -> {d.action}"))
+        return False
+
+    def _move_gpu(self) -> None:
+        old = self.lease
+        try:
+            new = gpu_lock.acquire(len(old.gpus), self.cfg, self.root, exclude=old.gpus, wait=False)
+        except gpu_lock.GpuLockError as e:
+            self.say(f"lights-out: no other GPU free ({e}); retrying on {old.label}.")
+            return
+        old.release()
+        old.gpus, old._locks = new.gpus, new._locks  # the caller's lease object follows the run
+
+    def _finish(self) -> RunState:
+        st = self.state
+        last = st.current
+        st.final = Progress(**last.progress.model_dump()) if last else Progress()
+        tb_dir = next((a.tb_dir for a in reversed(st.attempts) if a.tb_dir), None)
+        try:
+            from lights_out_dev import tb
+            latest = tb.latest_scalars(tb_dir) if tb_dir else {}
+        except Exception:  # metrics from stdout are enough; TensorBoard is a bonus here
+            latest = {}
+        for field, tag in (("steps_per_s", "Perf/total_fps"), ("mean_reward", "Train/mean_reward"),
+                           ("mean_episode_length", "Train/mean_episode_length")):
+            if getattr(st.final, field) is None and tag in latest:
+                setattr(st.final, field, latest[tag][2])
+        self.save()
+        kind = {"completed": "completed", "timeout": "timeout"}.get(st.status, "failed")
+        self.emit(kind, verdict=st.final_verdict, reason=st.reason, attempts=len(st.attempts),
+                  final=st.final.model_dump(), checkpoints=st.checkpoints[-1:])
+        self.say(self.status_text(f"{st.status}: {st.reason}"))
+        return st
+
+
+def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *, executor: Executor | None = None,
+              lease: gpu_lock.Lease | None = None, run_key: str | None = None,
+              status_line: Callable[[str], None] = print, sweep: str | None = None, index: int | None = None,
+              phase: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> RunState:
+    """Run `spec` through attempts until completed / timeout / failed; the state is written on every change.
+
+    A run left 'running' by a dead supervisor is adopted (trainer alive and ours) or marked interrupted
+    and retried; one held by a live supervisor is refused (SupervisorBusy). `lease` is the GPU/CPU slot
+    the caller holds; without one the run is not pinned to a GPU. Raises SupervisorError / LaunchError
+    with one sentence for user-fixable problems, never leaving a trainer behind.
+    """
+    root = Path(root)
+    state_path = Path(state_path)
+    key = run_key or state_path.stem
+    try:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SupervisorError(f"cannot create {state_path.parent} ({e.strerror}); make it writable or set "
+                              f"[tool.lights_out] logs_dir to a writable path.") from None
+    lock = FileLock(str(lock_path(state_path)), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            owner = load_state(state_path)
+        except Exception:
+            owner = None
+        who = f"pid {owner.supervisor_pid}" if owner and owner.supervisor_pid else "another process"
+        raise SupervisorBusy(f"{spec.task} is already supervised by {who} (lock {lock_path(state_path)}); "
+                             f"wait for it to finish or stop that process first.") from None
+    except OSError as e:
+        raise SupervisorError(f"cannot lock {lock_path(state_path)} ({e.strerror}); make "
+                              f"{state_path.parent} writable.") from None
+    try:
+        run = _Run(spec, cfg, root, state_path, executor or LocalExecutor(cwd=root), lease, key, status_line,
+                   sweep, index, phase, should_stop)
+        return run.run()
+    finally:
+        lock.release()
+
+
+# -- doit entry point -------------------------------------------------------------------------------
+
+def _overrides():
+    try:
+        from lights_out_dev import overrides
+    except ImportError:
+        return None
+    try:
+        return overrides.current()
+    except Exception:
+        return None
+
+
+def _executor_for(name: str, cfg: ProjectConfig, root: Path) -> Executor:
+    if name == "slurm":
+        from lights_out_dev.slurm_executor import SlurmExecutor  # written by the Slurm work; optional here
+        return SlurmExecutor(cfg, root)
+    return LocalExecutor(cwd=root)
+
+
+class _Terminated(BaseException):
+    """SIGTERM turned into an exception so the trainer is stopped on the way out."""
+
+
+def write_target(target: Path, state: RunState, state_path: Path) -> None:
+    tb_dir = next((a.tb_dir for a in reversed(state.attempts) if a.tb_dir), None)
+    data = {"task": state.task, "status": state.status, "run_dir": tb_dir,
+            "checkpoint": state.checkpoints[-1] if state.checkpoints else None,
+            "final": state.final.model_dump(), "best_reward": state.best_reward,
+            "attempts": len(state.attempts), "state_path": str(state_path)}
+    atomic_write_text(Path(target), json.dumps(data, indent=2) + "\n")
+
+
+def run_task(spec: RunSpec, target: Path) -> bool:
+    """doit python-action: supervise the run, write `target` atomically on completed/timeout; True on success."""
+    try:
+        root = project_root()
+        cfg = load_config(root)
+    except ConfigError as e:
+        print(f"lights-out: {e}")
+        return False
+    ov = _overrides()
+    if ov is not None and ov.time_limit_set and ov.time_limit_s is None and spec.time_limit_s is None:
+        cfg = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"time_limit": None})})
+    state_path = state_path_for(root, cfg, spec.task)
+    executor_name = (ov.executor if ov is not None and ov.executor else None) or cfg.executor
+    pin = ov.gpu if ov is not None else None
+    lease = None
+    old_handler = None
+    try:
+        problem = command.launch_problem(spec, root, pin, gpu_lock.gpu_count())
+        if problem:
+            raise SupervisorError(problem)
+        executor = _executor_for(executor_name, cfg, root)
+        if executor.kind == "local":
+            prefer = [pin] if pin is not None else _running_gpus(state_path)
+            lease = gpu_lock.acquire(spec.gpus, cfg, root, prefer=prefer,
+                                     wait=cfg.monitor.busy_gpu_action == "wait")
+        if threading.current_thread() is threading.main_thread():
+            def _term(signum, frame):
+                raise _Terminated()
+            old_handler = signal.signal(signal.SIGTERM, _term)
+        Path(target).unlink(missing_ok=True)  # a target from an earlier run must not outlive this one's failure
+        state = supervise(spec, cfg, root, state_path, executor=executor, lease=lease, run_key=run_key(spec.task))
+    except (SupervisorError, LaunchError, gpu_lock.GpuLockError, ConfigError) as e:
+        print(f"lights-out: {e}")
+        return False
+    except _Terminated:
+        print(f"lights-out: {spec.task} stopped by SIGTERM; its trainer was stopped and the run marked interrupted.")
+        return False
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+        if lease is not None:
+            lease.release()
+    ok = state.status in ("completed", "timeout")
+    if ok:
+        try:
+            write_target(target, state, state_path)
+        except OSError as e:
+            print(f"lights-out: could not write {target} ({e.strerror}); free disk space and rerun.")
+            return False
+    a = state.current
+    print(f"lights-out: {spec.task} {state.status} ({state.reason}) after {len(state.attempts)} attempt(s); "
+          f"reward {state.final.mean_reward if state.final.mean_reward is not None else '-'}; "
+          f"log {a.log_path if a else '-'}; state {state_path}")
+    return ok
+
+
+def _running_gpus(state_path: Path) -> list[int] | None:
+    """A run being adopted must keep the GPU its trainer is on."""
+    try:
+        st = load_state(state_path)
+    except Exception:
+        return None
+    if st and st.status == "running" and st.current and st.current.verdict is None and st.current.gpus:
+        return list(st.current.gpus)
+    return None

@@ -1,0 +1,709 @@
+"""Run a sweep plan: a work-conserving scheduler over GPU (or CPU-slot) leases, in one process.
+
+Why an in-process scheduler and not `doit -n`: doit's parallel runner forks workers that know
+nothing about GPUs, keeps its success records in memory until the whole run ends (a killed doit
+loses them) and cannot hand a freed GPU to "the next pending run" - it only knows task order. Here
+one thread per active run calls `supervisor.supervise` with a `gpu_lock` lease; the main loop
+starts the next pending run the moment a lease is released. The doit graph stays truthful
+through one file target per run (`<sweep dir>/targets/NN.json`), written atomically when the run
+reaches a final state (tasks/sweeps.py).
+
+Durability and exclusion:
+- each run's state is `<logs_dir>/sweeps/<plan>/runs/NN.json` (written by the supervisor); a
+  rerun skips final runs, and a `running` state left by a dead process is adopted or retried by
+  the supervisor;
+- a per-run flock (`NN.lock`, held for the run's lifetime, released by the kernel if we die) means
+  a run is never launched twice, whoever asks (a second sweep, `doit sweep:<plan>-NN`);
+- a per-sweep flock makes a second `doit sweep` on the same plan say who runs it and exit non-zero.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock, Timeout
+
+from lights_out_dev import ledger
+from lights_out_dev.config import ProjectConfig
+from lights_out_dev.plan import LoadedPlan, PlannedRun, check_tasks, load_plan, promoted_task
+from lights_out_dev.spec import RunSpec
+from lights_out_dev.state import RunState, atomic_write_text, load_state
+from lights_out_dev.verdicts import FINAL_STATUSES
+
+TICK_S = 0.5  # how often the scheduler looks for a free slot when nothing else woke it
+BUSY_RECHECK_S = 5.0  # a run owned by another live supervisor is looked at again this often
+LEDGER_REFRESH_S = 30.0  # ledger rewrite for progress only (starts and ends rewrite at once)
+
+
+class SweepError(Exception):
+    """A user-facing sweep problem; str() is one sentence naming the cause and the fix."""
+
+
+class SweepBusy(SweepError):
+    """Another live process runs this plan (or this run): the sweep goes on there."""
+
+
+# --- where things live ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SweepPaths:
+    dir: Path
+
+    @property
+    def runs(self) -> Path:
+        return self.dir / "runs"
+
+    @property
+    def targets(self) -> Path:
+        return self.dir / "targets"
+
+    @property
+    def meta(self) -> Path:
+        return self.dir / "sweep.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / "sweep.lock"
+
+    @property
+    def owner(self) -> Path:
+        return self.dir / "sweep.owner"
+
+    @property
+    def report(self) -> Path:
+        return self.dir / "report.md"
+
+    def state(self, index: int) -> Path:
+        return self.runs / f"{index:02d}.json"
+
+    def run_lock(self, index: int) -> Path:
+        return self.runs / f"{index:02d}.lock"
+
+    def run_owner(self, index: int) -> Path:
+        return self.runs / f"{index:02d}.owner"
+
+    def target(self, index: int) -> Path:
+        return self.targets / f"{index:02d}.json"
+
+    def promotion(self, index: int) -> Path:
+        return self.runs / f"{index:02d}.promotion.json"
+
+
+def run_key(name: str, index: int) -> str:
+    """The run's key (in its log file name): the doit task name with ':' -> '__'."""
+    return f"sweep__{name}-{index:02d}"
+
+
+def sweeps_root(root: Path, cfg: ProjectConfig) -> Path:
+    return cfg.path(root, cfg.logs_dir) / "sweeps"
+
+
+def paths_for(root: Path, cfg: ProjectConfig, name: str) -> SweepPaths:
+    return SweepPaths(sweeps_root(root, cfg) / name)
+
+
+def ledger_path(root: Path, cfg: ProjectConfig) -> Path:
+    return cfg.path(root, cfg.ledger)
+
+
+def ledger_lock(root: Path, cfg: ProjectConfig) -> Path:
+    return cfg.path(root, cfg.logs_dir) / "locks" / "ledger.lock"
+
+
+def plan_path(root: Path, cfg: ProjectConfig, given: str | None) -> Path:
+    return cfg.path(root, given or cfg.default_plan)
+
+
+# --- locks with an owner record --------------------------------------------------------------
+
+def try_lock(path: Path, owner: Path) -> FileLock | None:
+    """Non-blocking flock; on success record our pid beside it (to name the holder to others)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=0, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    try:
+        atomic_write_text(owner, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+    except OSError:
+        pass  # the lock is what excludes; the owner file only names the holder
+    return lock
+
+
+def holder(owner: Path) -> int | None:
+    try:
+        return int(json.loads(owner.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# --- experiment tasks -> RunSpec ---------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def _dodo_tasks(root: str) -> dict:
+    """All doit tasks of the project's dodo.py by name (loaded the way `doit` loads them), cached."""
+    from lights_out_dev.tasks_index import load_tasks
+
+    return load_tasks(Path(root))
+
+
+def known_tasks(root: Path) -> list[str]:
+    from lights_out_dev.tasks_index import spec_of
+
+    return [name for name, t in _dodo_tasks(str(root)).items() if spec_of(t) is not None]
+
+
+def base_spec(root: Path, task: str) -> RunSpec:
+    from lights_out_dev.tasks_index import spec_of
+
+    t = _dodo_tasks(str(root)).get(task)
+    spec = spec_of(t) if t is not None else None
+    if spec is None:
+        raise SweepError(f"task '{task}' is not an experiment task of {root / 'dodo.py'}; "
+                         f"run `doit list --all` for the names.")
+    return spec
+
+
+def spec_for(run: PlannedRun, root: Path, cfg: ProjectConfig) -> RunSpec:
+    """The experiment task's spec with the plan's overrides applied (last flag wins)."""
+    from lights_out_dev.command import merge_flags
+
+    spec = base_spec(root, run.task)
+    update = {"extra_args": merge_flags(spec.extra_args, run.trainer_args), "smoke": run.smoke}
+    for key in ("num_envs", "max_iterations", "seed"):
+        if getattr(run, key) is not None:
+            update[key] = getattr(run, key)
+    update["time_limit_s"] = run.time_limit_s if run.time_limit_s is not None else cfg.monitor.time_limit
+    if run.gpus and spec.multi_gpu:
+        update["gpus"] = run.gpus
+    return spec.model_copy(update=update)
+
+
+def gpu_count() -> int:
+    try:
+        from lights_out_dev.nvml import gpu_count as count
+    except ImportError:
+        return 0
+    return count()
+
+
+def gpu_memory_gb(index: int) -> float | None:
+    try:
+        from lights_out_dev.nvml import query_gpus
+
+        return next(g.mem_total_mb for g in query_gpus() if g.index == index) / 1024.0
+    except Exception:  # no driver / GPU vanished: no cap rather than no run
+        return None
+
+
+def capped_envs(num_envs: int | None, mem_gb: float | None, envs_per_gb: float | None) -> int | None:
+    """Parallel mode on a smaller GPU: at most `envs_per_gb` envs per GB of its memory. Pure."""
+    if num_envs is None or mem_gb is None or not envs_per_gb:
+        return num_envs
+    return max(1, min(num_envs, int(mem_gb * envs_per_gb)))
+
+
+def slots_text(cfg: ProjectConfig) -> str:
+    n = gpu_count()
+    return f"{n} GPU(s)" if n else f"no GPU: {cfg.cpu_slots} CPU slots"
+
+
+def print_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+# --- the sweep ---------------------------------------------------------------------------
+
+def _status(state: RunState | None) -> str:
+    return state.status if state else "pending"
+
+
+def is_final(state: RunState | None) -> bool:
+    return state is not None and state.status in FINAL_STATUSES
+
+
+class Sweep:
+    """One plan on disk: its states, ledger, promotion decisions and scheduler."""
+
+    def __init__(self, loaded: LoadedPlan, cfg: ProjectConfig, root: Path, *, executor: str | None = None,
+                 status_line: Callable[[str], None] = print_line):
+        self.loaded, self.cfg, self.root = loaded, cfg, root
+        self.paths = paths_for(root, cfg, loaded.name)
+        self.executor_kind = executor
+        say_lock = threading.Lock()
+
+        def say(line: str) -> None:  # one whole line at a time from many run threads
+            with say_lock:
+                status_line(line)
+        self.say = say
+        self._cv = threading.Condition()
+        self._ledger_mutex = threading.Lock()
+        self._ledger_warned = False
+        self._errors: list[str] = []
+        self._busy: dict[int, float] = {}  # run -> when a live supervisor elsewhere was found owning it
+        self._freed = False  # set when a run thread ends (guarded by _cv)
+        self._stop = threading.Event()  # Ctrl-C / SIGTERM: supervisors stop their trainers gracefully
+        self._load_promotions()
+
+    # -- state -------------------------------------------------------------------------
+    def states(self) -> dict[int, RunState]:
+        out = {}
+        for run in self.loaded.runs:
+            try:
+                s = load_state(self.paths.state(run.index))
+            except (ValueError, OSError):
+                s = None  # torn/corrupt files cannot happen with atomic writes; treat as not started
+            if s:
+                out[run.index] = s
+        return out
+
+    def started_at(self) -> float | None:
+        try:
+            return json.loads(self.paths.meta.read_text()).get("started_at")
+        except (OSError, ValueError):
+            return None
+
+    def render(self) -> str:
+        rel = lambda p: os.path.relpath(p, self.root)  # noqa: E731 - ledger shows repo-relative paths
+        return ledger.render(self.loaded, self.states(), started_at=self.started_at(),
+                             state_dir=rel(self.paths.runs), report=rel(self.paths.report), root=str(self.root))
+
+    def refresh_ledger(self) -> None:
+        """Rewrite the ledger from state (a deleted or hand-edited ledger is rebuilt here)."""
+        with self._ledger_mutex:
+            try:
+                ledger.write(ledger_path(self.root, self.cfg), self.render(), ledger_lock(self.root, self.cfg))
+                self._ledger_warned = False
+            except (OSError, Timeout) as e:
+                if not self._ledger_warned:  # once per outage, not on every tick
+                    self.say(f"[sweep {self.loaded.name}] cannot write the ledger {ledger_path(self.root, self.cfg)} "
+                             f"({getattr(e, 'strerror', None) or e}); runs go on, their state is kept in "
+                             f"{self.paths.runs} and the ledger is rebuilt once it can be written.")
+                    self._ledger_warned = True
+
+    def write_target(self, index: int, state: RunState) -> None:
+        last = state.current
+        data = {"sweep": self.loaded.name, "index": index, "task": state.task, "status": state.status,
+                "verdict": state.final_verdict, "state": str(self.paths.state(index)),
+                "tb_dir": last.tb_dir if last else None, "log": last.log_path if last else None,
+                "final": state.final.model_dump(), "checkpoints": state.checkpoints}
+        try:
+            atomic_write_text(self.paths.target(index), json.dumps(data, indent=2))
+        except OSError as e:
+            self.say(f"[sweep {self.loaded.name}] cannot write target {self.paths.target(index)} ({e.strerror}); "
+                     f"the run's state is final, the target is rewritten at the next `doit sweep`.")
+
+    # -- starting, --continue / --wipe --------------------------------------------------
+    def prepare(self, continue_: bool = False, wipe: bool = False) -> None:
+        """Claim the ledger for this plan; refuse (one sentence) when it belongs to another plan."""
+        path = ledger_path(self.root, self.cfg)
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        try:
+            existing = ledger.sweep_name(path.read_text())
+        except (OSError, UnicodeDecodeError):
+            existing = None
+        if existing and existing != self.loaded.name:
+            other = paths_for(self.root, self.cfg, existing)
+            live = self._live_holder(other)
+            if live:
+                raise SweepError(f"the ledger {path} belongs to sweep '{existing}', which process {live} is running "
+                                 f"now; wait for it to finish or set a different [tool.lights_out] ledger.")
+            if not (continue_ or wipe):
+                raise SweepError(f"the ledger {path} belongs to sweep '{existing}', not '{self.loaded.name}'; "
+                                 f"pass --continue to keep that sweep's state and start this one, or --wipe to "
+                                 f"archive its ledger and state first.")
+            self._archive(path, f"{existing}.{stamp}")
+            if wipe and other.dir.exists():
+                other.dir.rename(other.dir.with_name(f"{other.dir.name}.{stamp}"))
+        if wipe and self.paths.dir.exists():
+            live = self._live_holder(self.paths)
+            if live:
+                raise SweepError(f"sweep '{self.loaded.name}' is being run by process {live}; stop it before --wipe.")
+            if path.exists() and existing == self.loaded.name:
+                self._archive(path, f"{existing}.{stamp}")
+            self.paths.dir.rename(self.paths.dir.with_name(f"{self.paths.dir.name}.{stamp}"))
+            self._load_promotions()
+        self.paths.runs.mkdir(parents=True, exist_ok=True)
+        if not self.paths.meta.exists():
+            atomic_write_text(self.paths.meta, json.dumps({"name": self.loaded.name, "plan": str(self.loaded.path),
+                                                           "started_at": time.time()}, indent=2))
+        atomic_write_text(sweeps_root(self.root, self.cfg) / "current", self.loaded.name + "\n")
+
+    def _archive(self, ledger_file: Path, suffix: str) -> None:
+        if ledger_file.exists():
+            ledger_file.rename(ledger_file.with_name(f"{ledger_file.stem}.{suffix}{ledger_file.suffix}"))
+
+    @staticmethod
+    def _live_holder(p: SweepPaths) -> int | None:
+        if not p.lock.exists():
+            return None
+        lock = FileLock(str(p.lock), timeout=0, thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return holder(p.owner) or -1
+        lock.release()
+        return None
+
+    # -- promotion ----------------------------------------------------------------------
+    def _load_promotions(self) -> None:
+        """Reapply promotion decisions already taken (a restarted sweep promotes the same run)."""
+        for run in self.loaded.runs:
+            if run.promotion:
+                try:
+                    d = json.loads(self.paths.promotion(run.index).read_text())
+                except (OSError, ValueError):
+                    continue
+                self._apply_promotion(run, d)
+
+    @staticmethod
+    def _apply_promotion(run: PlannedRun, d: dict) -> None:
+        run.task, run.num_envs, run.gpus = d["task"], d["num_envs"], d["gpus"]
+        run.notes = d["note"]
+        run.extra["promotion"] = d
+
+    def metric_value(self, state: RunState, metric: str) -> float | None:
+        """Last value of a TensorBoard tag of the run; falls back to the run state's final numbers."""
+        last = state.current
+        if last and last.tb_dir:
+            try:
+                from lights_out_dev.tb import read_scalars
+
+                series = read_scalars(last.tb_dir).get(metric)
+                if series:
+                    return float(series[-1][2])
+            except Exception:  # unreadable events file: fall back, the state has the stdout numbers
+                pass
+        fallback = {"Train/mean_reward": state.final.mean_reward, "Perf/total_fps": state.final.steps_per_s,
+                    "Train/mean_episode_length": state.final.mean_episode_length}
+        return fallback.get(metric)
+
+    def decide_promotion(self, run: PlannedRun) -> str | None:
+        """Choose the best run of the source phase; returns why there is nothing to promote, or None."""
+        if run.task is not None:
+            return None
+        p = run.promotion
+        states = self.states()
+        scored = []
+        for src in self.loaded.runs:
+            s = states.get(src.index)
+            if src.phase == p.from_phase and s and s.status in ("completed", "timeout"):
+                v = self.metric_value(s, p.metric)
+                if v is not None:
+                    scored.append((v, src, s))
+        if not scored:
+            return f"no run of phase {p.from_phase} finished with a {p.metric} value"
+        value, best, best_state = (max if p.mode == "max" else min)(scored, key=lambda x: x[0])
+        n_gpu = gpu_count()
+        gpus = (n_gpu if p.gpus == "all" else p.gpus) if n_gpu else p.cpu_ranks
+        task = promoted_task(best.task, p.suffix)
+        known = set(known_tasks(self.root))
+        note = f"promoted from run {best.index} ({p.metric} {value:.2f}, {p.mode})"
+        if task not in known:
+            if n_gpu:
+                return f"run {best.index} is best but its multi-GPU variant '{task}' is not a task; add it (lab() makes one)"
+            task = best.task  # documented CPU-only fallback: single-process variant with scaled envs
+            note += f"; no '{promoted_task(best.task, p.suffix)}' task, single-process variant on CPU"
+        envs = ledger.effective_envs(best_state, best)
+        if p.scale_envs and envs:
+            envs *= gpus
+        if p.overrides.num_envs:
+            envs = p.overrides.num_envs
+        d = {"task": task, "num_envs": envs, "gpus": gpus, "source": best.index, "value": value, "note": note}
+        atomic_write_text(self.paths.promotion(run.index), json.dumps(d, indent=2))
+        self._apply_promotion(run, d)
+        return None
+
+    def _skip(self, run: PlannedRun, reason: str) -> None:
+        """Record a run that cannot be started (no promotion source, too many GPUs) as final 'skipped'."""
+        spec = RunSpec(task=run.task or "(promotion)", family="-", launcher="lab", prefix=[], script="-",
+                       trainer_task="-", num_envs=run.num_envs, time_limit_s=run.time_limit_s)
+        state = RunState(run_key=run_key(self.loaded.name, run.index), rid="-", run_name="-", task=spec.task,
+                         spec=spec, status="skipped", final_verdict="skipped", reason=reason,
+                         sweep=self.loaded.name, index=run.index, phase=run.phase)
+        from lights_out_dev.state import save_state
+
+        save_state(state, self.paths.state(run.index))
+        self.write_target(run.index, state)
+        self.say(f"[sweep {self.loaded.name}] run {run.index} skipped: {reason}.")
+
+    # -- scheduling ---------------------------------------------------------------------
+    def _needed_gpus(self, run: PlannedRun) -> int:
+        return max(1, run.gpus or 1)
+
+    def _launch(self, run: PlannedRun, run_lock: FileLock, lease, active: dict) -> None:
+        def body():
+            from lights_out_dev.supervisor import SupervisorBusy
+
+            try:
+                self._supervise(run, lease)
+            except SupervisorBusy as e:  # a live supervisor elsewhere owns it: never launch it twice
+                self.say(f"[sweep {self.loaded.name}] run {run.index}: {e}")
+                self._busy[run.index] = time.monotonic()
+            except BaseException as e:  # noqa: BLE001 - reported, then the sweep stops launching
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                self._errors.append(f"run {run.index} ({run.task}): {msg}")
+            finally:
+                lease.release()
+                run_lock.release()
+                with self._cv:
+                    active.pop(run.index, None)
+                    self._freed = True  # a notify while the loop is busy must not be lost
+                    self._cv.notify_all()
+                self.refresh_ledger()
+
+        t = threading.Thread(target=body, name=f"sweep-{run.key}", daemon=True)
+        active[run.index] = t
+        t.start()
+
+    def _supervise(self, run: PlannedRun, lease) -> None:
+        from lights_out_dev.supervisor import supervise
+
+        spec = self.spec(run)
+        if self.loaded.plan.mode == "parallel" and lease.gpus and self.loaded.plan.max_envs_per_gpu_gb:
+            capped = capped_envs(spec.num_envs, gpu_memory_gb(lease.gpus[0]), self.loaded.plan.max_envs_per_gpu_gb)
+            if capped != spec.num_envs:
+                self.say(f"[sweep {self.loaded.name}] run {run.index}: num_envs {spec.num_envs} -> {capped} "
+                         f"for GPU {lease.gpus[0]} (max_envs_per_gpu_gb {self.loaded.plan.max_envs_per_gpu_gb}).")
+                spec = spec.model_copy(update={"num_envs": capped})
+        state = supervise(spec, self.cfg, self.root, self.paths.state(run.index), executor=self._executor(),
+                          lease=lease, run_key=run_key(self.loaded.name, run.index),
+                          status_line=lambda line: self.say(f"[{run.key}] {line}"),
+                          sweep=self.loaded.name, index=run.index, phase=run.phase,
+                          should_stop=self._stop.is_set)
+        if is_final(state):
+            self.write_target(run.index, state)
+
+    def spec(self, run: PlannedRun) -> RunSpec:
+        """The run's RunSpec: its experiment task's spec with the plan's overrides."""
+        return spec_for(run, self.root, self.cfg)
+
+    def _executor(self):
+        kind = self.executor_kind or self.cfg.executor
+        if kind == "slurm":
+            from lights_out_dev.slurm_executor import SlurmExecutor
+
+            return SlurmExecutor(self.cfg, self.root)  # as supervisor.run_task builds it
+        return None  # the supervisor's default: LocalExecutor
+
+    def _try_lease(self, n: int, state: RunState | None):
+        """A lease, or None when no slot is free now. A run whose trainer may still be alive (left
+        'running' by a killed sweep) gets the GPUs it is on, so an adopted trainer keeps its GPU."""
+        from lights_out_dev.gpu_lock import GpuLockError, acquire
+
+        if (self.executor_kind or self.cfg.executor) == "slurm":
+            return _SchedulerLease()  # Slurm allocates the GPUs and queues the jobs (as run_task does)
+        prefer = None
+        if state and state.status == "running" and state.current and state.current.verdict is None:
+            prefer = list(state.current.gpus) if state.current.gpus else None
+        try:
+            return acquire(n, self.cfg, self.root, prefer=prefer, wait=False)
+        except GpuLockError:
+            return None
+
+    def schedule(self, indices: list[int]) -> bool:
+        """Run the given runs to a final state, one per lease, work-conserving. True = none errored."""
+        _warm_imports()
+        runs = [self.loaded.run(i) for i in indices]
+        pending = [r for r in runs if not is_final(load_state(self.paths.state(r.index)))]
+        active: dict[int, threading.Thread] = {}
+        waiting_on: dict[int, int | None] = {}
+        last_line = 0.0
+        last_seen: dict[int, tuple] = {}
+        n_gpu = gpu_count()
+        while pending or active:  # the ledger is first written right after the first launches
+            launched_blocked = False
+            for run in list(pending):
+                if self._errors:
+                    break
+                state = load_state(self.paths.state(run.index))
+                if is_final(state):
+                    pending.remove(run)
+                    continue
+                if self.loaded.plan.mode == "sequential" and active:
+                    break
+                if run.promotion and run.task is None:
+                    why = self.decide_promotion(run)
+                    if why:
+                        self._skip(run, why)
+                        pending.remove(run)
+                        continue
+                need = self._needed_gpus(run) if n_gpu else 1  # CPU: one slot per run (ranks share it)
+                if n_gpu and need > n_gpu:
+                    self._skip(run, f"it needs {need} GPUs and this machine has {n_gpu}")
+                    pending.remove(run)
+                    continue
+                run_lock = try_lock(self.paths.run_lock(run.index), self.paths.run_owner(run.index))
+                if run_lock is None:
+                    waiting_on[run.index] = holder(self.paths.run_owner(run.index))
+                    continue
+                waiting_on.pop(run.index, None)
+                if time.monotonic() - self._busy.get(run.index, -BUSY_RECHECK_S) < BUSY_RECHECK_S:
+                    run_lock.release()  # its owner is alive; look again later (adopt it if the owner died)
+                    continue
+                lease = self._try_lease(need, state)
+                if lease is None:
+                    run_lock.release()
+                    launched_blocked = True
+                    break
+                pending.remove(run)
+                self._launch(run, run_lock, lease, active)
+            if self._errors and not active:
+                break
+            if not pending and not active:
+                break
+            now = time.monotonic()
+            seen = {i: (_status(s), len(s.attempts)) for i, s in self.states().items()}
+            if seen != last_seen or now - last_line >= LEDGER_REFRESH_S:
+                self.refresh_ledger()
+                last_seen = seen
+            if now - last_line >= self.cfg.monitor.status_interval_s:
+                self.say(self.status_line(len(active), len(pending), waiting_on, launched_blocked))
+                last_line = now
+            try:
+                with self._cv:
+                    if not self._freed:
+                        self._cv.wait(timeout=TICK_S)
+                    self._freed = False
+            except KeyboardInterrupt:
+                self._stop_all(active)
+                raise
+        self.refresh_ledger()
+        if self._errors:
+            self.say(f"[sweep {self.loaded.name}] stopped: {self._errors[0]}; fix that and rerun `doit sweep` "
+                     f"- finished runs are kept.")
+            return False
+        return True
+
+    def _stop_all(self, active: dict) -> None:
+        """Ask every supervisor to stop its trainer (graceful) and wait for them: no orphan."""
+        self._stop.set()
+        self.say(f"[sweep {self.loaded.name}] stopping {len(active)} run(s); they are marked interrupted and "
+                 f"retried by the next `doit sweep`.")
+        for t in list(active.values()):
+            t.join()
+
+    def status_line(self, n_active: int, n_pending: int, waiting_on: dict, blocked: bool) -> str:
+        counts: dict[str, int] = {}
+        for run in self.loaded.runs:
+            s = _status(load_state(self.paths.state(run.index)))
+            counts[s] = counts.get(s, 0) + 1
+        line = (f"[sweep {self.loaded.name}] " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                + f" | {slots_text(self.cfg)}")
+        if waiting_on:
+            who = ", ".join(f"run {i} (pid {p})" for i, p in sorted(waiting_on.items()))
+            line += f" | held by another process: {who}"
+        elif blocked and n_pending:
+            line += " | waiting for a free slot"
+        return line
+
+    # -- entry points used by the doit tasks ---------------------------------------------
+    def run_phase(self, phase: int) -> bool:
+        """Every run of `phase`, under the sweep lock (a second sweep process refuses, naming us)."""
+        lock = try_lock(self.paths.lock, self.paths.owner)
+        if lock is None:
+            pid = holder(self.paths.owner)
+            raise SweepBusy(f"another sweep process {pid} is running plan '{self.loaded.name}'; watch it with "
+                             f"`python lights_out_dev/watch.py --until-event` or stop that process first.")
+        old = None
+        if threading.current_thread() is threading.main_thread():
+            def _term(signum, frame):  # SIGTERM: same clean stop as Ctrl-C
+                raise KeyboardInterrupt
+            old = signal.signal(signal.SIGTERM, _term)
+        try:
+            return self.schedule([r.index for r in self.loaded.runs if r.phase == phase])
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+            lock.release()
+
+    def ensure_run(self, index: int) -> bool:
+        """One run to a final state (skips it when final; refuses when another process holds it)."""
+        state = load_state(self.paths.state(index))
+        if not is_final(state):
+            held = holder(self.paths.run_owner(index))
+            probe = try_lock(self.paths.run_lock(index), self.paths.run_owner(index))
+            if probe is None:
+                raise SweepBusy(f"run {index} of sweep '{self.loaded.name}' is being run by process {held}; "
+                                 f"wait for it (python lights_out_dev/watch.py --until-event).")
+            probe.release()
+            if not self.schedule([index]):
+                return False
+            state = load_state(self.paths.state(index))
+        if is_final(state):
+            if not self.paths.target(index).exists():
+                self.write_target(index, state)
+            return True
+        return False
+
+
+class _SchedulerLease:
+    """No local lease: the job scheduler (Slurm) owns GPU allocation."""
+
+    gpus = None
+
+    def release(self) -> None:
+        pass
+
+
+def _warm_imports() -> None:
+    """Import what run threads import lazily, once, up front: a first import inside a thread costs
+    ~100 ms while a slot sits idle (measured by bench/sweep_schedule.py)."""
+    import importlib
+
+    for name in ("supervisor", "gpu_lock", "scan", "classify", "policy", "tb", "local_executor", "events"):
+        try:
+            importlib.import_module(f"lights_out_dev.{name}")
+        except ImportError:
+            pass
+
+
+# --- helpers for the doit tasks and scripts -----------------------------------------------------
+
+def open_sweep(root: Path, cfg: ProjectConfig, plan: str | None, *, executor: str | None = None,
+               check: bool = True, status_line: Callable[[str], None] = print_line) -> Sweep:
+    """Load + validate a plan (unknown tasks name the closest ones) -> Sweep."""
+    loaded = load_plan(plan_path(root, cfg, plan))
+    if check:
+        check_tasks(loaded, known_tasks(root))
+    return Sweep(loaded, cfg, root, executor=executor, status_line=status_line)
+
+
+def finish(sweep: Sweep) -> bool:
+    """End of a sweep: ledger, report, `sweep_finished` event. True when every run is final."""
+    from lights_out_dev import events
+    from lights_out_dev.report import write_report
+
+    states = sweep.states()
+    sweep.refresh_ledger()
+    report = None
+    try:
+        report = write_report(sweep)
+    except OSError as e:
+        sweep.say(f"[sweep {sweep.loaded.name}] cannot write the report ({e.strerror}); free disk space and run "
+                  f"`doit sweep_report`.")
+    counts: dict[str, int] = {}
+    for run in sweep.loaded.runs:
+        s = _status(states.get(run.index))
+        counts[s] = counts.get(s, 0) + 1
+    done = all(is_final(states.get(r.index)) for r in sweep.loaded.runs)
+    events.emit(sweep.root, sweep.cfg, "sweep_finished", sweep=sweep.loaded.name, ok=done, counts=counts,
+                report=str(report) if report else None, ledger=str(ledger_path(sweep.root, sweep.cfg)))
+    sweep.say(f"[sweep {sweep.loaded.name}] finished: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+              + (f"; report {report}" if report else ""))
+    return done
+
+
+__all__ = ["Sweep", "SweepError", "SweepBusy", "SweepPaths", "open_sweep", "finish", "paths_for", "spec_for", "known_tasks",
+           "capped_envs", "ledger_path", "sweeps_root"]

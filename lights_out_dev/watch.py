@@ -1,0 +1,157 @@
+"""Block until something needs a decision: `python lights_out_dev/watch.py --until-event [--timeout S]`.
+
+Prints one status line every --interval seconds and returns at the first event appended to
+<logs_dir>/events.jsonl after it started (events before are history) whose kind needs a
+decision or a report, printing the event and the last lines of that run's log. The exit code
+says which kind it was, so a script or an agent can branch without parsing:
+
+    code  event             meaning
+    0     sweep_finished    every run of the sweep reached a final state (read the report)
+    1     sweep_finished    the sweep stopped early (ok=false: bad plan, disk full, ...)
+    10    completed         a run completed
+    11    timeout           a run hit its time limit (not a failure; checkpoints kept)
+    12    retry             a run failed and is being retried by policy
+    13    gave_up           a run failed and the policy gave up on it
+    14    failed            a run ended failed (after gave_up, or refused to start)
+    15    preflight_failed  a pre-flight check (gpu_guard, power_check) failed
+    2                       usage / configuration error
+    124                     --timeout passed with no such event
+
+--only KIND,... returns on those kinds only (e.g. `--only gave_up,sweep_finished,preflight_failed`
+for an overnight sweep: completed runs and retries are then just counted in the status lines).
+Without --until-event it only prints status lines until --timeout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lights_out_dev.config import ConfigError, load_config, project_root  # noqa: E402
+
+EXIT_CODES = {"completed": 10, "timeout": 11, "retry": 12, "gave_up": 13, "failed": 14, "preflight_failed": 15}
+EXIT_TIMEOUT = 124
+LOG_LINES = 15
+POLL_S = 0.5
+
+
+def exit_code(event: dict) -> int | None:
+    """The exit code for an event, or None when it does not end the watch. Pure."""
+    kind = event.get("kind")
+    if kind == "sweep_finished":
+        return 0 if event.get("ok", True) else 1
+    return EXIT_CODES.get(kind)
+
+
+def describe(event: dict) -> str:
+    """One line for an event. Pure."""
+    kind = event.get("kind", "?")
+    who = event.get("task") or event.get("sweep") or event.get("plan") or ""
+    if event.get("index") is not None:
+        who = f"run {event['index']} {who}"
+    bits = [f"event {kind}", who]
+    for key in ("verdict", "reason", "action", "attempts", "counts", "report"):
+        if event.get(key) not in (None, "", {}):
+            bits.append(f"{key}={event[key]}")
+    return " ".join(str(b) for b in bits if b)
+
+
+def read_new(path: Path, offset: int) -> tuple[list[dict], int]:
+    """Complete JSON lines after `offset` (a half-written last line waits for the next call)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events = []
+    for raw in data[:end].splitlines():
+        try:
+            events.append(json.loads(raw))
+        except ValueError:
+            continue  # a foreign/corrupt line never stops the watch
+    return events, offset + end
+
+
+def log_tail(event: dict, n: int = LOG_LINES) -> list[str]:
+    log = event.get("log_path")
+    if not log and event.get("state_path"):
+        try:
+            from lights_out_dev.state import load_state
+
+            st = load_state(Path(event["state_path"]))
+            log = st.current.log_path if st and st.current else None
+        except Exception:
+            log = None
+    if not log:
+        return []
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            return f.read().decode(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Wait for the next sweep/run event that needs a decision.")
+    ap.add_argument("--until-event", action="store_true", help="return at the first decision event")
+    ap.add_argument("--timeout", type=float, default=None, help="give up after S seconds (exit 124)")
+    ap.add_argument("--interval", type=float, default=60.0, help="seconds between status lines (default 60)")
+    ap.add_argument("--sweep", help="only events of this sweep (plan name)")
+    ap.add_argument("--only", help="comma-separated kinds to return on (default: all of the table), e.g. "
+                                   "gave_up,sweep_finished,preflight_failed for an overnight sweep")
+    args = ap.parse_args(argv)
+    root = project_root()
+    try:
+        cfg = load_config(root)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    from lights_out_dev import status
+
+    only = set(args.only.split(",")) if args.only else None
+    unknown = sorted((only or set()) - set(EXIT_CODES) - {"sweep_finished"})
+    if unknown:
+        print(f"--only {unknown[0]} is not an event kind that ends a watch; use some of "
+              f"{', '.join([*EXIT_CODES, 'sweep_finished'])}.", file=sys.stderr)
+        return 2
+    path = cfg.path(root, cfg.logs_dir) / "events.jsonl"
+    offset = path.stat().st_size if path.exists() else 0
+    start = time.monotonic()
+    next_line = start
+    while True:
+        events, offset = read_new(path, offset)
+        for ev in events:
+            if args.sweep and ev.get("sweep", ev.get("plan")) not in (args.sweep, None):
+                continue
+            code = exit_code(ev)
+            if args.until_event and code is not None and (only is None or ev.get("kind") in only):
+                print(describe(ev), flush=True)
+                tail = log_tail(ev)
+                if tail:
+                    print(f"--- last {len(tail)} lines of {ev.get('log_path') or 'the run log'} ---")
+                    print("\n".join(tail), flush=True)
+                return code
+        now = time.monotonic()
+        if now >= next_line:
+            try:
+                print(status.summary_line(status.collect(root, cfg, args.sweep)), flush=True)
+            except Exception as e:  # status is a convenience; the watch goes on
+                print(f"(status unavailable: {e})", flush=True)
+            next_line = now + args.interval
+        if args.timeout is not None and now - start >= args.timeout:
+            print(f"no decision event within {args.timeout:g}s; the sweep goes on (exit {EXIT_TIMEOUT}).", flush=True)
+            return EXIT_TIMEOUT
+        time.sleep(POLL_S)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Experiment families and launchers; dodo.py imports the task creators from here."""

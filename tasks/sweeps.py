@@ -1,0 +1,174 @@
+"""The sweep tasks: `doit sweep [--plan sweeps/<name>.yaml] [--continue|--wipe] [--executor slurm]`.
+
+For a plan named P with phases 1 and 2 the group `sweep` runs, in this order:
+
+    sweep:P-p1      the scheduler for every phase-1 run (task_dep gpu_guard)
+    sweep:P-01..    one task per run (task_dep sweep:P-p1); target <logs_dir>/sweeps/P/targets/NN.json,
+                    written when the run reaches a final state; up to date while that target exists.
+                    `doit sweep:P-03` brings run 3 up to date through its phase's scheduler, which
+                    skips the runs of that phase that are already final.
+    sweep:P-p2      the scheduler for phase 2 (task_dep sweep:P-p1, then power_check when the phase
+                    holds the multi-GPU promotion), then its per-run tasks
+    sweep:P-report  ledger + report + the `sweep_finished` event
+
+`doit sweep_report [--plan ...]` rebuilds the report on demand. The plan comes from --plan or
+[tool.lights_out] default_plan; a plan that cannot be read turns into a `sweep` task that fails
+with the one-sentence reason, so every other task keeps working.
+"""
+from __future__ import annotations
+
+__all__ = ["task_sweep", "task_sweep_report"]
+
+
+def _context():
+    from lights_out_dev import overrides
+    from tasks._launchers import project
+
+    root, cfg = project()
+    return root, cfg, overrides.current()
+
+
+def _fail(sentence: str) -> bool:
+    print(f"lights-out sweep: {sentence}")
+    return False
+
+
+def _os_sentence(e: OSError) -> str:
+    return (f"cannot write {e.filename or 'a sweep file'} ({e.strerror or e}); free disk space or fix permissions "
+            f"and rerun `doit sweep` - finished runs are kept.")
+
+
+def _open(plan: str | None, executor: str | None = None, check: bool = True):
+    from lights_out_dev.sweep import open_sweep
+
+    root, cfg, _ = _context()
+    return open_sweep(root, cfg, plan, executor=executor, check=check)
+
+
+def run_phase(plan: str | None, phase: int) -> bool:
+    """doit action: prepare (ledger ownership, --continue/--wipe) once, then schedule the phase."""
+    from lights_out_dev import events
+    from lights_out_dev.gpu_lock import GpuLockError
+    from lights_out_dev.plan import PlanError
+    from lights_out_dev.sweep import SweepBusy, SweepError
+
+    root, cfg, ov = _context()
+    try:
+        sweep = _open(plan, ov.executor)
+        if phase == sweep.loaded.phases()[0]:
+            sweep.prepare(continue_=ov.continue_, wipe=ov.wipe)
+        ok = sweep.run_phase(phase)
+    except SweepBusy as e:  # the sweep goes on in the other process: no event, just say so
+        return _fail(str(e))
+    except (PlanError, SweepError, GpuLockError) as e:
+        events.emit(root, cfg, "sweep_finished", plan=plan, ok=False, reason=str(e))
+        return _fail(str(e))
+    except OSError as e:  # e.g. disk full while claiming the ledger or writing the sweep's metadata
+        sentence = _os_sentence(e)
+        events.emit(root, cfg, "sweep_finished", plan=plan, ok=False, reason=sentence)
+        return _fail(sentence)
+    if not ok:
+        events.emit(root, cfg, "sweep_finished", sweep=sweep.loaded.name, ok=False,
+                    reason=f"phase {phase} stopped; see the doit output")
+    return ok
+
+
+def ensure_run(plan: str | None, index: int) -> bool:
+    from lights_out_dev.plan import PlanError
+    from lights_out_dev.sweep import SweepError
+
+    _, _, ov = _context()
+    try:
+        sweep = _open(plan, ov.executor)
+        return sweep.ensure_run(index)
+    except (PlanError, SweepError) as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(_os_sentence(e))
+
+
+def finish(plan: str | None) -> bool:
+    from lights_out_dev.plan import PlanError
+    from lights_out_dev.sweep import finish as finish_sweep
+
+    try:
+        return finish_sweep(_open(plan, check=False))
+    except PlanError as e:
+        return _fail(str(e))
+
+
+def report(plan: str | None) -> bool:
+    from lights_out_dev.plan import PlanError
+    from lights_out_dev.report import write_report
+
+    try:
+        path = write_report(_open(plan, check=False))
+    except (PlanError, OSError) as e:
+        return _fail(str(e))
+    print(f"lights-out sweep: report {path}")
+    return True
+
+
+def _final_target(path: str):
+    from pathlib import Path
+
+    return lambda: Path(path).exists()
+
+
+def task_sweep():
+    """Run a sweep plan (--plan sweeps/<name>.yaml; default [tool.lights_out] default_plan)."""
+    from lights_out_dev.plan import PlanError, load_plan
+    from lights_out_dev.sweep import paths_for, plan_path
+
+    root, cfg, ov = _context()
+    try:
+        loaded = load_plan(plan_path(root, cfg, ov.plan))
+    except PlanError as e:
+        yield {"name": "plan", "doc": "the sweep plan could not be read", "actions": [(_fail, [str(e)])]}
+        return
+    name, plan = loaded.name, ov.plan
+    paths = paths_for(root, cfg, name)
+    previous_phase: str | None = None
+    all_runs: list[str] = []
+    for phase in loaded.phases():
+        runs = [r for r in loaded.runs if r.phase == phase]
+        needs_power = cfg.power.required_for_mgpu and any(r.promotion or r.gpus > 1 for r in runs)
+        preflight = ["gpu_guard"] + (["power_check"] if needs_power else [])
+        phase_task = f"{name}-p{phase}"
+        yield {
+            "name": phase_task,
+            "doc": f"phase {phase} of sweep {name}: {len(runs)} run(s), one per GPU/CPU slot",
+            "actions": [(run_phase, [plan, phase])],
+            "task_dep": ([f"sweep:{previous_phase}"] if previous_phase else []) + preflight,
+            "uptodate": [_final_target(str(paths.target(r.index))) for r in runs],
+            "verbosity": 2,
+        }
+        for r in runs:
+            target = str(paths.target(r.index))
+            yield {
+                "name": f"{name}-{r.key}",
+                "doc": f"run {r.index} of sweep {name}: {r.task or 'promotion'}",
+                "actions": [(ensure_run, [plan, r.index])],
+                "targets": [target],
+                # doit runs a group's tasks in its own order, not the order yielded: without this dep
+                # it would run the per-run tasks one by one before the parallel phase scheduler.
+                "task_dep": [f"sweep:{phase_task}"],
+                "uptodate": [_final_target(target)],
+                "verbosity": 2,
+            }
+            all_runs.append(f"sweep:{name}-{r.key}")
+        previous_phase = phase_task
+    yield {
+        "name": f"{name}-report",
+        "doc": f"ledger, report and sweep_finished event of sweep {name}",
+        "actions": [(finish, [plan])],
+        "task_dep": all_runs,
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def task_sweep_report():
+    """Rebuild a sweep's report (<logs_dir>/sweeps/<plan>/report.md, plots, metrics.csv, configs)."""
+    _, _, ov = _context()
+    return {"actions": [(report, [ov.plan])], "uptodate": [False], "verbosity": 2}

@@ -1,0 +1,433 @@
+"""The Slurm executor on a real one-node Slurm (tests/slurm/cluster.sh: localhost, 4 fake GPUs).
+
+Marker `slurm`. The session fixture starts the cluster (installing Debian's packages if needed) and
+stops it at the end if it started it. Without root or apt the tests are skipped with the reason,
+unless CI=true, where that is a failure. Pure helpers are tested first, without Slurm.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lights_out_dev import jobscript
+from lights_out_dev.config import GpuGuard, MonitorConfig, PolicyRule, ProjectConfig, SlurmConfig
+from lights_out_dev.slurm_executor import (SlurmControllerDown, SlurmExecutor, SlurmInvalidPartition,
+                                           SlurmNotInstalled, SlurmRejected, SlurmSubmitError, exit_from_code,
+                                           pending_sentence, submit_error)
+from lights_out_dev.spec import RunSpec
+from lights_out_dev.state import load_state
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+SLURM_DIR = Path(os.environ.get("LIGHTS_OUT_SLURM_DIR", "/tmp/lights-out-slurm"))
+TRAIN = str(ROOT / "workloads" / "train.py")
+
+
+# -- pure helpers (no Slurm) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stderr,cls,fragment", [
+    ("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+     SlurmControllerDown, "scontrol ping"),
+    ("sbatch: error: invalid partition specified: nope\nsbatch: error: Batch job submission failed: "
+     "Invalid partition name specified", SlurmInvalidPartition, "'nope'"),
+    ("sbatch: error: Batch job submission failed: Requested node configuration is not available",
+     SlurmRejected, "8 GPU(s)"),
+    ("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified",
+     SlurmRejected, "slurm.account"),
+    ("sbatch: error: something new", SlurmSubmitError, "something new"),
+])
+def test_submit_error_sentences(stderr, cls, fragment):
+    err = submit_error(stderr, "nope", 8)
+    assert type(err) is cls
+    assert fragment in str(err)
+    assert str(err).count(". ") == 0 and str(err).endswith(".")  # one sentence
+
+
+@pytest.mark.parametrize("reason,fragment", [
+    ("Resources", "waiting for free resources"),
+    ("(Priority)", "higher-priority jobs"),
+    ("ReqNodeNotAvail, UnavailableNodes:localhost", "localhost are drained or down"),
+    ("Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions", "drained or down"),
+    ("PartitionDown", "choose another slurm.partition"),
+    ("JobHeldUser", "scontrol release 7"),
+    ("QOSMaxGRESPerUser", "Slurm's reason is QOSMaxGRESPerUser"),
+])
+def test_pending_sentences(reason, fragment):
+    text = pending_sentence("7", reason, 12.0, "gpu")
+    assert text.startswith("Slurm job 7 is pending for 12 s")
+    assert fragment in text
+
+
+@pytest.mark.parametrize("code,expected", [("0:0", (0, None)), ("3:0", (3, None)), ("0:9", (None, 9)),
+                                           ("130:0", (130, None)), ("junk", (None, None))])
+def test_exit_from_code(code, expected):
+    assert exit_from_code(code) == expected
+
+
+def test_no_slurm_commands(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing named sbatch here
+    ex = SlurmExecutor(ProjectConfig(), tmp_path)
+    with pytest.raises(SlurmNotInstalled) as e:
+        ex.start(["true"], {}, tmp_path / "a.log", None)
+    assert str(e.value) == "sbatch not found: install Slurm's client or use --executor local."
+
+
+# -- the cluster ------------------------------------------------------------------------------------
+
+def _why_not() -> str | None:
+    installed = all(shutil.which(c) for c in ("sbatch", "slurmctld", "slurmd", "munged"))
+    if installed:
+        return None
+    if os.geteuid() != 0:
+        return "the local Slurm test cluster needs root to install slurmctld/slurmd/munge (not root here)"
+    if not shutil.which("apt-get"):
+        return "the local Slurm test cluster needs apt-get to install slurmctld/slurmd/munge (none here)"
+    return None
+
+
+def _unavailable(why: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why}; CI=true requires the Slurm tests to run")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    why = _why_not()
+    if why:
+        _unavailable(why)
+    env = {**os.environ, "LIGHTS_OUT_SLURM_DIR": str(SLURM_DIR)}
+    was_running = subprocess.run([CLUSTER, "status"], capture_output=True, env=env).returncode == 0
+    t0 = time.monotonic()
+    proc = subprocess.run([CLUSTER, "start"], capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode != 0:
+        _unavailable(f"tests/slurm/cluster.sh start failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(SLURM_DIR / "slurm.conf")
+    yield {"start_s": time.monotonic() - t0}
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+    if not was_running:
+        subprocess.run([CLUSTER, "stop"], capture_output=True, env=env, timeout=120)
+
+
+def squeue_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-t", "all", "-o", "%T"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+FAKE_TRAINER = textwrap.dedent("""
+    import os, signal, sys, time
+    if os.environ.get("IGNORE_INT"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("started CVD=" + os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), flush=True)
+    try:
+        time.sleep(float(sys.argv[1]))
+    except KeyboardInterrupt:
+        print("saved checkpoint", flush=True)
+        sys.exit(130)
+    print("Training time: 1.0 seconds", flush=True)
+""")
+
+
+def fake(tmp_path: Path, seconds: float) -> list[str]:
+    path = tmp_path / "fake_trainer.py"
+    path.write_text(FAKE_TRAINER)
+    return [sys.executable, str(path), str(seconds)]
+
+
+def log_text(handle) -> str:
+    return Path(handle.log_path).read_text()
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(60)
+def test_two_jobs_get_distinct_gpus_and_complete(slurm_cluster, tmp_path):
+    ex = SlurmExecutor(ProjectConfig(), tmp_path)
+    handles = [ex.start(fake(tmp_path, 6), {"PLAIN": f"job {i}"}, tmp_path / f"j{i}.log", [0], time_limit_s=60,
+                        job_name=f"two-{i}") for i in range(2)]
+    assert handles[0].job_id != handles[1].job_id
+    wait_for(lambda: all(ex.alive(h) for h in handles) and all(squeue_state(h.job_id) == "RUNNING" for h in handles),
+             10, "both jobs running at once")
+    statuses = [ex.wait(h, 30) for h in handles]
+    for h, st in zip(handles, statuses):
+        assert (st.scheduler_state, st.exit_code, st.signal) == ("COMPLETED", 0, None), log_text(h)
+        assert h.node == "localhost"
+        assert not ex.alive(h)
+        assert Path(h.extra["script"]).read_text().startswith("#!/bin/bash")
+    cvd = [log_text(h).split("started CVD=")[1].split()[0] for h in handles]
+    assert "unset" not in cvd and cvd[0] != cvd[1]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(60)
+def test_graceful_stop_reaches_the_trainer(slurm_cluster, tmp_path):
+    ex = SlurmExecutor(ProjectConfig(), tmp_path)
+    h = ex.start(fake(tmp_path, 60), {}, tmp_path / "g.log", None, time_limit_s=120)
+    wait_for(lambda: "started" in log_text(h), 15, "the trainer to start")
+    assert ex.stop(h, graceful=True, grace_s=15) == []
+    st = ex.wait(h, 5)
+    assert st.exit_code == 130 and st.scheduler_state == "FAILED"
+    assert "saved checkpoint" in log_text(h)
+    assert not ex.alive(h)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(60)
+def test_trainer_ignoring_sigint_is_cancelled(slurm_cluster, tmp_path):
+    ex = SlurmExecutor(ProjectConfig(), tmp_path)
+    h = ex.start(fake(tmp_path, 60), {"IGNORE_INT": "1"}, tmp_path / "c.log", None)
+    wait_for(lambda: "started" in log_text(h), 15, "the trainer to start")
+    t0 = time.monotonic()
+    assert ex.stop(h, graceful=True, grace_s=1) == []
+    assert time.monotonic() - t0 < 20
+    assert ex.wait(h, 5).scheduler_state == "CANCELLED"
+    assert "saved checkpoint" not in log_text(h)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(60)
+def test_drained_node_pending_timeout(slurm_cluster, tmp_path):
+    cfg = ProjectConfig(slurm=SlurmConfig(pending_timeout_s=3))
+    ex = SlurmExecutor(cfg, tmp_path)
+    subprocess.run(["scontrol", "update", "nodename=localhost", "state=drain", "reason=lights-out-test"], check=True)
+    try:
+        h = ex.start(fake(tmp_path, 1), {}, tmp_path / "p.log", [0])
+        st = wait_for(lambda: ex.wait(h, 0.5), 20, "the pending timeout")
+    finally:
+        subprocess.run(["scontrol", "update", "nodename=localhost", "state=resume"], check=True)
+    assert st.scheduler_state.startswith("CANCELLED") and st.exit_code is None
+    assert "pending_timeout_s=3" in st.reason
+    log = log_text(h)
+    assert "drained or down" in log  # the pending reason, in words, where the ledger's log tail shows it
+    assert "started" not in log
+    assert squeue_state(h.job_id) == "CANCELLED"
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("slurm_kw,gpus,cls,fragment", [
+    ({}, 8, SlurmRejected, "8 GPU(s)"),
+    ({"partition": "nope"}, 0, SlurmInvalidPartition, "'nope'"),
+])
+def test_rejected_submissions(slurm_cluster, tmp_path, slurm_kw, gpus, cls, fragment):
+    ex = SlurmExecutor(ProjectConfig(slurm=SlurmConfig(**slurm_kw)), tmp_path)
+    with pytest.raises(cls) as e:
+        ex.start(fake(tmp_path, 1), {}, tmp_path / "r.log", list(range(gpus)) or None)
+    assert fragment in str(e.value)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(30)
+def test_controller_down(slurm_cluster, tmp_path, monkeypatch):
+    conf = (SLURM_DIR / "slurm.conf").read_text() + "SlurmctldPort=6999\n"  # nobody listens there
+    (tmp_path / "slurm.conf").write_text(conf)
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    with pytest.raises(SlurmControllerDown) as e:
+        SlurmExecutor(ProjectConfig(), tmp_path).start(fake(tmp_path, 1), {}, tmp_path / "d.log", None)
+    assert "Slurm controller" in str(e.value)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(30)
+def test_gpu_guard_refuses_the_allocation(slurm_cluster, tmp_path):
+    # The fake GPUs have no driver: an expected count of 2 cannot be met (preflight gpu_guard: exit 42).
+    # The guard runs inside the job and reads the project's configuration, as a user's would.
+    (tmp_path / "pyproject.toml").write_text("[tool.lights_out.gpu_guard]\nexpected_count = 2\n")
+    ex = SlurmExecutor(ProjectConfig(gpu_guard=GpuGuard(expected_count=2)), tmp_path)
+    h = ex.start(fake(tmp_path, 1), {}, tmp_path / "guard.log", [0, 1])
+    st = ex.wait(h, 20)
+    assert (st.exit_code, st.scheduler_state) == (42, "FAILED")
+    assert st.reason == jobscript.EXIT_REASONS[42]
+    assert "started" not in log_text(h) and "refusing to train" in log_text(h)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(100)
+def test_slurm_time_limit_signal_stops_gracefully(slurm_cluster, tmp_path):
+    # --time=1 with the warning 58 s before it: Slurm sends B:USR1 within its ~30 s check cycle.
+    ex = SlurmExecutor(ProjectConfig(slurm=SlurmConfig(signal_lead_s=58)), tmp_path)
+    h = ex.start(fake(tmp_path, 90), {}, tmp_path / "t.log", None, time_limit_s=2)
+    st = wait_for(lambda: ex.wait(h, 1), 85, "Slurm's time-limit signal")
+    assert st.scheduler_state == "TIMEOUT" and st.exit_code == 130
+    log = log_text(h)
+    assert jobscript.TIME_LIMIT_MARKER in log and "saved checkpoint" in log
+
+
+# -- through the supervisor (the reference trainer on CPU) ---------------------------------------------
+
+def make_spec(inject: str | None = None, max_iterations: int = 2, task: str = "cartpole:slurm") -> RunSpec:
+    return RunSpec(task=task, family="cartpole", launcher="lab", prefix=[sys.executable], script=TRAIN,
+                   trainer_task="Lo-Cartpole-v0", num_envs=16, max_iterations=max_iterations,
+                   extra_args=["--inject", inject] if inject else [])
+
+
+def make_cfg(root: Path, **policy) -> ProjectConfig:
+    monitor = MonitorConfig(stall_s=4, startup_stall_s=120, idle_gpu_stall_s=5, time_limit=None, grace_s=10,
+                            status_interval_s=5)
+    return ProjectConfig(logs_dir=str(root / "logs"), monitor=monitor, policy=policy)
+
+
+def supervise_slurm(tmp_path: Path, spec: RunSpec, cfg: ProjectConfig | None = None):
+    from lights_out_dev.supervisor import supervise
+
+    cfg = cfg or make_cfg(tmp_path)
+    state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"
+    st = supervise(spec, cfg, tmp_path, state_path, executor=SlurmExecutor(cfg, tmp_path), status_line=lambda s: None)
+    return st, state_path
+
+
+def assert_jobs_recorded(st):
+    ids = [a.job_id for a in st.attempts]
+    assert all(ids) and len(set(ids)) == len(ids), ids
+    assert all(a.node == "localhost" for a in st.attempts)
+    for a in st.attempts:
+        assert squeue_state(a.job_id) not in ("PENDING", "RUNNING", "COMPLETING")
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_supervised_crash_is_retried_as_a_new_job(slurm_cluster, tmp_path):
+    st, _ = supervise_slurm(tmp_path, make_spec("crash@1"))
+    assert [a.verdict for a in st.attempts] == ["crash", "completed"]
+    assert st.status == "completed"
+    assert_jobs_recorded(st)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(120)
+def test_supervised_stall_is_cancelled(slurm_cluster, tmp_path):
+    cfg = make_cfg(tmp_path, stall=PolicyRule(action="give_up", max_attempts=0))
+    st, _ = supervise_slurm(tmp_path, make_spec("stall@1", max_iterations=3), cfg)
+    assert [a.verdict for a in st.attempts] == ["stall"]
+    assert st.status == "failed"
+    assert_jobs_recorded(st)
+    assert squeue_state(st.attempts[0].job_id) in ("CANCELLED", "FAILED")
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(120)
+def test_supervised_config_error_is_not_retried(slurm_cluster, tmp_path):
+    st, _ = supervise_slurm(tmp_path, make_spec("config_error@1"))
+    assert [a.verdict for a in st.attempts] == ["config_error"]
+    assert st.status == "failed"
+    assert_jobs_recorded(st)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(150)
+def test_supervised_time_limit_signal_ends_in_timeout_with_checkpoint(slurm_cluster, tmp_path):
+    # What Slurm does at --time minus signal_lead_s, sent at once: B:USR1 to the batch shell.
+    state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"
+
+    def signal_when_healthy():
+        def healthy_job():
+            st = load_state(state_path) if state_path.exists() else None
+            return st and st.current and st.current.healthy_at and st.current.job_id
+        job_id = wait_for(healthy_job, 100, "the first iteration")
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+
+    t = threading.Thread(target=signal_when_healthy, daemon=True)
+    t.start()
+    st, _ = supervise_slurm(tmp_path, make_spec("slow=1", max_iterations=200))
+    t.join(5)
+    assert [a.verdict for a in st.attempts] == ["timeout"]
+    assert st.status == "timeout"
+    log = Path(st.attempts[0].log_path).read_text()
+    assert jobscript.TIME_LIMIT_MARKER in log
+    assert st.checkpoints, "the trainer saved a checkpoint when told the time limit was near"
+    assert_jobs_recorded(st)
+
+
+ADOPT_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path[:0] = [{root!r}, {tests!r}]
+    from pathlib import Path
+    from test_slurm import make_spec, supervise_slurm
+    supervise_slurm(Path({tmp!r}), make_spec("slow=0.5", max_iterations=8))
+""")
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_restarted_supervisor_adopts_the_running_job(slurm_cluster, tmp_path):
+    """A supervisor SIGKILLed while its job runs; the next one adopts the job id, no new sbatch."""
+    state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"
+    script = ADOPT_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"), tmp=str(tmp_path))
+    first = subprocess.Popen([sys.executable, "-c", script], env={**os.environ}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def healthy_job():
+            st = load_state(state_path) if state_path.exists() else None
+            return st and st.current and st.current.healthy_at and st.current.job_id
+        job_id = wait_for(healthy_job, 100, "the first iteration under the first supervisor")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert squeue_state(job_id) == "RUNNING"  # the job outlives its supervisor
+    st, _ = supervise_slurm(tmp_path, make_spec("slow=0.5", max_iterations=8))
+    assert [a.job_id for a in st.attempts] == [job_id]
+    assert st.status == "completed", st.reason
+    assert_jobs_recorded(st)
+
+
+# -- a sweep through the Slurm executor, killed and restarted ---------------------------------------
+
+SWEEP_PLAN = """\
+name: slurmsweep
+mode: parallel
+runs:
+  - task: cartpole:base
+    overrides: {max_iterations: 8, trainer_args: [--inject, "slow=0.5"]}
+    grid: {num_envs: [16], seed: [1, 2]}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(240)
+def test_killed_sweep_readopts_its_running_jobs(slurm_cluster, tmp_path):
+    """`doit sweep --executor slurm` SIGKILLed while its jobs run; the rerun adopts them (same job ids)."""
+    from test_sweep import doit_argv, env_for, make_repo, states  # the sweep tests' own repo helpers
+
+    repo = make_repo(tmp_path / "repo", {"slurmsweep": SWEEP_PLAN})
+    argv = doit_argv("sweep", "--plan", "sweeps/slurmsweep.yaml", "--executor", "slurm")
+    first = subprocess.Popen(argv, cwd=repo, env=env_for(repo), stdout=open(repo / "first.log", "w"),
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def both_healthy():
+            sts = states(repo, "slurmsweep")
+            jobs = {i: s["attempts"][-1]["job_id"] for i, s in sts.items()
+                    if s["attempts"] and s["attempts"][-1].get("healthy_at")}
+            return jobs if len(jobs) == 2 else None
+        jobs = wait_for(both_healthy, 150, "both sweep runs to pass their first iteration")
+    finally:
+        first.send_signal(signal.SIGKILL)  # the doit process only; its Slurm jobs live on
+        first.wait()
+    assert all(squeue_state(j) == "RUNNING" for j in jobs.values())
+    second = subprocess.run(argv, cwd=repo, env=env_for(repo), capture_output=True, text=True, timeout=150)
+    assert second.returncode == 0, second.stdout + second.stderr
+    after = states(repo, "slurmsweep")
+    for i, job_id in jobs.items():
+        assert [a["job_id"] for a in after[i]["attempts"]] == [job_id], after[i]["attempts"]
+        assert after[i]["status"] == "completed"

@@ -1,0 +1,106 @@
+"""Fault injection for testing the supervisor against real failure signatures (off by default).
+
+`--inject KIND@ITER[:always]`, repeatable. An injection fires at the start of rsl_rl iteration ITER,
+on the first attempt only (env LIGHTS_OUT_ATTEMPT, default 1) unless `:always` is given.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+KINDS = ("crash", "segfault", "oom", "stall", "hang_exit", "config_error", "exit0_early", "nccl", "slow")
+# hang_exit fires after training; slow applies from ITER on (default 0); the rest need @ITER.
+ITER_OPTIONAL = ("hang_exit", "slow")
+
+_SPEC = re.compile(r"(?P<kind>[a-z0-9_]+)(=(?P<arg>[0-9.]+))?(@(?P<iter>\d+))?(?P<always>:always)?")
+
+
+@dataclass(frozen=True)
+class Injection:
+    kind: str
+    iteration: int
+    always: bool = False
+    seconds: float = 0.0  # slow only
+
+
+def parse_injection(text: str) -> Injection:
+    """'crash@3' / 'slow=0.5@1' / 'oom@2:always' -> Injection; ValueError is one sentence for the user."""
+    m = _SPEC.fullmatch(text)
+    hint = "write KIND@ITER[:always] with KIND one of " + ", ".join(KINDS) + " (slow=SECONDS[@ITER])"
+    if not m or m["kind"] not in KINDS:
+        raise ValueError(f"invalid --inject {text!r}; {hint}")
+    kind = m["kind"]
+    if (kind == "slow") != (m["arg"] is not None):
+        raise ValueError(f"invalid --inject {text!r}; only slow takes =SECONDS, e.g. slow=0.5@1")
+    if m["iter"] is None and kind not in ITER_OPTIONAL:
+        raise ValueError(f"invalid --inject {text!r}; {kind} needs the iteration, e.g. {kind}@2")
+    return Injection(kind, int(m["iter"] or 0), bool(m["always"]), float(m["arg"] or 0.0))
+
+
+def active(injections: list[Injection], attempt: int) -> list[Injection]:
+    return [i for i in injections if i.always or attempt == 1]
+
+
+def current_attempt() -> int:
+    try:
+        return int(os.environ.get("LIGHTS_OUT_ATTEMPT", "1"))
+    except ValueError:
+        return 1
+
+
+def say(msg: str) -> None:
+    print(f"[lights-out inject] {msg}", flush=True)
+
+
+def sleep_forever(stop_requested) -> None:
+    """Alive, silent, making no progress; still honours SIGTERM/SIGINT through stop_requested()."""
+    sys.stdout.flush()
+    while True:
+        time.sleep(0.2)
+        stop_requested()
+
+
+def crash(it: int) -> None:
+    say(f"crash at iteration {it}: SIGKILL to myself")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault(it: int) -> None:
+    say(f"segfault at iteration {it}")
+    faulthandler.enable()  # prints "Fatal Python error: Segmentation fault" and the stack
+    ctypes.string_at(0)
+
+
+def oom(it: int, device: str) -> None:
+    import torch
+
+    say(f"oom at iteration {it} on {device}")
+    if device.startswith("cuda"):
+        hog = []
+        while True:  # ends with torch's own OutOfMemoryError
+            hog.append(torch.empty(1 << 30, dtype=torch.uint8, device=device))
+    raise torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+        "1.06 GiB is free. Of the allocated memory 76.41 GiB is allocated by PyTorch, and 512.00 MiB is reserved "
+        "by PyTorch but unallocated. (simulated on CPU by --inject oom)"
+    )
+
+
+def config_error(it: int, agent_cfg: dict) -> None:
+    say(f"config_error at iteration {it}")
+    # A real lookup of a key that the agent configuration does not have.
+    return agent_cfg["policy"]["init_noise_std"]
+
+
+def exit0_early(it: int) -> None:
+    say(f"exit0_early at iteration {it}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
