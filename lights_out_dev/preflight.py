@@ -173,22 +173,34 @@ def runtime_check() -> tuple[int, list[str]]:
     return 0, lines
 
 
-def run(check: str) -> int:
-    cfg = load_config(project_root())
+def _check(check: str, cfg) -> tuple[int, list[str]]:
     if check == "gpu_guard":
         code, line = gpu_guard(cfg.gpu_guard)
-        lines = [line]
-    elif check == "power_check":
-        code, lines = power_check(cfg.power)
-    else:
-        code, lines = runtime_check()
+        return code, [line]
+    if check == "power_check":
+        return power_check(cfg.power)
+    return runtime_check()
+
+
+def run(check: str) -> int:
+    code, lines = _check(check, load_config(project_root()))
     print("\n".join(lines), flush=True)
     return code
 
 
 def doit_action(check: str) -> bool:
-    """doit python-action wrapper: False fails the task (and so every experiment that needs it)."""
-    return run(check) == 0
+    """doit python-action wrapper: False fails the task (and so every experiment that needs it).
+
+    A failure is also an event, so an agent blocked in `watch.py --until-event` hears of it."""
+    from lights_out_dev import events
+
+    root = project_root()
+    cfg = load_config(root)
+    code, lines = _check(check, cfg)
+    print("\n".join(lines), flush=True)
+    if code != 0:
+        events.emit(root, cfg, "preflight_failed", check=check, exit_code=code, lines=lines)
+    return code == 0
 
 
 CHECKS = ("gpu_guard", "power_check", "runtime_check")

@@ -227,3 +227,15 @@ def test_resolve_spec_from_experiment_config_and_overrides():
     own = Experiment(family="f", name="v", trainer_task="T", doc="d",
                      launcher=LauncherConfig(script="other/train.py", flavour="isaaclab3"))
     assert resolve_spec(own, "lab", "v", cfg, none).script == "other/train.py"
+
+
+def test_failed_preflight_stops_the_run_and_is_an_event(tmp_path: Path):
+    """A guard that cannot pass (64 GPUs expected) fails the task before any launch, and
+    an agent waiting in watch.py hears of it through events.jsonl."""
+    repo = make_repo(tmp_path / "repo", "[tool.lights_out.gpu_guard]\nexpected_count = 64\n")
+    p = doit(repo, "cartpole:base", "--num_envs", "16", "--max_iterations", "1")
+    assert p.returncode != 0, out(p)
+    assert not (repo / "logs").exists(), "the trainer must not start after a failed preflight"
+    events = [json.loads(line) for line in (repo / "local_experiment_logs/events.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events] == ["preflight_failed"]
+    assert events[0]["check"] == "gpu_guard" and events[0]["exit_code"] == 42
