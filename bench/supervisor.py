@@ -127,6 +127,19 @@ def append_error_when_stalled(log_path: Path, out: dict, deadline: float) -> Non
         out["truth"] = time.time()
 
 
+def end_session(pid: int) -> None:
+    """SIGKILL the session that `pid` leads, once it does (setsid may not have run yet), and wait it out."""
+    procs.wait_until(lambda: not procs.alive(pid) or procs.stat(pid).sid == pid, 5)
+    for _ in range(2):
+        procs.signal_run(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if procs.wait_until(lambda: not procs.run_pids(pid) and not procs.alive(pid), 5):
+            return
+
+
 def trainer_args(inject: str | None, num_envs: int, iters: int) -> list[str]:
     args = ["--task", "Lo-Cartpole-v0", "--num_envs", str(num_envs), "--max_iterations", str(iters),
             "--headless", "--device", "cpu"]
@@ -227,12 +240,9 @@ def bash_loop(kind: str, work: Path, stall_s: float, num_envs: int) -> dict:
                                  daemon=True).start()
     proc.wait()
     procs.wait_until(lambda: "died_at" in out, 5)
-    for what in ("LAUNCH", "RESTART"):  # the bash loop leaves its trainers running: their sessions go
+    for what in ("LAUNCH", "RESTART"):  # the bash loop leaves its restarted trainer running: end it
         if what in events:
-            try:
-                os.killpg(int(events[what][1]), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+            end_session(int(events[what][1]))
     detect = events["DETECT"][0]
     truth = {"crash": out.get("died_at"), "error": out.get("truth"),
              "stall": os.stat(log).st_mtime + stall_s}[kind]
@@ -313,11 +323,8 @@ def bash_cpu(work: Path, seconds: float, num_envs: int) -> dict:
     last = (c0, t0)
     while not done.wait(0.5):  # until the loop's time limit fires: the measurement window
         last = (cpu(), time.time())
-    for group in (pid, proc.pid):
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    end_session(proc.pid)  # the loop first, so that it cannot relaunch
+    end_session(pid)
     proc.wait()
     return {"cpu_pct": 100 * (last[0] - c0) / max(1e-9, last[1] - t0), "wall_s": last[1] - t0}
 

@@ -116,9 +116,32 @@ def gpu_env(spec: RunSpec, gpus: list[int] | None) -> dict[str, str]:
     return {}
 
 
+# Isaac Lab / Isaac Sim needs these to start unattended (seed 002): the EULA prompt otherwise blocks
+# or kills a headless run, and packages in ~/.local shadow the ones Isaac Lab's Python was built with.
+# They go into the spec's env under the launcher's own `env` (so config wins, e.g. PYTHONNOUSERSITE = "").
+ISAAC_ENV_DEFAULTS = {"OMNI_KIT_ACCEPT_EULA": "yes", "PYTHONNOUSERSITE": "1"}
+# Kit's terminal handling fails without TERM (cron, nohup, systemd); set at launch only when unset.
+TERM_DEFAULT = "xterm"
+
+
+def is_isaaclab(prefix: list[str], script: str) -> bool:
+    """Auto-detection: the launcher prefix or the script path names Isaac Lab (isaaclab.sh, IsaacLab/...)."""
+    return any("isaaclab" in tok.lower() for tok in [*prefix, script])
+
+
+def isaac_env_defaults(enabled: bool | None, prefix: list[str], script: str) -> dict[str, str]:
+    """The Isaac Lab env defaults for a launcher (`isaac_env_defaults`: True / False / None = auto)."""
+    on = is_isaaclab(prefix, script) if enabled is None else enabled
+    return dict(ISAAC_ENV_DEFAULTS) if on else {}
+
+
 def trainer_env(spec: RunSpec) -> dict[str, str]:
-    """spec.env plus the secrets named in spec.secret_env, taken from os.environ (never stored)."""
+    """spec.env plus the secrets named in spec.secret_env, taken from os.environ (never stored).
+
+    An Isaac Lab run (OMNI_KIT_ACCEPT_EULA in its env) also gets TERM when the caller has none."""
     env = dict(spec.env)
+    if "OMNI_KIT_ACCEPT_EULA" in env and "TERM" not in env and not os.environ.get("TERM"):
+        env["TERM"] = TERM_DEFAULT
     env.update({name: os.environ[name] for name in spec.secret_env if os.environ.get(name)})
     return env
 

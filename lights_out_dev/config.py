@@ -66,6 +66,7 @@ class LauncherConfig(_Strict):
     headless: bool | None = None  # None: the launcher kind decides (lab_debug is the only GUI one)
     newton_selector: str = "physics=newton"
     env: dict[str, str] = Field(default_factory=dict)
+    isaac_env_defaults: bool | None = None  # Isaac Lab env defaults (command.ISAAC_ENV_DEFAULTS); None = auto from prefix/script
 
 
 class PowerPolicy(_Strict):
@@ -135,6 +136,9 @@ class SlurmConfig(_Strict):
     requeue: bool = False
     pending_timeout_s: float = 1800.0
     extra_sbatch: list[str] = Field(default_factory=list)
+    # Jobs always ask Slurm for the run's GPUs (--gres); Slurm picks them and the trainer sees cuda:0..N-1.
+    # "cpu" keeps the trainer on the CPU inside such a job: for test clusters whose GPUs are fake.
+    trainer_device: Literal["cuda", "cpu"] = "cuda"
 
 
 class ProjectConfig(_Strict):

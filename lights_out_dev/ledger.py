@@ -14,6 +14,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from lights_out_dev.config import format_duration
+from lights_out_dev.evaluate import eval_text
 from lights_out_dev.plan import LoadedPlan, PlannedRun
 from lights_out_dev.state import RunState, atomic_write_text
 
@@ -104,10 +105,15 @@ def notes(state: RunState | None, run: PlannedRun) -> str:
             parts.append(state.reason)
         if state.extra.get("note"):
             parts.append(str(state.extra["note"]))
-        if state.spec.smoke:
-            parts.append("smoke")
+        if state.smoke:
+            parts.append(f"smoke {state.smoke}")
+        elif state.spec.smoke:
+            parts.append("smoke gate")
+        evaluated = eval_text(state.extra.get("eval", {}).get("metrics"))
+        if evaluated:
+            parts.append(evaluated)
     elif run.smoke:
-        parts.append("smoke")
+        parts.append("smoke gate")
     return _cell("; ".join(parts))
 
 
@@ -162,7 +168,13 @@ def run_section(run: PlannedRun, state: RunState, root: str | None = None) -> li
     if jobs:
         lines.append(f"- Slurm job ids: {', '.join(jobs)}")
     if state.smoke:
-        lines.append(f"- Smoke: {state.smoke}")
+        smoke = state.extra.get("smoke", {})
+        how = "reused: passed earlier for the same command" if smoke.get("reused") else \
+            f"log {_rel(smoke.get('log_path'), root)}"
+        lines.append(f"- Smoke: {state.smoke} ({how})")
+    evaluated = state.extra.get("eval")
+    if evaluated and eval_text(evaluated.get("metrics")):
+        lines.append(f"- Eval: {eval_text(evaluated['metrics'])} of {_rel(evaluated.get('checkpoint'), root)}")
     if state.status == "failed" and last and last.log_tail:
         lines.append("- Last log lines:")
         lines += ["  ```"] + [f"  {t}" for t in last.log_tail[-10:]] + ["  ```"]
@@ -186,7 +198,7 @@ def render(plan: LoadedPlan, states: dict[int, RunState], *, started_at: float |
     out += ["", "## Run Log"]
     for run in plan.runs:
         state = states.get(run.index)
-        if state and state.attempts:
+        if state and (state.attempts or state.smoke):  # a failed smoke gate ends a run with no attempt
             out += run_section(run, state, root)
     return "\n".join(out).rstrip() + "\n"
 

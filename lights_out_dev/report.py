@@ -28,6 +28,7 @@ Series = dict[str, list[tuple[int, float, float]]]  # tag -> [(step, wall_time, 
 
 COLUMNS = ("#", "Task", "Envs", "GPUs", "Status", "Attempts", "Wall time", "Steps/s", "Final reward",
            "Best reward", "Episode length", "Peak VRAM")
+EVAL_COLUMNS = ("Eval return", "Eval episode length", "Eval success")
 
 
 def _f(v: float | None, digits: int = 2) -> str:
@@ -54,9 +55,13 @@ def summary(state: RunState, series: Series) -> dict:
     }
 
 
-def table(plan: LoadedPlan, states: dict[int, RunState], series: dict[int, Series]) -> str:
-    """The comparative markdown table (all planned runs; runs not started show as pending). Pure."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+def table(plan: LoadedPlan, states: dict[int, RunState], series: dict[int, Series],
+          evals: dict[int, dict] | None = None) -> str:
+    """The comparative markdown table (all planned runs; runs not started show as pending). Pure.
+
+    `evals` (run -> eval metrics, see evaluate.py) adds the eval columns when any run has one."""
+    columns = COLUMNS + (EVAL_COLUMNS if evals else ())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for run in plan.runs:
         st = states.get(run.index)
         if st is None:
@@ -69,8 +74,23 @@ def table(plan: LoadedPlan, states: dict[int, RunState], series: dict[int, Serie
                      str(len(st.attempts)), wall, _f(s["steps_per_s"], 0), _f(s["final_reward"]),
                      _f(s["best_reward"]), _f(s["episode_length"], 1),
                      "-" if st.peak_vram_mb is None else f"{st.peak_vram_mb:.0f}MB"]
+        if evals:
+            ev = evals.get(run.index) or {}
+            ret = "-" if ev.get("mean_return") is None else f"{_f(ev['mean_return'])} ± {_f(ev.get('std_return'))}"
+            cells += [ret, _f(ev.get("mean_episode_length"), 1), _f(ev.get("success_rate"))]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def eval_metrics(state: RunState) -> dict | None:
+    """The run's evaluation: recorded by a play task in its state, else found beside its checkpoints."""
+    from lights_out_dev.evaluate import read_eval
+
+    recorded = state.extra.get("eval", {}).get("metrics")
+    if recorded:
+        return recorded
+    tb = next((a.tb_dir for a in reversed(state.attempts) if a.tb_dir), None)
+    return read_eval(tb)
 
 
 def read_series(state: RunState) -> Series:
@@ -155,6 +175,7 @@ def write_report(sweep) -> Path:
     out = sweep.paths.dir
     states = sweep.states()
     series = {i: read_series(st) for i, st in states.items()}
+    evals = {i: ev for i, st in states.items() if (ev := eval_metrics(st))}
     labels = {i: f"{i}: {st.task} ({effective_envs(st, loaded.run(i)) or '?'} envs)" for i, st in states.items()}
     links = []
     for i, st in sorted(states.items()):
@@ -172,7 +193,7 @@ def write_report(sweep) -> Path:
     text = "\n".join([
         f"# Sweep report: {loaded.name}", "",
         f"Plan: {loaded.path} · Started: {stamp(started)} · Mode: {loaded.plan.mode}", "",
-        table(loaded, states, series), "",
+        table(loaded, states, series, evals), "",
         *(plots + [""] if plots else []),
         "## Runs", *links, "",
     ])

@@ -194,7 +194,17 @@ class _Run:
 
     # -- attempts ------------------------------------------------------------------------------
     def _gpus(self) -> list[int] | None:
-        return self.lease.gpus if self.lease else None
+        """GPUs the attempt runs on: the local lease's, or under a scheduler the job's own cuda:0..N-1."""
+        if self.lease:
+            return self.lease.gpus
+        if self.executor.kind == "slurm":
+            return list(range(self.spec.gpus))
+        return None
+
+    def _trainer_gpus(self, gpus: list[int] | None) -> list[int] | None:
+        if self.executor.kind == "slurm" and self.cfg.slurm.trainer_device == "cpu":
+            return None
+        return gpus
 
     def _effective_spec(self) -> RunSpec:
         eff = self.state.extra.get("effective", {})
@@ -214,8 +224,9 @@ class _Run:
         if resume_from:
             extra = resume_flags(spec.flavour, resume_from, spec)
         run_name = st.run_name if n == 1 else f"{st.run_name}_a{n}"  # unique trainer log dir per attempt
-        argv = command.build_argv(spec, gpus, rid=st.rid, run_name=run_name, extra=extra)
-        env_over = {**spec.env, **command.gpu_env(spec, gpus), "LIGHTS_OUT_ATTEMPT": str(n), "PYTHONUNBUFFERED": "1"}
+        argv = command.build_argv(spec, self._trainer_gpus(gpus), rid=st.rid, run_name=run_name, extra=extra)
+        gpu_env = command.gpu_env(spec, gpus) if self.executor.kind == "local" else {}  # Slurm sets its own
+        env_over = {**spec.env, **gpu_env, "LIGHTS_OUT_ATTEMPT": str(n), "PYTHONUNBUFFERED": "1"}
         env = {**os.environ, **command.trainer_env(spec), **env_over}
         stamp = time.strftime("%Y%m%d_%H%M%S")
         log_path = self.logs_dir / f"{stamp}_{self.key}{'' if n == 1 else f'_a{n}'}.log"
@@ -267,6 +278,7 @@ class _Run:
             for line in self.tail.read_lines(final=True):
                 self.scanner.feed(line)
             self.tail.close()
+            self.tail = None
         verdict, reason = _classify(self.scanner, None, None)
         if verdict in (Verdict.crash, Verdict.killed):
             verdict, reason = Verdict.killed, f"trainer ended while no supervisor watched it ({reason})"
@@ -279,6 +291,9 @@ class _Run:
                     exit_status) -> None:
         attempt.ended_at = attempt.ended_at or time.time()
         attempt.verdict, attempt.reason = verdict.value, reason
+        handle = getattr(self, "handle", None)
+        if handle is not None and handle.node:  # a job still pending at start() learns its node later
+            attempt.node = handle.node
         if exit_status is not None:
             attempt.exit_code, attempt.signal = exit_status.exit_code, exit_status.signal
         if result is not None:
@@ -365,6 +380,7 @@ class _Run:
             verdict, reason = _classify(self.scanner, result.exit, result.stopped_by)
             self._record_end(attempt, verdict, reason, result, result.exit)
             self.tail.close()
+            self.tail = None
             if hasattr(self.executor, "forget"):
                 self.executor.forget(self.handle)
             self.handle = None

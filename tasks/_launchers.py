@@ -3,6 +3,7 @@
     lab(exp)          single GPU, headless, `--device cuda:N`; plus its `-mgpu` twin
     lab_mgpu(exp)     only the multi-GPU variant (torch.distributed.run ... --distributed)
     lab_debug(exp)    GUI (no --headless), 64 envs; no -mgpu twin (a GUI run is for looking at)
+lab() and newton() also add `<variant>-play`: evaluate a checkpoint of the variant (lights_out_dev.evaluate).
     newton(exp)       lab() + the Newton selector token (config `newton_selector`, e.g. physics=newton)
     newton_mgpu(exp)  only the multi-GPU Newton variant
 
@@ -22,11 +23,13 @@ from doit.exceptions import InvalidDodoFile
 from doit.tools import config_changed
 
 from lights_out_dev import overrides
+from lights_out_dev.command import isaac_env_defaults
 from lights_out_dev.config import ConfigError, LauncherConfig, ProjectConfig, load_config, project_root
 from lights_out_dev.spec import RunSpec
 from lights_out_dev.tasks_index import DEP_META, SPEC_META, checkpoint_from_target
 
 MGPU_SUFFIX = "-mgpu"
+PLAY_SUFFIX = "-play"  # evaluate/play twin of every single-GPU variant
 DEBUG_NUM_ENVS = 64
 # Launcher kinds fall back to a configured simpler kind, so one [launchers.lab] table serves all.
 _FALLBACK = {"lab_mgpu": "lab", "lab_debug": "lab", "newton": "lab", "newton_mgpu": "newton"}
@@ -107,7 +110,8 @@ def resolve_spec(exp: Experiment, kind: str, variant: str, cfg: ProjectConfig,
         gpus=(exp.gpus or visible_gpus() or 2) if multi else 1,
         time_limit_s=time_limit,
         extra_args=[*exp.extra_args, *ov.trainer_args],
-        env={**lcfg.env, **cfg.experiment_env.get(exp.family, {}), **exp.env},
+        env={**isaac_env_defaults(lcfg.isaac_env_defaults, lcfg.prefix, lcfg.script), **lcfg.env,
+             **cfg.experiment_env.get(exp.family, {}), **exp.env},
         secret_env=list(cfg.secrets),
         smoke=ov.smoke,
     )
@@ -152,6 +156,29 @@ def _task(exp: Experiment, kind: str, suffix: str = "") -> dict:
     }
 
 
+def _play_task(exp: Experiment, kind: str) -> dict:
+    """`<variant>-play`: evaluate a checkpoint of the variant (lights_out_dev.evaluate); always runs."""
+    root, cfg = project()
+    spec = resolve_spec(exp, kind, exp.name, cfg, overrides.current())
+    play = task_id(exp.family, exp.name + PLAY_SUFFIX)
+    experiment_root = cfg.path(root, cfg.trainer_logs_dir) / (exp.experiment_name or exp.family)
+    return {
+        "name": exp.name + PLAY_SUFFIX,
+        "doc": f"Evaluate a checkpoint of {spec.task} (--checkpoint latest|best|PATH, --num_episodes N, --video).",
+        "actions": [(run_play, [spec.model_dump(mode="json"), play, str(target_path(root, cfg, spec.task)),
+                                str(target_path(root, cfg, play)), str(experiment_root)])],
+        "targets": [str(target_path(root, cfg, play))],
+        "uptodate": [False],  # an evaluation is asked for each time
+        "verbosity": 2,
+    }
+
+
+def run_play(*args) -> bool:
+    from lights_out_dev.evaluate import run_play as run  # lazily, like run_experiment
+
+    return run(*args)
+
+
 def lab_mgpu(exp: Experiment) -> list[dict]:
     return [_task(exp, "lab_mgpu", MGPU_SUFFIX)]
 
@@ -161,11 +188,11 @@ def newton_mgpu(exp: Experiment) -> list[dict]:
 
 
 def lab(exp: Experiment) -> list[dict]:
-    return [_task(exp, "lab"), *lab_mgpu(exp)]
+    return [_task(exp, "lab"), *lab_mgpu(exp), _play_task(exp, "lab")]
 
 
 def newton(exp: Experiment) -> list[dict]:
-    return [_task(exp, "newton"), *newton_mgpu(exp)]
+    return [_task(exp, "newton"), *newton_mgpu(exp), _play_task(exp, "newton")]
 
 
 def lab_debug(exp: Experiment) -> list[dict]:

@@ -286,7 +286,9 @@ def make_spec(inject: str | None = None, max_iterations: int = 2, task: str = "c
 def make_cfg(root: Path, **policy) -> ProjectConfig:
     monitor = MonitorConfig(stall_s=4, startup_stall_s=120, idle_gpu_stall_s=5, time_limit=None, grace_s=10,
                             status_interval_s=5)
-    return ProjectConfig(logs_dir=str(root / "logs"), monitor=monitor, policy=policy)
+    # The cluster's GPUs are fake: jobs ask for them, the trainer stays on the CPU.
+    return ProjectConfig(logs_dir=str(root / "logs"), monitor=monitor, policy=policy,
+                         slurm=SlurmConfig(trainer_device="cpu"))
 
 
 def supervise_slurm(tmp_path: Path, spec: RunSpec, cfg: ProjectConfig | None = None):
@@ -313,6 +315,9 @@ def test_supervised_crash_is_retried_as_a_new_job(slurm_cluster, tmp_path):
     assert [a.verdict for a in st.attempts] == ["crash", "completed"]
     assert st.status == "completed"
     assert_jobs_recorded(st)
+    for a in st.attempts:  # each job asked Slurm for the run's GPU; the trainer was kept on the CPU
+        assert "#SBATCH --gres=gpu:1" in Path(a.log_path).with_suffix(".sbatch").read_text()
+        assert a.argv[a.argv.index("--device") + 1] == "cpu"
 
 
 @pytest.mark.slurm
@@ -412,7 +417,10 @@ def test_killed_sweep_readopts_its_running_jobs(slurm_cluster, tmp_path):
 
     repo = make_repo(tmp_path / "repo", {"slurmsweep": SWEEP_PLAN})
     argv = doit_argv("sweep", "--plan", "sweeps/slurmsweep.yaml", "--executor", "slurm")
-    first = subprocess.Popen(argv, cwd=repo, env=env_for(repo), stdout=open(repo / "first.log", "w"),
+    overlay = tmp_path / "fake_gpus.toml"
+    overlay.write_text('[slurm]\ntrainer_device = "cpu"\n')
+    env = {**env_for(repo), "LIGHTS_OUT_CONFIG": str(overlay)}
+    first = subprocess.Popen(argv, cwd=repo, env=env, stdout=open(repo / "first.log", "w"),
                              stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def both_healthy():
@@ -425,7 +433,7 @@ def test_killed_sweep_readopts_its_running_jobs(slurm_cluster, tmp_path):
         first.send_signal(signal.SIGKILL)  # the doit process only; its Slurm jobs live on
         first.wait()
     assert all(squeue_state(j) == "RUNNING" for j in jobs.values())
-    second = subprocess.run(argv, cwd=repo, env=env_for(repo), capture_output=True, text=True, timeout=150)
+    second = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=150)
     assert second.returncode == 0, second.stdout + second.stderr
     after = states(repo, "slurmsweep")
     for i, job_id in jobs.items():

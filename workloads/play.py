@@ -87,7 +87,8 @@ def evaluate(env, policy, num_episodes: int, video_frames: int):
     so short episodes are not over-represented. Returns per-episode records and env 0's frames."""
     import torch
 
-    import render
+    if video_frames:
+        import render
 
     quota = -(-num_episodes // env.num_envs)
     records: list[list[tuple[float, int, bool]]] = [[] for _ in range(env.num_envs)]
@@ -144,6 +145,11 @@ def main(argv: list[str]) -> int:
             saved = yaml.safe_load(f) or {}
         agent_cfg.update({k: saved[k] for k in ("actor", "critic", "obs_groups") if k in saved})
     agent_cfg["device"] = device
+    if args.video:  # find out before evaluating, so that a failure leaves no result behind
+        try:
+            import render  # noqa: F401 - draws with Pillow, offscreen
+        except ImportError as e:
+            cli.fail(PROG, cli.UsageError(f"--video cannot render on this machine ({e}); install Pillow or drop --video"))
     num_envs = args.num_envs or min(args.num_episodes, 64)
     seed = args.seed if args.seed is not None else agent_cfg["seed"]
     torch.manual_seed(seed)
@@ -179,26 +185,31 @@ def main(argv: list[str]) -> int:
     }
     out = os.path.abspath(args.output or os.path.join(run_dir, "eval"))
     os.makedirs(out, exist_ok=True)
-    write_atomic(os.path.join(out, "eval_metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    if args.video:  # before the metrics: eval_metrics.json is written last, as the mark of a complete result
+        import render
+
+        gif = os.path.join(out, f"play_{re.sub(r'[^A-Za-z0-9_.-]', '_', args.task)}.gif")
+        tmp = gif + ".tmp.gif"
+        try:
+            render.save_gif(frames, tmp, env_cfg["dt"])
+        except (OSError, ValueError) as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            cli.fail(PROG, cli.UsageError(f"--video could not write {gif} ({e}); free disk space or drop --video"))
+        os.replace(tmp, gif)
+        print(f"[INFO] Wrote video ({len(frames)} frames) to {gif}")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(metrics))
     writer.writeheader()
     writer.writerow(metrics)
     write_atomic(os.path.join(out, "eval_metrics.csv"), buf.getvalue())
+    write_atomic(os.path.join(out, "eval_metrics.json"), json.dumps(metrics, indent=2) + "\n")
     print(
         f"[INFO] Evaluated {metrics['num_episodes']} episodes: mean return {metrics['mean_return']:.2f} "
         f"+- {metrics['std_return']:.2f}, mean episode length {metrics['mean_episode_length']:.1f}, "
         f"success rate {metrics['success_rate']:.2f}"
     )
     print(f"[INFO] Wrote metrics to {os.path.join(out, 'eval_metrics.json')} and eval_metrics.csv")
-    if args.video:
-        import render
-
-        gif = os.path.join(out, f"play_{re.sub(r'[^A-Za-z0-9_.-]', '_', args.task)}.gif")
-        tmp = gif + ".tmp.gif"
-        render.save_gif(frames, tmp, env_cfg["dt"])
-        os.replace(tmp, gif)
-        print(f"[INFO] Wrote video ({len(frames)} frames) to {gif}")
     return 0
 
 

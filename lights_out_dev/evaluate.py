@@ -1,0 +1,315 @@
+"""Evaluate / play: `doit <family>:<variant>-play` runs the trainer's play script on a checkpoint of
+that experiment and records the metrics.
+
+    doit cartpole:base-play [--checkpoint latest|best|best:<tag>|PATH] [--num_envs N] [--num_episodes N] [--video]
+
+Checkpoint choice (`resolve_checkpoint`, pure apart from reading the disk):
+- none / `auto`: the checkpoint the experiment's own target records (its final one), else `latest`;
+- `latest`: the highest model_<iter>.pt of the experiment's run directory;
+- `best` / `best:<tag>`: the saved checkpoint whose iteration logged the best value of the TensorBoard
+  tag (default Train/mean_reward, higher is better);
+- a path: absolute, or relative to the experiment's run directory (then to the project root).
+The run directory is the one the experiment's target records, else the newest under
+<trainer_logs_dir>/<experiment_name>/.
+
+The play script is the training script's sibling `play.py` (Isaac Lab's layout; the reference
+trainer's workloads/play.py writes <checkpoint dir>/eval/eval_metrics.json and .csv atomically, and
+with --video a GIF). The result goes to the play task's target JSON and into the trained run's state
+(`extra['eval']`), where the ledger and the sweep report show it. A failed evaluation leaves no target.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lights_out_dev.spec import RunSpec
+
+PLAY_SCRIPT = "play.py"
+DEFAULT_METRIC = "Train/mean_reward"
+METRICS_FILE = "eval_metrics.json"
+VIDEO_SUFFIXES = (".gif", ".mp4")
+_MODEL_RE = re.compile(r"^model_(\d+)\.pt$")
+_ERROR_LINE = re.compile(r"^[\w.-]+: error: (.+)$")
+
+
+class PlayError(Exception):
+    """A user-fixable evaluation problem; str() is one sentence naming the value and the fix."""
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(iteration, path) of every model_<iter>.pt in a run directory, oldest first."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _MODEL_RE.match(p.name)))
+
+
+def newest_run_dir(experiment_root: Path) -> Path | None:
+    """Isaac Lab names run directories by start time, so the newest sorts last."""
+    if not experiment_root.is_dir():
+        return None
+    runs = sorted(p for p in experiment_root.iterdir() if p.is_dir() and checkpoints(p))
+    return runs[-1] if runs else None
+
+
+def best_checkpoint(run_dir: Path, metric: str = DEFAULT_METRIC) -> Path:
+    from lights_out_dev.tb import read_scalars
+
+    saved = checkpoints(run_dir)
+    values = {step: value for step, _, value in read_scalars(run_dir).get(metric, [])}
+    if not values:
+        raise PlayError(f"--checkpoint best: the logs of {run_dir} hold no '{metric}' values; pick another tag "
+                        f"with --checkpoint best:<tag> or use --checkpoint latest.")
+    scored = [(values[it], it, p) for it, p in saved if it in values]
+    if not scored:
+        raise PlayError(f"--checkpoint best: no checkpoint in {run_dir} was saved at an iteration that logged "
+                        f"'{metric}'; use --checkpoint latest or a model_<iter>.pt path.")
+    return max(scored)[2]
+
+
+def resolve_checkpoint(selector: str | None, run_dir: Path | None, recorded: str | None, root: Path,
+                       task: str) -> Path:
+    """The checkpoint file to evaluate (see the module doc); PlayError with one sentence otherwise."""
+    sel = (selector or "auto").strip()
+    if sel == "auto" and recorded and Path(recorded).is_file():
+        return Path(recorded)
+    if sel in ("auto", "latest") or sel == "best" or sel.startswith("best:"):
+        if run_dir is None or not checkpoints(run_dir):
+            raise PlayError(f"no checkpoint of {task} found yet; run `doit {task}` first or pass "
+                            f"--checkpoint PATH to a model_<iter>.pt.")
+        if sel.startswith("best"):
+            return best_checkpoint(run_dir, sel.partition(":")[2] or DEFAULT_METRIC)
+        return checkpoints(run_dir)[-1][1]
+    path = Path(sel).expanduser()
+    candidates = [path] if path.is_absolute() else [p / path for p in (run_dir, root) if p is not None]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    where = " or ".join(str(c) for c in candidates)
+    raise PlayError(f"checkpoint '{sel}' does not exist (looked for {where}); pass latest, best, an absolute "
+                    f"path or a path relative to the run directory.")
+
+
+# -- command -------------------------------------------------------------------------------------
+
+def play_script(train_script: str) -> str:
+    """Isaac Lab keeps play.py beside train.py (scripts/reinforcement_learning/rsl_rl/)."""
+    return str(Path(train_script).with_name(PLAY_SCRIPT))
+
+
+def split_checkpoint(args: list[str]) -> tuple[str | None, list[str]]:
+    """Take `--checkpoint X` / `--checkpoint=X` out of the passthrough args (the runner resolves it). Pure."""
+    out, selector, i = [], None, 0
+    while i < len(args):
+        tok = args[i]
+        if tok == "--checkpoint" and i + 1 < len(args):
+            selector, i = args[i + 1], i + 2
+            continue
+        if tok.startswith("--checkpoint="):
+            selector = tok.split("=", 1)[1]
+        else:
+            out.append(tok)
+        i += 1
+    return selector, out
+
+
+def play_argv(spec: RunSpec, gpus: list[int] | None, checkpoint: str, passthrough: list[str]) -> list[str]:
+    """The play command: the training command's prefix, env and task, the play script, one process."""
+    from lights_out_dev.command import merge_flags
+
+    # No --num_envs of the training run: evaluation needs far fewer (the play script's default, or
+    # --num_envs given to the play task, which arrives in `passthrough`).
+    flags = ["--task", spec.trainer_task]
+    if spec.seed is not None:
+        flags += ["--seed", str(spec.seed)]
+    if spec.headless and spec.flavour == "isaaclab2":
+        flags.append("--headless")
+    flags += ["--device", "cpu" if gpus is None else f"cuda:{gpus[0]}"]
+    if spec.experiment_name:
+        flags += ["--experiment_name", spec.experiment_name]
+    flags += ["--checkpoint", checkpoint]
+    if spec.newton_selector:
+        flags.append(spec.newton_selector)
+    prefix = list(spec.prefix) or [sys.executable]
+    return [*prefix, play_script(spec.script), *spec.script_args, *merge_flags(flags, passthrough)]
+
+
+# -- results -------------------------------------------------------------------------------------
+
+def read_eval(checkpoint_dir: str | Path | None) -> dict | None:
+    """The eval metrics written next to a run's checkpoints (<run dir>/eval/eval_metrics.json), if any."""
+    if not checkpoint_dir:
+        return None
+    try:
+        data = json.loads((Path(checkpoint_dir) / "eval" / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def eval_text(metrics: dict | None) -> str:
+    """'eval return 231.2±20.1 (16 ep), success 0.50' for the ledger and report. Pure."""
+    if not metrics or metrics.get("mean_return") is None:
+        return ""
+    text = f"eval return {metrics['mean_return']:.1f}"
+    if metrics.get("std_return") is not None:
+        text += f"±{metrics['std_return']:.1f}"
+    if metrics.get("num_episodes"):
+        text += f" ({metrics['num_episodes']} ep)"
+    if metrics.get("success_rate") is not None:
+        text += f", success {metrics['success_rate']:.2f}"
+    return text
+
+
+def _record_in_state(state_path: Path, record: dict) -> str | None:
+    """Add the eval result to the trained run's state; a note when it cannot (run busy / absent)."""
+    from filelock import FileLock, Timeout
+
+    from lights_out_dev.state import load_state, save_state
+    from lights_out_dev.supervisor import lock_path
+
+    if not state_path.exists():
+        return None
+    lock = FileLock(str(lock_path(state_path)), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return f"{state_path.name} is held by a running supervisor; the result is only in the play target"
+    try:
+        st = load_state(state_path)
+        if st is not None:
+            st.extra["eval"] = record
+            save_state(st, state_path)
+    except Exception as e:  # the target JSON keeps the result either way
+        return f"could not add the result to {state_path} ({e})"
+    finally:
+        lock.release()
+    return None
+
+
+def _last_error(log_lines: list[str]) -> str | None:
+    for line in reversed(log_lines):
+        m = _ERROR_LINE.match(line.strip())
+        if m:
+            return m.group(1)
+    return None
+
+
+def _run(argv: list[str], env: dict, cwd: Path, log_path: Path, limit_s: float | None) -> tuple[int | None, list[str]]:
+    """Run the play process in its own session, tee its output to the log; (exit code | None on time out, lines)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", start_new_session=True)
+        deadline = None if limit_s is None else time.monotonic() + limit_s
+        try:
+            for line in proc.stdout:  # noqa: SIM113 - tee
+                log.write(line)
+                log.flush()
+                sys.stdout.write(line)
+                lines.append(line.rstrip("\n"))
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(argv, limit_s)
+            return proc.wait(), lines
+        except BaseException as e:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # only the play process's own session
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            if isinstance(e, subprocess.TimeoutExpired):
+                return None, lines
+            raise
+
+
+def run_play(train_spec: dict, task: str, train_target: str, target: str, experiment_root: str) -> bool:
+    """doit python-action of a `-play` task: resolve the checkpoint, run play, record the metrics."""
+    from lights_out_dev import command, gpu_lock, overrides
+    from lights_out_dev.config import ConfigError, load_config, project_root
+    from lights_out_dev.state import atomic_write_text
+    from lights_out_dev.supervisor import state_path_for
+
+    spec = RunSpec.model_validate(train_spec)
+    Path(target).unlink(missing_ok=True)  # an earlier evaluation's target must not outlive this one's failure
+    try:
+        root = project_root()
+        cfg = load_config(root)
+    except ConfigError as e:
+        print(f"lights-out: {e}")
+        return False
+    ov = overrides.current()
+    recorded = run_dir = None
+    try:
+        data = json.loads(Path(train_target).read_text())
+        recorded, run_dir = data.get("checkpoint"), data.get("run_dir")
+    except (OSError, ValueError):
+        pass
+    run_dir = Path(run_dir) if run_dir and Path(run_dir).is_dir() else newest_run_dir(Path(experiment_root))
+    selector, passthrough = split_checkpoint(list(ov.trainer_args))
+    if ov.num_envs:
+        passthrough = ["--num_envs", str(ov.num_envs), *passthrough]
+    want_video = any(t == "--video" or t.startswith("--video=") for t in passthrough)
+    lease = None
+    try:
+        ckpt = resolve_checkpoint(selector, run_dir, recorded, root, spec.task)
+        lease = gpu_lock.acquire(1, cfg, root, prefer=[ov.gpu] if ov.gpu is not None else None,
+                                 wait=cfg.monitor.busy_gpu_action == "wait")
+        argv = play_argv(spec, lease.gpus, str(ckpt), passthrough)
+        env = {**os.environ, **command.trainer_env(spec), "PYTHONUNBUFFERED": "1"}
+        log_path = cfg.path(root, cfg.logs_dir) / f"{time.strftime('%Y%m%d_%H%M%S')}_{task.replace(':', '__')}.log"
+        print(f"lights-out: {task}: evaluating {ckpt}")
+        started = time.time()
+        code, lines = _run(argv, env, root, log_path, spec.time_limit_s)
+    except (PlayError, gpu_lock.GpuLockError) as e:
+        print(f"lights-out: {task}: {e}")
+        return False
+    finally:
+        if lease is not None:
+            lease.release()
+    if code is None:
+        print(f"lights-out: {task}: the evaluation did not finish within {spec.time_limit_s:.0f}s and was stopped; "
+              f"lower --num_episodes or raise --time_limit (log {log_path}).")
+        return False
+    if code != 0:
+        why = _last_error(lines) or f"the play script exited with code {code}"
+        print(f"lights-out: {task} failed: {why} (log {log_path}).")
+        return False
+    out_dir = ckpt.parent / "eval"
+    metrics_path = out_dir / METRICS_FILE
+    metrics = read_eval(ckpt.parent)
+    fresh = metrics is not None and metrics_path.stat().st_mtime >= started - 1 and \
+        os.path.abspath(str(metrics.get("checkpoint", ckpt))) == os.path.abspath(str(ckpt))
+    if not fresh:
+        print(f"lights-out: {task}: the play script exited 0 but wrote no {metrics_path}; metrics need a play "
+              f"script that writes it (see README 'Evaluate / play'); log {log_path}.")
+        return False
+    video = None
+    if want_video:
+        videos = [p for p in out_dir.iterdir() if p.suffix in VIDEO_SUFFIXES and p.stat().st_mtime >= started - 1]
+        if not videos:
+            print(f"lights-out: {task}: --video was asked for but no video was written; this machine may not be "
+                  f"able to render (Isaac Lab also needs --enable_cameras); log {log_path}.")
+            return False
+        video = str(max(videos, key=lambda p: p.stat().st_mtime))
+    record = {"task": task, "trained_task": spec.task, "checkpoint": str(ckpt), "metrics": metrics,
+              "metrics_path": str(metrics_path), "video": video, "log": str(log_path), "finished_at": time.time()}
+    note = _record_in_state(state_path_for(root, cfg, spec.task), record)
+    try:
+        atomic_write_text(Path(target), json.dumps(record, indent=2) + "\n")
+    except OSError as e:
+        print(f"lights-out: could not write {target} ({e.strerror}); free disk space and rerun.")
+        return False
+    print(f"lights-out: {task}: {eval_text(metrics)}; metrics {metrics_path}" + (f"; video {video}" if video else "")
+          + (f" ({note})" if note else ""))
+    return True

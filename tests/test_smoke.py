@@ -1,0 +1,145 @@
+"""Smoke gates: the pure parts (command identity, reuse rule, ledger text) table-tested, and the gate
+through real `doit` processes on the reference trainer in a fresh copy of the repository."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lights_out_dev import ledger, smoke
+from lights_out_dev.plan import LoadedPlan, Plan, PlannedRun
+from lights_out_dev.spec import RunSpec
+from lights_out_dev.state import RunState
+from test_graph import doit, executed, make_repo, out, run_state
+
+ARGV = ["python", "train.py", "--task", "T", "--num_envs", "64", "--device", "cuda:0", "--rid", "abc",
+        "--run_name", "t_64_gpu0_abc", "physics=newton"]
+
+
+def _with(argv: list[str], old: str, new: str) -> list[str]:
+    return [new if t == old else t for t in argv]
+
+
+@pytest.mark.parametrize("other, same", [
+    (_with(ARGV, "abc", "def"), True),  # a new RID on every launch
+    (_with(ARGV, "t_64_gpu0_abc", "t_64_gpu0_abc_smoke"), True),  # the smoke's own run name
+    (_with(ARGV, "cuda:0", "cuda:1"), True),  # another GPU index, same shape
+    (ARGV[:-1] + ["--master_port=1234"], False),
+    (_with(ARGV, "64", "128"), False),  # num_envs is the shape
+    (_with(ARGV, "physics=newton", "physics=torch"), False),
+    (_with(ARGV, "cuda:0", "cpu"), False),
+])
+def test_argv_hash_ignores_only_what_changes_per_launch(other, same):
+    assert (smoke.argv_hash(other) == smoke.argv_hash(ARGV)) is same
+
+
+def test_argv_hash_covers_env_and_ignores_the_rendezvous_port():
+    mgpu = ["python", "-m", "torch.distributed.run", "--master_port=41000", "train.py", "--distributed"]
+    assert smoke.argv_hash(mgpu) == smoke.argv_hash(_with(mgpu, "--master_port=41000", "--master_port=52000"))
+    assert smoke.argv_hash(ARGV, {"A": "1"}) != smoke.argv_hash(ARGV, {"A": "2"})
+    assert smoke.argv_hash(ARGV, {"A": "1", "B": "2"}) == smoke.argv_hash(ARGV, {"B": "2", "A": "1"})
+
+
+SPEC = RunSpec(task="cartpole:base", family="cartpole", launcher="lab", prefix=[], script="workloads/train.py",
+               trainer_task="Lo-Cartpole-v0", num_envs=64, smoke=True)
+
+
+def _state(**kw) -> RunState:
+    return RunState(run_key="cartpole__base", rid="r", run_name="n", task="cartpole:base", spec=SPEC, **kw)
+
+
+@pytest.mark.parametrize("state, needed", [
+    (None, True),
+    (_state(), True),
+    (_state(smoke="passed", smoke_argv_hash="h"), False),
+    (_state(smoke="passed", smoke_argv_hash="other"), True),  # the command changed
+    (_state(smoke="failed: crash", smoke_argv_hash="h"), True),  # a failed gate is never reused
+])
+def test_smoke_needed(state, needed):
+    assert smoke.smoke_needed(state, "h") is needed
+
+
+@pytest.mark.parametrize("verdict, text", [("completed", "passed"), ("config_error", "failed: config_error"),
+                                           ("timeout", "failed: timeout"), ("stall", "failed: stall")])
+def test_verdict_text(verdict, text):
+    assert smoke.verdict_text(verdict) == text
+
+
+def test_ledger_shows_a_failed_gate_of_a_run_that_never_started_its_long_attempt(tmp_path: Path):
+    plan = Plan.model_validate({"name": "p", "smoke": True, "runs": [{"task": "cartpole:base"}]})
+    run = PlannedRun(index=1, phase=1, task="cartpole:base", num_envs=64, max_iterations=None, seed=None,
+                     trainer_args=[], gpus=1, time_limit_s=None, smoke=True)
+    loaded = LoadedPlan(plan=plan, path=tmp_path / "p.yaml", runs=[run])
+    st = _state(status="failed", final_verdict="config_error", smoke="failed: config_error",
+                reason="smoke failed: config_error: traceback ends in KeyError",
+                extra={"smoke": {"log_path": str(tmp_path / "x_smoke.log")}})
+    text = ledger.render(loaded, {1: st})
+    row = next(line for line in text.splitlines() if line.startswith("| 1 "))
+    assert "| failed |" in row and "smoke failed: config_error" in row
+    assert "### Run 1: cartpole:base" in text and "- Smoke: failed: config_error (log " in text
+    assert "smoke gate" in ledger.render(loaded, {})  # planned, not started yet
+
+
+# -- real processes ---------------------------------------------------------------------------------
+
+ARGS = ["cartpole:base", "--smoke", "--num_envs", "16", "--max_iterations", "3"]
+
+
+def smoke_logs(repo: Path) -> list[Path]:
+    return sorted((repo / "local_experiment_logs").glob("*_smoke.log"))
+
+
+def trainer_logs(repo: Path) -> list[Path]:
+    return sorted((repo / "local_experiment_logs").glob("*.log"))
+
+
+@pytest.mark.timeout(150)
+def test_a_passed_smoke_precedes_the_long_attempt_and_is_reused_while_the_command_is_unchanged(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo")
+    first = doit(repo, *ARGS)
+    assert first.returncode == 0 and executed(first, "cartpole:base"), out(first)
+    st = run_state(repo, "cartpole:base")
+    assert st["smoke"] == "passed" and st["status"] == "completed", st
+    rec = st["extra"]["smoke"]
+    assert rec["verdict"] == "completed" and "reused" not in rec
+    assert rec["progress"]["iteration"] >= 1  # evidence: a finished training update, not just start-up
+    assert rec["ended_at"] <= st["attempts"][0]["started_at"]  # the gate came first
+    assert rec["argv"][rec["argv"].index("--num_envs") + 1] == "16"  # the full-shape command
+    assert rec["argv"][-1].endswith("_smoke") and rec["argv"][-1] != st["attempts"][0]["argv"][-1]
+    assert len(smoke_logs(repo)) == 1 and "Learning iteration" in smoke_logs(repo)[0].read_text()
+    assert "smoke passed" in first.stdout
+
+    # Forced rerun (-a), same command: the run starts afresh, the gate is not run again.
+    again = doit(repo, "-a", *ARGS)
+    assert again.returncode == 0 and executed(again, "cartpole:base"), out(again)
+    st2 = run_state(repo, "cartpole:base")
+    assert st2["rid"] != st["rid"] and st2["status"] == "completed"
+    assert st2["smoke"] == "passed" and st2["extra"]["smoke"].get("reused"), st2["extra"]
+    assert st2["smoke_argv_hash"] == st["smoke_argv_hash"]
+    assert "not run again" in again.stdout
+    assert len(smoke_logs(repo)) == 1
+
+    # A changed command (another seed) needs a new gate.
+    changed = doit(repo, *ARGS, "--seed", "7")
+    assert changed.returncode == 0, out(changed)
+    st3 = run_state(repo, "cartpole:base")
+    assert st3["smoke"] == "passed" and not st3["extra"]["smoke"].get("reused")
+    assert st3["smoke_argv_hash"] != st["smoke_argv_hash"]
+    assert len(smoke_logs(repo)) == 2
+
+
+@pytest.mark.timeout(90)
+def test_a_failed_smoke_stops_the_run_before_its_long_attempt(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo")
+    p = doit(repo, *ARGS, "--inject", "config_error@0:always")
+    assert p.returncode != 0, out(p)
+    st = run_state(repo, "cartpole:base")
+    assert st["status"] == "failed" and st["smoke"] == "failed: config_error", st
+    assert st["attempts"] == []  # no long attempt was started
+    assert st["reason"].startswith("smoke failed: config_error")
+    assert trainer_logs(repo) == smoke_logs(repo) and len(smoke_logs(repo)) == 1
+    assert "smoke failed: config_error" in p.stdout
+    assert not (repo / "local_experiment_logs/targets/cartpole__base.json").exists()
+    events = [json.loads(line) for line in (repo / "local_experiment_logs/events.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events if e.get("task") == "cartpole:base"] == ["smoke", "failed"]
