@@ -39,8 +39,8 @@ def sh(args: list[str], timeout: float, env: dict | None = None) -> dict:
     return {"argv": args, "rc": rc, "wall_s": round(time.monotonic() - t0, 2), "tail": out[-3000:]}
 
 
-def doit(*args: str, timeout: float = 300, overlay: str | None = None) -> dict:
-    env = {}
+def doit(*args: str, timeout: float = 300, overlay: str | None = None, env: dict | None = None) -> dict:
+    env = dict(env or {})
     if overlay:
         path = Path(tempfile.mkstemp(suffix=".toml")[1])
         path.write_text(overlay)
@@ -121,28 +121,33 @@ def oom_adaptation(fits: int) -> dict:
             "gpu_mem_baseline_mb": baseline, "gpu_mem_after_mb": after, "ok": ok}
 
 
-def supervision_overhead(num_envs: int = 65536, iterations: int = 30) -> dict:
-    """Steps/s of the same training with and without the supervisor, interleaved."""
+def supervision_overhead(num_envs: int = 65536, iterations: int = 40, pairs: int = 3) -> dict:
+    """Steps/s of the same training bare and under the supervisor (`doit -a`, forced to run), interleaved;
+    each figure is the mean of Perf/total_fps over the iterations after the first two (warm-up)."""
+    from lights_out_dev import tb
+
+    def mean_fps(run_dir: Path | None) -> float | None:
+        if run_dir is None:
+            return None
+        pts = [v for _, _, v in tb.read_scalars(run_dir).get("Perf/total_fps", [])][2:]
+        return sum(pts) / len(pts) if pts else None
+
     bare, supervised = [], []
-    for _ in range(2):
-        r = sh([PY, "workloads/train.py", "--task", "Lo-Cartpole-v0", "--num_envs", str(num_envs),
-                "--max_iterations", str(iterations), "--headless", "--device", "cuda:0",
-                "--experiment_name", "overhead"], 300)
-        bare.append(_mean_fps(r["tail"]))
-        doit("cartpole:base", "--num_envs", str(num_envs), "--max_iterations", str(iterations), "--gpu", "0",
-             "--experiment_name", "overhead_sup", timeout=300)
+    common = ["--num_envs", str(num_envs), "--max_iterations", str(iterations)]
+    for _ in range(pairs):
+        sh([PY, "workloads/train.py", "--task", "Lo-Cartpole-v0", *common, "--headless", "--device", "cuda:0",
+            "--experiment_name", "overhead_bare"], 300)
+        runs = sorted((ROOT / "logs/rsl_rl/overhead_bare").iterdir())
+        bare.append(mean_fps(runs[-1] if runs else None))
+        doit("-a", "cartpole:base", *common, "--gpu", "0", timeout=300)
         st = run_state("cartpole:base")
-        supervised.append(st["attempts"][-1]["progress"].get("steps_per_s") if st else None)
+        supervised.append(mean_fps(Path(st["attempts"][-1]["tb_dir"]) if st else None))
     b = [x for x in bare if x]
     s = [x for x in supervised if x]
     ratio = (sum(s) / len(s)) / (sum(b) / len(b)) if b and s else None
-    return {"bare_steps_per_s": bare, "supervised_steps_per_s": supervised, "ratio": ratio,
+    return {"num_envs": num_envs, "iterations": iterations, "bare_steps_per_s": bare,
+            "supervised_steps_per_s": supervised, "ratio": ratio,
             "overhead_pct": None if ratio is None else round((1 - ratio) * 100, 2)}
-
-
-def _mean_fps(text: str) -> float | None:
-    vals = [float(line.split(":")[1]) for line in text.splitlines() if "Steps per second:" in line]
-    return vals[-1] if vals else None
 
 
 SWEEP_ONE = """name: gpu-one
@@ -221,11 +226,38 @@ def hog(gpu: int, gb: float, seconds: float) -> subprocess.Popen:
     return subprocess.Popen([PY, "-c", code], start_new_session=True)
 
 
-def part_two(out: Path) -> dict:
-    r: dict = {"machine": machine()}
-    r["runtime_check_nccl"] = doit("runtime_check", timeout=180)
-    r["gpu_check"] = sh([PY, "lights_out_dev/gpu_check.py"], 60)
+class Results(dict):
+    """Written to disk after every step, so a call cut off by its time limit still returns what it measured."""
 
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.path.write_text(json.dumps(self, indent=2, default=str))
+
+
+STEPS_TWO = ("runtime", "mgpu", "nccl", "imbalance", "promotion")
+
+
+def part_two(out: Path, steps: tuple[str, ...] = STEPS_TWO) -> dict:
+    r = Results(out / "gpu_validation_two.json")
+    r["machine"] = machine()
+    if "runtime" in steps:
+        r["runtime_check_nccl"] = doit("runtime_check", timeout=180)
+    if "mgpu" in steps:
+        _mgpu(r)
+    if "nccl" in steps:
+        _nccl(r)
+    if "imbalance" in steps:
+        _imbalance(r)
+    if "promotion" in steps:
+        _promotion(r)
+    return r
+
+
+def _mgpu(r: dict) -> None:
     r["mgpu"] = doit("cartpole:base-mgpu", "--num_envs", "16384", "--max_iterations", "30", timeout=300)
     st = run_state("cartpole:base-mgpu")
     r["mgpu_attempts"] = attempts_summary(st)
@@ -233,22 +265,28 @@ def part_two(out: Path) -> dict:
     r["mgpu_tb_dirs_for_this_run"] = sorted(os.listdir(Path(tb).parent)) if tb and Path(tb).exists() else []
     r["mgpu_argv"] = st and st["attempts"][0]["argv"]
 
+
+def _nccl(r: dict) -> None:
     r["nccl"] = doit("cartpole:base-mgpu", "--num_envs", "8192", "--max_iterations", "20", "--inject", "nccl@3",
-                     timeout=300)
+                     timeout=300, env={"LIGHTS_OUT_NCCL_TIMEOUT_S": "10", "TORCH_NCCL_DUMP_ON_TIMEOUT": "0"})
     r["nccl_attempts"] = attempts_summary(run_state("cartpole:base-mgpu"))
 
-    # A hog loads GPU 1 (memory and compute) while a 2-rank run is active.
+
+def _imbalance(r: dict) -> None:
+    # A hog loads GPU 1 (memory and compute) while a 2-rank run is active. It starts after the run holds
+    # its GPUs: started first, it would (rightly) make the run refuse GPU 1 as busy.
     overlay = "[monitor]\nidle_gpu_stall_s = 20\nimbalance_util_pct = 30\nimbalance_mem_pct = 20\n" \
               "[policy.imbalance]\naction = 'retry'\nmax_attempts = 1\n"
-    h = hog(1, 60, 150)
     proc = subprocess.Popen([PY, "-m", "doit", "cartpole:base-mgpu", "--num_envs", "8192", "--max_iterations",
-                             "100000", "--time_limit", "2m"], cwd=ROOT, start_new_session=True,
+                             "100000", "--time_limit", "100s"], cwd=ROOT, start_new_session=True,
                             env={**os.environ, "LIGHTS_OUT_CONFIG": _write(overlay)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(25)
+    time.sleep(15)
+    h = hog(1, 60, 90)
+    time.sleep(15)
     r["imbalance_gpu_check"] = sh([PY, "lights_out_dev/gpu_check.py", "--exit-on-imbalance"], 60)
     try:
-        text, _ = proc.communicate(timeout=240)
+        text, _ = proc.communicate(timeout=200)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGINT)
         text, _ = proc.communicate(timeout=60)
@@ -257,13 +295,14 @@ def part_two(out: Path) -> dict:
     r["imbalance_supervised"] = {"rc": proc.returncode, "tail": text[-3000:],
                                  "attempts": attempts_summary(run_state("cartpole:base-mgpu"))}
 
+
+def _promotion(r: dict) -> None:
     # Promotion after the power check: a policy matching the real limit, then one that does not.
     from lights_out_dev import nvml
     watts = round(nvml.query_gpus()[0].power_limit_w)
     good = f"[power]\nwatts = {watts}\nrequired_for_mgpu = true\n"
     r["promotion_sweep"] = sweep(SWEEP_TWO, "gpu-two", good, 480)
     r["power_refusal"] = doit("power_check", timeout=60, overlay="[power]\nwatts = 275\nsm_clock_mhz = 1700\n")
-    return r
 
 
 def _write(text: str) -> str:
@@ -276,10 +315,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=["one", "two"], required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--only", choices=["overhead"], help="one step of part one (re-measuring)")
+    ap.add_argument("--steps", default=",".join(STEPS_TWO), help="part two: which steps, comma-separated")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    result = (part_one if args.part == "one" else part_two)(args.out)
-    (args.out / f"gpu_validation_{args.part}.json").write_text(json.dumps(result, indent=2, default=str))
+    if args.only:
+        result = {"overhead": supervision_overhead()}
+    else:
+        result = part_one(args.out) if args.part == "one" else part_two(args.out, tuple(args.steps.split(",")))
+    (args.out / f"gpu_validation_{args.only or args.part}.json").write_text(json.dumps(dict(result), indent=2, default=str))
     with tarfile.open(args.out / f"logs_{args.part}.tar.gz", "w:gz") as tar:
         for p in (LOGS, ROOT / "lights_out_dev" / "sweep_log.md"):
             if p.exists():

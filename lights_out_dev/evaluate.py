@@ -25,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -169,7 +170,19 @@ def eval_text(metrics: dict | None) -> str:
     return text
 
 
-def _record_in_state(state_path: Path, record: dict) -> str | None:
+def launch_problem(spec: RunSpec, root: Path, gpu: int | None) -> str | None:
+    """Why the play command cannot start here (one sentence), or None: its script, prefix and --gpu."""
+    from lights_out_dev import command
+    from lights_out_dev.gpu_lock import gpu_count
+
+    script = Path(play_script(spec.script))
+    if not (script if script.is_absolute() else root / script).exists():
+        return (f"play script '{script}' (beside the training script) does not exist under {root}; put the "
+                f"trainer's play.py there or evaluate with that trainer's own tools.")
+    return command.launch_problem(spec.model_copy(update={"script": str(script)}), root, gpu, gpu_count())
+
+
+def record_in_state(state_path: Path, record: dict) -> str | None:
     """Add the eval result to the trained run's state; a note when it cannot (run busy / absent)."""
     from filelock import FileLock, Timeout
 
@@ -203,39 +216,97 @@ def _last_error(log_lines: list[str]) -> str | None:
     return None
 
 
+def _kill_session(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)  # only the play process's own session (start_new_session)
+    except ProcessLookupError:
+        pass
+
+
 def _run(argv: list[str], env: dict, cwd: Path, log_path: Path, limit_s: float | None) -> tuple[int | None, list[str]]:
-    """Run the play process in its own session, tee its output to the log; (exit code | None on time out, lines)."""
+    """Run the play process in its own session, tee its output to the log; (exit code | None on time out, lines).
+
+    A timer enforces the limit even while the process prints nothing; whatever the play process left
+    in its session is killed on the way out."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
+    timed_out: list[bool] = []
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", start_new_session=True)
-        deadline = None if limit_s is None else time.monotonic() + limit_s
+        timer = None
+        if limit_s is not None:
+            timer = threading.Timer(limit_s, lambda: (timed_out.append(True), _kill_session(proc.pid)))
+            timer.daemon = True
+            timer.start()
         try:
-            for line in proc.stdout:  # noqa: SIM113 - tee
+            for line in proc.stdout:  # tee
                 log.write(line)
                 log.flush()
                 sys.stdout.write(line)
                 lines.append(line.rstrip("\n"))
-                if deadline is not None and time.monotonic() > deadline:
-                    break
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(argv, limit_s)
-            return proc.wait(), lines
-        except BaseException as e:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # only the play process's own session
-            except ProcessLookupError:
-                pass
+            code = proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            _kill_session(proc.pid)
             proc.wait()
-            if isinstance(e, subprocess.TimeoutExpired):
-                return None, lines
-            raise
+    return (None if timed_out else code), lines
+
+
+def evaluate_checkpoint(spec: RunSpec, ckpt: Path, passthrough: list[str], cfg, root: Path, label: str,
+                        gpu: int | None = None) -> dict:
+    """Run the play script of `spec`'s trainer on `ckpt` and return the eval record (metrics, paths).
+
+    PlayError (one sentence) when it cannot start, fails, runs out of time or writes no metrics."""
+    from lights_out_dev import command, gpu_lock
+
+    want_video = any(t == "--video" or t.startswith("--video=") for t in passthrough)
+    log_path = cfg.path(root, cfg.logs_dir) / f"{time.strftime('%Y%m%d_%H%M%S')}_{label.replace(':', '__')}.log"
+    lease = None
+    try:
+        lease = gpu_lock.acquire(1, cfg, root, prefer=[gpu] if gpu is not None else None,
+                                 wait=cfg.monitor.busy_gpu_action == "wait")
+        argv = play_argv(spec, lease.gpus, str(ckpt), passthrough)
+        env = {**os.environ, **command.trainer_env(spec), "PYTHONUNBUFFERED": "1"}
+        print(f"lights-out: {label}: evaluating {ckpt}")
+        started = time.time()
+        code, lines = _run(argv, env, root, log_path, spec.time_limit_s)
+    except gpu_lock.GpuLockError as e:
+        raise PlayError(str(e)) from None
+    except OSError as e:  # e.g. the prefix is not executable, the logs dir not writable
+        raise PlayError(f"cannot run the evaluation ({e.strerror or e}: {e.filename or '-'}); fix that path "
+                        f"([tool.lights_out.launchers.{spec.launcher}] prefix or logs_dir) and rerun") from None
+    finally:
+        if lease is not None:
+            lease.release()
+    if code is None:
+        raise PlayError(f"the evaluation did not finish within {spec.time_limit_s:.0f}s and was stopped; lower "
+                        f"--num_episodes or raise --time_limit (log {log_path})")
+    if code != 0:
+        raise PlayError(f"{_last_error(lines) or f'the play script exited with code {code}'} (log {log_path})")
+    out_dir = ckpt.parent / "eval"
+    metrics_path = out_dir / METRICS_FILE
+    metrics = read_eval(ckpt.parent)
+    fresh = metrics is not None and metrics_path.stat().st_mtime >= started - 1 and \
+        os.path.abspath(str(metrics.get("checkpoint", ckpt))) == os.path.abspath(str(ckpt))
+    if not fresh:
+        raise PlayError(f"the play script exited 0 but wrote no {metrics_path}; metrics need a play script that "
+                        f"writes it (see README 'Evaluate / play'); log {log_path}")
+    video = None
+    if want_video:
+        videos = [p for p in out_dir.iterdir() if p.suffix in VIDEO_SUFFIXES and p.stat().st_mtime >= started - 1]
+        if not videos:
+            raise PlayError(f"--video was asked for but no video was written; this machine may not be able to "
+                            f"render (Isaac Lab also needs --enable_cameras); log {log_path}")
+        video = str(max(videos, key=lambda p: p.stat().st_mtime))
+    return {"task": label, "trained_task": spec.task, "checkpoint": str(ckpt), "metrics": metrics,
+            "metrics_path": str(metrics_path), "video": video, "log": str(log_path), "finished_at": time.time()}
 
 
 def run_play(train_spec: dict, task: str, train_target: str, target: str, experiment_root: str) -> bool:
     """doit python-action of a `-play` task: resolve the checkpoint, run play, record the metrics."""
-    from lights_out_dev import command, gpu_lock, overrides
+    from lights_out_dev import overrides
     from lights_out_dev.config import ConfigError, load_config, project_root
     from lights_out_dev.state import atomic_write_text
     from lights_out_dev.supervisor import state_path_for
@@ -259,57 +330,21 @@ def run_play(train_spec: dict, task: str, train_target: str, target: str, experi
     selector, passthrough = split_checkpoint(list(ov.trainer_args))
     if ov.num_envs:
         passthrough = ["--num_envs", str(ov.num_envs), *passthrough]
-    want_video = any(t == "--video" or t.startswith("--video=") for t in passthrough)
-    lease = None
     try:
+        problem = launch_problem(spec, root, ov.gpu)
+        if problem:
+            raise PlayError(problem)
         ckpt = resolve_checkpoint(selector, run_dir, recorded, root, spec.task)
-        lease = gpu_lock.acquire(1, cfg, root, prefer=[ov.gpu] if ov.gpu is not None else None,
-                                 wait=cfg.monitor.busy_gpu_action == "wait")
-        argv = play_argv(spec, lease.gpus, str(ckpt), passthrough)
-        env = {**os.environ, **command.trainer_env(spec), "PYTHONUNBUFFERED": "1"}
-        log_path = cfg.path(root, cfg.logs_dir) / f"{time.strftime('%Y%m%d_%H%M%S')}_{task.replace(':', '__')}.log"
-        print(f"lights-out: {task}: evaluating {ckpt}")
-        started = time.time()
-        code, lines = _run(argv, env, root, log_path, spec.time_limit_s)
-    except (PlayError, gpu_lock.GpuLockError) as e:
-        print(f"lights-out: {task}: {e}")
+        record = evaluate_checkpoint(spec, ckpt, passthrough, cfg, root, task, gpu=ov.gpu)
+    except PlayError as e:
+        print(f"lights-out: {task} failed: {str(e).rstrip('.')}.")
         return False
-    finally:
-        if lease is not None:
-            lease.release()
-    if code is None:
-        print(f"lights-out: {task}: the evaluation did not finish within {spec.time_limit_s:.0f}s and was stopped; "
-              f"lower --num_episodes or raise --time_limit (log {log_path}).")
-        return False
-    if code != 0:
-        why = _last_error(lines) or f"the play script exited with code {code}"
-        print(f"lights-out: {task} failed: {why} (log {log_path}).")
-        return False
-    out_dir = ckpt.parent / "eval"
-    metrics_path = out_dir / METRICS_FILE
-    metrics = read_eval(ckpt.parent)
-    fresh = metrics is not None and metrics_path.stat().st_mtime >= started - 1 and \
-        os.path.abspath(str(metrics.get("checkpoint", ckpt))) == os.path.abspath(str(ckpt))
-    if not fresh:
-        print(f"lights-out: {task}: the play script exited 0 but wrote no {metrics_path}; metrics need a play "
-              f"script that writes it (see README 'Evaluate / play'); log {log_path}.")
-        return False
-    video = None
-    if want_video:
-        videos = [p for p in out_dir.iterdir() if p.suffix in VIDEO_SUFFIXES and p.stat().st_mtime >= started - 1]
-        if not videos:
-            print(f"lights-out: {task}: --video was asked for but no video was written; this machine may not be "
-                  f"able to render (Isaac Lab also needs --enable_cameras); log {log_path}.")
-            return False
-        video = str(max(videos, key=lambda p: p.stat().st_mtime))
-    record = {"task": task, "trained_task": spec.task, "checkpoint": str(ckpt), "metrics": metrics,
-              "metrics_path": str(metrics_path), "video": video, "log": str(log_path), "finished_at": time.time()}
-    note = _record_in_state(state_path_for(root, cfg, spec.task), record)
+    note = record_in_state(state_path_for(root, cfg, spec.task), record)
     try:
         atomic_write_text(Path(target), json.dumps(record, indent=2) + "\n")
     except OSError as e:
         print(f"lights-out: could not write {target} ({e.strerror}); free disk space and rerun.")
         return False
-    print(f"lights-out: {task}: {eval_text(metrics)}; metrics {metrics_path}" + (f"; video {video}" if video else "")
-          + (f" ({note})" if note else ""))
+    print(f"lights-out: {task}: {eval_text(record['metrics'])}; metrics {record['metrics_path']}"
+          + (f"; video {record['video']}" if record["video"] else "") + (f" ({note})" if note else ""))
     return True

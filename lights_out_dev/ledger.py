@@ -105,7 +105,7 @@ def notes(state: RunState | None, run: PlannedRun) -> str:
             parts.append(state.reason)
         if state.extra.get("note"):
             parts.append(str(state.extra["note"]))
-        if state.smoke:
+        if state.smoke and not (state.reason or "").startswith("smoke "):  # a failed gate is the reason
             parts.append(f"smoke {state.smoke}")
         elif state.spec.smoke:
             parts.append("smoke gate")
@@ -146,7 +146,8 @@ def run_section(run: PlannedRun, state: RunState, root: str | None = None) -> li
     title = f"### Run {run.index}: {state.task} ({envs if envs else '?'} envs, {gpus_text(state, run)})"
     first = state.attempts[0] if state.attempts else None
     last = state.current
-    lines = [title, f"- Started: {stamp(first.started_at if first else None)}"]
+    smoke = state.extra.get("smoke", {})  # a run that failed its smoke gate has no attempt: show the gate
+    lines = [title, f"- Started: {stamp(first.started_at if first else smoke.get('started_at'))}"]
     if state.status in ("completed", "timeout", "failed", "skipped"):
         why = state.final_verdict or state.status
         if state.reason and state.status != "completed":
@@ -155,7 +156,7 @@ def run_section(run: PlannedRun, state: RunState, root: str | None = None) -> li
     else:
         lines.append(f"- Finished: - ({state.status})")
     lines += [
-        f"- Stdout log: {_rel(last.log_path if last else None, root)}",
+        f"- Stdout log: {_rel(last.log_path if last else smoke.get('log_path'), root)}",
         f"- TB dir: {_rel(last.tb_dir if last else None, root)}",
         f"- Final FPS: {_num(state.final.steps_per_s)}",
         f"- Final reward: {_num(state.final.mean_reward, 2)}",
@@ -168,9 +169,9 @@ def run_section(run: PlannedRun, state: RunState, root: str | None = None) -> li
     if jobs:
         lines.append(f"- Slurm job ids: {', '.join(jobs)}")
     if state.smoke:
-        smoke = state.extra.get("smoke", {})
-        how = "reused: passed earlier for the same command" if smoke.get("reused") else \
-            f"log {_rel(smoke.get('log_path'), root)}"
+        how = f"log {_rel(smoke.get('log_path'), root)}"
+        if smoke.get("reused"):
+            how = f"reused: passed earlier for the same command, {how}"
         lines.append(f"- Smoke: {state.smoke} ({how})")
     evaluated = state.extra.get("eval")
     if evaluated and eval_text(evaluated.get("metrics")):

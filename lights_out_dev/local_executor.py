@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,13 @@ def _gpu_pids(gpus: list[int] | None) -> set[int]:
         return set()
 
 
+def run_pids(handle: Handle) -> list[int]:
+    """Every live process of the run: its group, its session, and descendants that left both."""
+    pgid = handle.pgid or handle.pid
+    return procs.run_pids(pgid, handle.extra.get("sid", pgid), token=handle.extra.get("token"),
+                          since_ticks=handle.start_time)
+
+
 class LocalExecutor:
     kind = "local"
     poll_interval_s = 0.1  # how long monitor's wait() blocks between log reads
@@ -68,9 +76,11 @@ class LocalExecutor:
         except OSError as e:
             raise LaunchError(f"cannot write the run log {log_path} ({e.strerror}); make its directory writable "
                               f"or set [tool.lights_out] logs_dir to a writable path.") from None
+        token = uuid.uuid4().hex
         try:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=self.cwd, start_new_session=True, close_fds=True)
+                                     env={**env, procs.RUN_TOKEN_VAR: token}, cwd=self.cwd,
+                                     start_new_session=True, close_fds=True)
         except FileNotFoundError:
             raise LaunchError(f"the trainer command {argv[0]!r} was not found; fix the launcher prefix "
                               f"in [tool.lights_out.launchers] or install it.") from None
@@ -86,7 +96,7 @@ class LocalExecutor:
         with self._lock:
             self._children[popen.pid] = _Child(popen, pidfd)
         return Handle(kind=self.kind, log_path=str(log_path), pid=popen.pid, pgid=popen.pid,
-                      start_time=float(procs.start_ticks(popen.pid) or 0), extra={"sid": popen.pid, "gpus": gpus})
+                      start_time=float(procs.start_ticks(popen.pid) or 0), extra={"sid": popen.pid, "gpus": gpus, "token": token})
 
     # -- wait --------------------------------------------------------------------------------
     def _child(self, handle: Handle) -> _Child:
@@ -131,28 +141,29 @@ class LocalExecutor:
     def alive(self, handle: Handle) -> bool:
         if procs.alive(handle.pid, handle.start_time):
             return True
-        return bool(handle.pgid and procs.run_pids(handle.pgid, handle.extra.get("sid")))
+        return bool(handle.pgid and run_pids(handle))
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self, handle: Handle, graceful: bool, grace_s: float) -> list[int]:
         pgid, sid = handle.pgid or handle.pid, handle.extra.get("sid", handle.pgid or handle.pid)
+        mark = {"token": handle.extra.get("token"), "since_ticks": handle.start_time}
         child = self._child(handle)
-        seen = set(procs.run_pids(pgid, sid))
+        seen = set(run_pids(handle))
 
         def gone() -> bool:
             self._reap(handle, child)  # a zombie leader of ours must be reaped, or it never leaves
-            now = procs.run_pids(pgid, sid)
+            now = run_pids(handle)
             seen.update(now)
             return not now
 
         if graceful:
             for sig, grace in ((signal.SIGINT, grace_s), (signal.SIGTERM, min(grace_s, TERM_GRACE_S))):
-                procs.signal_run(pgid, sig, sid)
+                procs.signal_run(pgid, sig, sid, **mark)
                 if procs.wait_until(gone, grace):
                     break
-        procs.signal_run(pgid, signal.SIGKILL, sid)
+        procs.signal_run(pgid, signal.SIGKILL, sid, **mark)
         procs.wait_until(gone, GONE_TIMEOUT_S)
-        survivors = set(procs.run_pids(pgid, sid))
+        survivors = set(run_pids(handle))
         gpus = handle.extra.get("gpus")
         if gpus:  # the driver frees memory after the process table entry goes; wait for NVML too
             procs.wait_until(lambda: not (_gpu_pids(gpus) & seen), GONE_TIMEOUT_S, max_sleep=0.25)

@@ -1,9 +1,11 @@
 """Process-table helpers (Linux /proc): which processes belong to a run, are they alive, is a pid ours.
 
 A run is its own session and process group (the leader's pid is both ids). Children that moved to a
-new process group (e.g. a trainer's own worker pools) usually stay in the session, so a run's
-processes are "group or session". Zombies count as gone: they hold no memory and only wait to be
-reaped by their parent.
+new process group usually stay in the session, but some leave it: torchrun starts every rank with
+start_new_session, and when torchrun is killed its ranks are re-parented to init. So each run also
+carries a unique token in its environment (RUN_TOKEN_VAR), which every descendant inherits whatever
+its group or session: a run's processes are "group or session or token". Zombies count as gone: they
+hold no memory and only wait to be reaped by their parent.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 PROC = "/proc"
+RUN_TOKEN_VAR = "LIGHTS_OUT_RUN_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,25 @@ def _all_stats() -> Iterable[ProcStat]:
                 yield s
 
 
-def run_pids(pgid: int, sid: int | None = None, include_zombies: bool = False) -> list[int]:
-    """Pids in process group `pgid` or session `sid` (default: same id, as for a session leader)."""
+def _has_token(pid: int, token: str) -> bool:
+    try:
+        with open(f"{PROC}/{pid}/environ", "rb") as f:
+            return f"{RUN_TOKEN_VAR}={token}".encode() in f.read().split(b"\0")
+    except OSError:  # gone, or another user's process
+        return False
+
+
+def run_pids(pgid: int, sid: int | None = None, include_zombies: bool = False, token: str | None = None,
+             since_ticks: float | int | None = None) -> list[int]:
+    """Pids in process group `pgid` or session `sid` (default: same id, as for a session leader), or
+    carrying the run's environment `token`. Only processes started at or after `since_ticks` (the
+    leader's start) can be descendants, so only their environments are read."""
     sid = pgid if sid is None else sid
+    floor = int(since_ticks or 0)
     return sorted(s.pid for s in _all_stats()
-                  if (s.pgid == pgid or s.sid == sid) and (include_zombies or s.state not in ("Z", "X")))
+                  if (include_zombies or s.state not in ("Z", "X"))
+                  and (s.pgid == pgid or s.sid == sid
+                       or (token is not None and s.start_ticks >= floor and _has_token(s.pid, token))))
 
 
 def sleeping(pids: Iterable[int]) -> bool:
@@ -77,14 +94,16 @@ def sleeping(pids: Iterable[int]) -> bool:
     return bool(states) and all(st == "S" for st in states)
 
 
-def signal_run(pgid: int, sig: int, sid: int | None = None) -> list[int]:
-    """Send `sig` to the process group and to session members that left the group. Returns pids hit."""
+def signal_run(pgid: int, sig: int, sid: int | None = None, token: str | None = None,
+               since_ticks: float | int | None = None) -> list[int]:
+    """Send `sig` to the process group and to the run's other processes (session members that left the
+    group, descendants that left the session). Returns pids hit."""
     hit: list[int] = []
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-    for pid in run_pids(pgid, sid):
+    for pid in run_pids(pgid, sid, token=token, since_ticks=since_ticks):
         try:
             os.kill(pid, sig)
             hit.append(pid)

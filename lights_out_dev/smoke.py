@@ -72,9 +72,9 @@ def verdict_text(verdict: Verdict | str) -> str:
     return PASSED if v == Verdict.completed else f"failed: {v.value}"
 
 
-def previous_pass(state_path: Path, key: str, digest: str) -> Path | None:
-    """The newest archived state of this run (a finished run is archived when it starts again) if it
-    records a passed gate for the same command; else None."""
+def _newest_archived(state_path: Path, key: str) -> tuple[Path, RunState] | None:
+    """This run's newest archived state: a run that ended (or never got past its gate) is archived by
+    the supervisor when the run starts again."""
     archive = Path(state_path).parent / "archive"
     pattern = re.compile(rf"^{re.escape(key)}_\d{{8}}_\d{{6}}\.json$")
     try:
@@ -83,12 +83,36 @@ def previous_pass(state_path: Path, key: str, digest: str) -> Path | None:
         return None
     if not names:
         return None
-    path = archive / names[-1]
     try:
-        old = load_state(path)
+        old = load_state(archive / names[-1])
     except Exception:  # an unreadable archive proves nothing; the smoke simply runs
         return None
-    return None if smoke_needed(old, digest) else path
+    return (archive / names[-1], old) if old is not None else None
+
+
+def previous_pass(state: RunState, state_path: Path, key: str, digest: str) -> tuple[Path, RunState] | None:
+    """Where a passed gate for the same command is recorded: this state, else the run's newest archived
+    state (the run was started afresh since); None when the gate must run."""
+    if not smoke_needed(state, digest):
+        return state_path, state
+    found = _newest_archived(state_path, key)
+    return found if found and not smoke_needed(found[1], digest) else None
+
+
+def _stop_leftover(run) -> None:
+    """A supervisor killed outright (SIGKILL, power loss) during a smoke leaves that trainer running on
+    towards its full length: stop it (it must still be the same process) before a new gate starts."""
+    from lights_out_dev import procs
+    from lights_out_dev.executor import Handle
+
+    found = _newest_archived(run.path, run.key)
+    rec = found[1].extra.get("smoke", {}) if found else {}
+    if not rec.get("handle") or rec.get("ended_at"):
+        return
+    handle = Handle(**rec["handle"])
+    if run.executor.alive(handle) and (handle.kind != "local" or procs.alive(handle.pid, handle.start_time)):
+        run.executor.stop(handle, graceful=False, grace_s=0)
+        run.say(f"[{run.state.task}] stopped the smoke trainer (pid {handle.pid}) left running by a dead supervisor.")
 
 
 def gate(run) -> bool:
@@ -104,15 +128,15 @@ def gate(run) -> bool:
     spec, gpus = run._effective_spec(), run._gpus()
     argv = command.build_argv(spec, gpus, rid=st.rid, run_name=st.run_name + SUFFIX)
     digest = argv_hash(argv, spec.env)
-    earlier = None if smoke_needed(st, digest) else run.path
-    earlier = earlier or previous_pass(run.path, run.key, digest)
+    earlier = previous_pass(st, run.path, run.key, digest)
     if earlier is not None:
         st.smoke, st.smoke_argv_hash = PASSED, digest
-        st.extra["smoke"] = {**st.extra.get("smoke", {}), "reused": str(earlier), "argv_hash": digest}
+        st.extra["smoke"] = {**earlier[1].extra.get("smoke", {}), "reused": str(earlier[0])}
         run.save()
         run.say(f"[{st.task}] smoke passed earlier for this exact command ({digest}); not run again.")
         return True
 
+    _stop_leftover(run)
     limit = cfg.monitor.startup_stall_s
     env_over = {**spec.env, **command.gpu_env(spec, gpus), "LIGHTS_OUT_ATTEMPT": "0", "PYTHONUNBUFFERED": "1"}
     env = {**os.environ, **command.trainer_env(spec), **env_over}
@@ -130,7 +154,7 @@ def gate(run) -> bool:
     st.status = "running"
     try:
         run.handle = run.executor.start(argv, env, log_path, gpus, time_limit_s=limit, job_name=f"lo-{run.key}-smoke")
-        record.update(log_path=run.handle.log_path, pid=run.handle.pid)
+        record.update(log_path=run.handle.log_path, pid=run.handle.pid, handle=dict(run.handle.__dict__))
         st.extra["smoke"] = record
         run.save()
         run.say(f"[{st.task}] smoke: running the full command up to its first iteration "
@@ -153,7 +177,8 @@ def gate(run) -> bool:
         reason = f"no first iteration within the start-up limit of {format_duration(limit)}"
     elif verdict == Verdict.completed:
         sps = scanner.progress.steps_per_s
-        reason = f"first update completed {time.time() - record['started_at']:.0f}s after launch" + (
+        first = result.healthy_at or time.time()
+        reason = f"first update completed {first - record['started_at']:.0f}s after launch" + (
             f", {sps:.0f} steps/s" if sps else "")
     record.update(ended_at=time.time(), verdict=verdict.value, reason=reason, tb_dir=scanner.tb_dir,
                   progress=scanner.progress.model_dump(), peak_vram_mb=result.peak_vram_mb,

@@ -213,7 +213,8 @@ def test_resolve_spec_from_experiment_config_and_overrides():
     none = overrides.Overrides()
     single = resolve_spec(exp, "lab", "v", cfg, none)
     assert single.prefix == ["./IsaacLab/isaaclab.sh", "-p"] and single.headless and single.gpus == 1
-    assert single.env == {"OMNI_KIT_ACCEPT_EULA": "YES", "FAM": "1", "E": "2"}
+    # Isaac Lab env defaults (isaaclab.sh prefix) under the launcher's own env: config wins
+    assert single.env == {"OMNI_KIT_ACCEPT_EULA": "YES", "PYTHONNOUSERSITE": "1", "FAM": "1", "E": "2"}
     assert single.secret_env == ["WANDB_API_KEY"] and single.time_limit_s == 3600.0
     mgpu = resolve_spec(exp, "newton_mgpu", "v-mgpu", cfg, none)  # falls back newton_mgpu -> newton -> lab
     assert mgpu.script == "scripts/rsl_rl/train.py" and mgpu.gpus == 3 and mgpu.multi_gpu

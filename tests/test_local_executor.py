@@ -102,6 +102,27 @@ def test_stop_kills_group_and_session(tmp_path, term, graceful, expect):
     assert took < (3.0 if graceful else 1.0)
 
 
+ESCAPEE = """
+import subprocess, sys, time
+# like torchrun's ranks: a child in a session of its own, orphaned when the leader is SIGKILLed
+p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+print("child", p.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_stop_finds_descendants_that_left_the_session(tmp_path):
+    """Seen on 2x H200: a torchrun killed for an NCCL fault left a rank holding GPU memory, because
+    torchrun starts its ranks with start_new_session. The run token in the environment finds them."""
+    ex, h, log = _start(tmp_path, ESCAPEE)
+    _wait_for(lambda: "child" in log.read_text())
+    child = int(log.read_text().split()[1])
+    assert procs.stat(child).sid != h.pid  # outside the run's group and session
+    survivors = ex.stop(h, graceful=False, grace_s=0)
+    assert survivors == []
+    assert not procs.alive(child)
+
+
 def test_alive_checks_start_time(tmp_path):
     ex, h, _ = _start(tmp_path, "import time; time.sleep(30)")
     assert ex.alive(h) and procs.alive(h.pid, h.start_time)

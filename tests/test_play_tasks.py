@@ -3,13 +3,15 @@ through real processes on a policy trained in the test."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from lights_out_dev import evaluate
 from lights_out_dev.evaluate import PlayError, resolve_checkpoint, split_checkpoint
-from test_graph import doit, executed, make_repo, out, run_state
+from test_graph import DOIT, executed, make_repo, out, run_state
 
 
 def _run_dir(tmp_path: Path, iterations=(0, 5, 10)) -> Path:
@@ -78,9 +80,10 @@ def test_eval_text():
 
 # -- real processes ---------------------------------------------------------------------------------
 
-def play(repo: Path, *args: str, pythonpath: str | None = None):
-    return doit(repo, "cartpole:base-play", "--num_episodes", "16", *args, **({"pythonpath": pythonpath}
-                                                                              if pythonpath else {}))
+def doit(repo: Path, *args: str, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    env.pop("LIGHTS_OUT_ROOT", None)
+    return subprocess.run([*DOIT, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.timeout(240)
@@ -110,7 +113,9 @@ def test_play_task_evaluates_the_trained_checkpoint(tmp_path: Path):
     assert unloadable.returncode != 0 and "cannot load checkpoint" in out(unloadable), out(unloadable)
     missing = doit(repo, "cartpole:base-play", "--checkpoint", "model_999.pt")
     assert missing.returncode != 0 and "checkpoint 'model_999.pt' does not exist" in out(missing)
-    for p in (cannot_render, unloadable, missing):
+    too_slow = doit(repo, "cartpole:base-play", "--time_limit", "1s")  # killed by the runner's timer
+    assert too_slow.returncode != 0 and "did not finish within 1s" in out(too_slow), out(too_slow)
+    for p in (cannot_render, unloadable, missing, too_slow):
         assert "Traceback" not in out(p)
     assert not metrics_file.exists() and not target.exists() and not (tmp_path / "eval").exists()
 
@@ -142,3 +147,81 @@ def test_play_task_evaluates_the_trained_checkpoint(tmp_path: Path):
     best = doit(repo, "cartpole:base-play", "--num_episodes", "4", "--checkpoint", "best")
     assert best.returncode == 0, out(best)
     assert json.loads(target.read_text())["checkpoint"] != str(run_dir / "model_0.pt")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("toml, words", [
+    ('[tool.lights_out.launchers.lab]\nprefix = ["./IsaacLab/isaaclab.sh", "-p"]',
+     "launcher prefix './IsaacLab/isaaclab.sh' was not found"),
+    ('[tool.lights_out.launchers.lab]\nscript = "tasks/train.py"',  # a training script with no play.py beside it
+     "play script 'tasks/play.py' (beside the training script) does not exist"),
+])
+def test_a_play_command_that_cannot_start_is_one_sentence(tmp_path: Path, toml, words):
+    repo = make_repo(tmp_path / "repo", toml)
+    (repo / "tasks/train.py").write_text("")
+    p = doit(repo, "cartpole:base-play")
+    assert p.returncode != 0 and words in out(p), out(p)
+    assert "Traceback" not in out(p)
+
+
+def test_ledger_and_report_show_an_eval_result(tmp_path: Path):
+    from lights_out_dev import ledger, report
+    from lights_out_dev.plan import LoadedPlan, Plan, PlannedRun
+    from lights_out_dev.spec import RunSpec
+    from lights_out_dev.state import Attempt, RunState
+
+    plan = Plan.model_validate({"name": "p", "runs": [{"task": "cartpole:base"}, {"task": "cartpole:base"}]})
+    runs = [PlannedRun(index=i, phase=1, task="cartpole:base", num_envs=64, max_iterations=None, seed=None,
+                       trainer_args=[], gpus=1, time_limit_s=None, smoke=False) for i in (1, 2)]
+    loaded = LoadedPlan(plan=plan, path=tmp_path / "p.yaml", runs=runs)
+    spec = RunSpec(task="cartpole:base", family="cartpole", launcher="lab", prefix=[], script="workloads/train.py",
+                   trainer_task="Lo-Cartpole-v0", num_envs=64)
+    metrics = {"mean_return": 231.23, "std_return": 20.06, "num_episodes": 16, "mean_episode_length": 240.0,
+               "success_rate": 0.5}
+    run_dir = tmp_path / "run2"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "eval/eval_metrics.json").write_text(json.dumps({**metrics, "mean_return": 12.0}))
+    states = {
+        1: RunState(run_key="01", rid="r", run_name="n", task="cartpole:base", spec=spec, status="completed",
+                    attempts=[Attempt(number=1, argv=[], started_at=1.0, ended_at=2.0, verdict="completed")],
+                    extra={"eval": {"metrics": metrics, "checkpoint": "/x/model_9.pt"}}),
+        2: RunState(run_key="02", rid="r", run_name="n", task="cartpole:base", spec=spec, status="completed",
+                    attempts=[Attempt(number=1, argv=[], started_at=1.0, ended_at=2.0, verdict="completed",
+                                      tb_dir=str(run_dir))]),
+    }
+    text = ledger.render(loaded, states)
+    assert "eval return 231.2±20.1 (16 ep), success 0.50" in text
+    assert "- Eval: eval return 231.2±20.1 (16 ep), success 0.50 of /x/model_9.pt" in text
+    evals = {i: report.eval_metrics(st) for i, st in states.items()}
+    assert evals[2]["mean_return"] == 12.0  # found beside the run's checkpoints
+    table = report.table(loaded, states, {}, evals).splitlines()
+    assert table[0].endswith("| Eval return | Eval episode length | Eval success |")
+    assert table[2].endswith("| 231.23 ± 20.06 | 240.0 | 0.50 |") and "| 12.00 ± 20.06 |" in table[3]
+    assert "Eval" not in report.table(loaded, states, {}).splitlines()[0]  # no eval: the table is unchanged
+
+
+EVALUATED = """
+name: evaluated
+runs:
+  - task: cartpole:base
+    overrides: {num_envs: 64, max_iterations: 2}
+  - task: cartpole:base
+    overrides: {num_envs: 64, max_iterations: 15}
+evaluate: {best: 1, num_episodes: 8}
+"""
+
+
+@pytest.mark.timeout(150)
+def test_a_sweep_ends_with_an_evaluation_of_its_best_run(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo")
+    (repo / "sweeps/evaluated.yaml").write_text(EVALUATED)
+    p = doit(repo, "sweep", "--plan", "sweeps/evaluated.yaml", timeout=140)
+    assert p.returncode == 0, out(p)
+    runs = repo / "local_experiment_logs/sweeps/evaluated/runs"
+    short, long_ = (json.loads((runs / f"{i:02d}.json").read_text()) for i in (1, 2))
+    assert "eval" not in short["extra"]  # only the best run is evaluated
+    ev = long_["extra"]["eval"]
+    assert ev["checkpoint"] == long_["checkpoints"][-1] and ev["metrics"]["num_episodes"] == 8
+    assert "eval return" in (repo / "lights_out_dev/sweep_log.md").read_text()
+    report_md = (repo / "local_experiment_logs/sweeps/evaluated/report.md").read_text()
+    assert "| Eval return |" in report_md

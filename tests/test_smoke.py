@@ -143,3 +143,80 @@ def test_a_failed_smoke_stops_the_run_before_its_long_attempt(tmp_path: Path):
     assert not (repo / "local_experiment_logs/targets/cartpole__base.json").exists()
     events = [json.loads(line) for line in (repo / "local_experiment_logs/events.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in events if e.get("task") == "cartpole:base"] == ["smoke", "failed"]
+
+
+SMOKES_FIRST = """
+name: smokes
+smoke: true
+smoke_first: true
+runs:
+  - task: cartpole:base
+    overrides: {num_envs: 16, max_iterations: 3}
+  - task: cartpole:base
+    overrides: {num_envs: 16, max_iterations: 3, trainer_args: ["--inject", "config_error@0:always"]}
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_sweep_runs_the_smokes_of_a_phase_first_and_the_ledger_shows_their_verdicts(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo")
+    (repo / "sweeps/smokes.yaml").write_text(SMOKES_FIRST)
+    p = doit(repo, "sweep", "--plan", "sweeps/smokes.yaml", timeout=100)
+    runs = repo / "local_experiment_logs/sweeps/smokes/runs"
+    good, bad = (json.loads((runs / f"{i:02d}.json").read_text()) for i in (1, 2))
+    assert bad["status"] == "failed" and bad["smoke"] == "failed: config_error" and bad["attempts"] == [], out(p)
+    assert good["status"] == "completed" and good["smoke"] == "passed", out(p)
+    assert good["extra"]["smoke"].get("reused")  # the long pass reused the gate of the smoke pass
+    # both gates were judged before the first long attempt started
+    archived = [json.loads(f.read_text()) for f in sorted((runs / "archive").glob("*.json"))]
+    gate_ends = [a["extra"]["smoke"]["ended_at"] for a in archived] + [bad["extra"]["smoke"]["ended_at"]]
+    assert max(gate_ends) <= good["attempts"][0]["started_at"]
+    text = (repo / "lights_out_dev/sweep_log.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert "smoke passed" in rows[0] and "smoke failed: config_error" in rows[1], text
+
+
+@pytest.mark.timeout(90)
+def test_a_smoke_trainer_left_by_a_killed_supervisor_is_stopped_by_the_next_gate(tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from lights_out_dev import procs
+    from test_graph import DOIT
+
+    repo = make_repo(tmp_path / "repo")
+    overlay = tmp_path / "limits.toml"
+    overlay.write_text("[tool.lights_out.monitor]\nstartup_stall_s = 3\n")
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONUNBUFFERED": "1", "LIGHTS_OUT_CONFIG": str(overlay)}
+    args = [*DOIT, *ARGS, "--inject", "stall@0:always"]  # the smoke never gets its first iteration
+    first = subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    state_file = repo / "local_experiment_logs/runs/cartpole__base.json"
+    leftover = None
+    try:
+        deadline = time.monotonic() + 30
+        while leftover is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                leftover = json.loads(state_file.read_text())["extra"]["smoke"]["handle"]
+            except (OSError, ValueError, KeyError):
+                pass
+        assert leftover and procs.alive(leftover["pid"], leftover["start_time"])
+        os.killpg(first.pid, signal.SIGKILL)  # the supervisor dies; its trainer (own session) lives on
+        first.wait()
+        assert procs.alive(leftover["pid"], leftover["start_time"])
+
+        second = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+        assert f"stopped the smoke trainer (pid {leftover['pid']}) left running" in second.stdout, out(second)
+        assert not procs.alive(leftover["pid"], leftover["start_time"])
+        st = run_state(repo, "cartpole:base")
+        # the new gate judged its own trainer: no first iteration within the start-up limit
+        assert st["smoke"] == "failed: timeout" and st["attempts"] == [], st
+        assert "no first iteration within the start-up limit of 3s" in st["reason"]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        if leftover and procs.alive(leftover["pid"], leftover["start_time"]):
+            os.killpg(leftover["pgid"], signal.SIGKILL)

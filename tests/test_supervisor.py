@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lights_out_dev import procs
-from lights_out_dev.config import MonitorConfig, ProjectConfig
+from lights_out_dev.config import MonitorConfig, PolicyRule, ProjectConfig
 from lights_out_dev.local_executor import LocalExecutor
 from lights_out_dev.spec import RunSpec
 from lights_out_dev.state import load_state
@@ -60,12 +60,28 @@ def flag(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
 
+def processes_with(marker: str) -> list[int]:
+    """Live pids whose command line holds `marker` (the run's unique --rid): found independently of how
+    the supervisor tracks its processes, so a rank that left the run's session is caught too."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                cmd = Path(f"/proc/{name}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmd and procs.alive(int(name)):
+                found.append(int(name))
+    return found
+
+
 def assert_nothing_left(st) -> None:
     for a in st.attempts:
         assert a.survivors == []
         assert a.pgid == a.pid
         assert procs.run_pids(a.pgid) == [], f"attempt {a.number}: processes of session {a.pgid} survive"
         assert not procs.alive(a.pid)
+    assert processes_with(st.rid) == [], "a process of the run survives outside its session"
 
 
 def assert_resumed_from_previous(st, n: int) -> None:
@@ -311,4 +327,18 @@ def test_dead_trainer_marked_interrupted_and_retried(tmp_path):
     assert verdicts(st) == ["killed", "completed"]
     assert "no supervisor watched" in st.attempts[0].reason
     assert_resumed_from_previous(st, 2)
+    assert_nothing_left(st)
+
+
+@pytest.mark.timeout(180)
+def test_multi_rank_stall_kill_leaves_no_orphan_rank(tmp_path):
+    """torchrun starts its ranks in sessions of their own; SIGKILLing torchrun for a stall must not
+    orphan them (seen on 2x H200 with NCCL: a rank kept holding GPU 1's memory)."""
+    spec = make_spec("stall@2", max_iterations=6).model_copy(update={"launcher": "lab_mgpu", "gpus": 2})
+    cfg = make_cfg(tmp_path, stall_s=SHORT_STALL_S)
+    cfg = cfg.model_copy(update={"policy": {"stall": PolicyRule(action="give_up", max_attempts=0)}})
+    state_path = tmp_path / "logs" / "runs" / "cartpole__sv.json"
+    st = supervise(spec, cfg, tmp_path, state_path, status_line=lambda line: None)
+    assert "torch.distributed.run" in st.attempts[0].argv
+    assert verdicts(st) == ["stall"] and st.status == "failed"
     assert_nothing_left(st)
