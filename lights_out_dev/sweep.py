@@ -252,6 +252,7 @@ class Sweep:
         self._ledger_warned = False
         self._errors: list[str] = []
         self._busy: dict[int, float] = {}  # run -> when a live supervisor elsewhere was found owning it
+        self._lease_blocker: str | None = None  # why the last lease was refused (e.g. a foreign process)
         self._freed = False  # set when a run thread ends (guarded by _cv)
         self._stop = threading.Event()  # Ctrl-C / SIGTERM: supervisors stop their trainers gracefully
         self._load_promotions()
@@ -509,7 +510,8 @@ class Sweep:
             prefer = list(state.current.gpus) if state.current.gpus else None
         try:
             return acquire(n, self.cfg, self.root, prefer=prefer, wait=False)
-        except GpuLockError:
+        except GpuLockError as e:
+            self._lease_blocker = str(e)
             return None
 
     def schedule(self, indices: list[int]) -> bool:
@@ -605,7 +607,9 @@ class Sweep:
             who = ", ".join(f"run {i} (pid {p})" for i, p in sorted(waiting_on.items()))
             line += f" | held by another process: {who}"
         elif blocked and n_pending:
-            line += " | waiting for a free slot"
+            # with none of our runs active, only someone else's process can free the slot: say whose
+            blocker = self._lease_blocker
+            line += f" | waiting: {blocker}" if blocker and not n_active else " | waiting for a free slot"
         return line
 
     # -- entry points used by the doit tasks ---------------------------------------------

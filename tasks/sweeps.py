@@ -63,6 +63,11 @@ def run_phase(plan: str | None, phase: int) -> bool:
     except (PlanError, SweepError, GpuLockError) as e:
         events.emit(root, cfg, "sweep_finished", plan=plan, ok=False, reason=str(e))
         return _fail(str(e))
+    except BrokenPipeError:  # our stdout went away (a closed pipe or terminal), not a file problem
+        events.emit(root, cfg, "sweep_finished", plan=plan, ok=False,
+                    reason="the sweep's output was closed (pipe or terminal gone); start it detached with "
+                           "setsid nohup ... > file, and rerun `doit sweep` - finished runs are kept.")
+        return False
     except OSError as e:  # e.g. disk full while claiming the ledger or writing the sweep's metadata
         sentence = _os_sentence(e)
         events.emit(root, cfg, "sweep_finished", plan=plan, ok=False, reason=sentence)

@@ -304,3 +304,34 @@ def test_unwritable_ledger_is_one_warning_and_the_sweep_goes_on(tmp_path: Path):
     (tmp_path / "blocker").unlink()
     sweep.refresh_ledger()  # writable again: rebuilt from state
     assert (tmp_path / "blocker" / "sweep_log.md").read_text().startswith("# Sweep: p")
+
+
+@pytest.mark.timeout(180)
+def test_a_sweep_blocked_by_someone_elses_slots_says_so_then_goes_on(tmp_path: Path):
+    """While another process holds every slot, the status line names why the sweep waits (not a bare
+    'waiting'); once the slots free up, the waiting run starts at once."""
+    from filelock import FileLock
+
+    repo = make_repo(tmp_path / "repo", {"twin": TWIN})
+    overlay = tmp_path / "fast_status.toml"
+    overlay.write_text("cpu_slots = 1\n[monitor]\nstatus_interval_s = 1\n")
+    locks = repo / "local_experiment_logs" / "locks"
+    locks.mkdir(parents=True)
+    held = FileLock(str(locks / "cpu0.lock"))
+    held.acquire()
+    p = subprocess.Popen(doit_argv("sweep", "--plan", "sweeps/twin.yaml"), cwd=repo,
+                         env={**env_for(repo), "LIGHTS_OUT_CONFIG": str(overlay)}, stdout=open(repo / "out.log", "w"),
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "waiting: " not in (repo / "out.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        text = (repo / "out.log").read_text()
+        assert "waiting: no CPU slot" in text or "CPU slots are taken" in text, text[-2000:]
+        assert not states(repo, "twin") or all(not s["attempts"] for s in states(repo, "twin").values())
+        held.release()
+        assert p.wait(timeout=150) == 0, (repo / "out.log").read_text()[-3000:]
+        assert all(s["status"] == "completed" for s in states(repo, "twin").values())
+    finally:
+        held.release()
+        cleanup(p)
