@@ -154,7 +154,7 @@ def acquire(n: int, cfg: ProjectConfig, root: Path, prefer: list[int] | None = N
             return lease
         only_locked = all("lights-out run" in w or "CPU slots" in w for w in why)
         if not (wait if only_locked else may_wait_busy) or (deadline and time.monotonic() > deadline):
-            what = "a CPU slot" if candidates is None else f"{n} free GPU(s)"
+            what = "free CPU slot" if candidates is None else f"{n} free GPU(s)"
             fix = ("wait for them to finish" if only_locked else
                    "free it, pin another GPU with --gpu, or set [tool.lights_out.monitor] busy_gpu_action = 'wait'")
             raise GpuLockError(f"no {what} for this run: {'; '.join(why)}; {fix}.")

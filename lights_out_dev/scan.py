@@ -58,7 +58,7 @@ class LogScanner:
         self._in_traceback = False
         self._traceback_lines = 0
         self._log_root: str | None = None
-        self._run_dir_name: str | None = None
+        self._run_dir_names: list[str] = []  # one per rank; each rank stamps its own clock
         self._run_dir: str | None = None  # from rsl_rl's git diff line: beats what train.py printed
         # Isaac Lab appends "_<run_name>" to the directory name it prints; rsl_rl 5.x prints the run
         # name in its block, and the supervisor knows the one it passed.
@@ -68,18 +68,22 @@ class LogScanner:
     def tb_dir(self) -> str | None:
         """The run's log directory (TensorBoard events, checkpoints) as far as the log tells.
 
-        Every rank of a multi-GPU run prints train.py's two lines, with stamps that may differ; only
-        rank 0 logs, and its rsl_rl names the directory exactly, so that line wins when it comes."""
+        Every rank of a multi-GPU run prints train.py's two lines, with stamps that may differ (seen on
+        2x H200: 05-29-16 and 05-29-17); only rank 0 creates its directory. rsl_rl's git-diff line
+        (rank 0) names it exactly and wins; otherwise the candidate that exists on disk, else the last."""
         if self._run_dir is not None:
             return self._run_dir
         if self._log_root is None:
             return None
-        if self._run_dir_name is None:
+        if not self._run_dir_names:
             return self._log_root
-        name = self._run_dir_name
+        paths = [os.path.join(self._log_root, self._with_run_name(n)) for n in self._run_dir_names]
+        return next((p for p in reversed(paths) if os.path.isdir(p)), paths[-1])
+
+    def _with_run_name(self, name: str) -> str:
         if self._run_name and not name.endswith(f"_{self._run_name}"):
-            name = f"{name}_{self._run_name}"
-        return os.path.join(self._log_root, name)
+            return f"{name}_{self._run_name}"
+        return name
 
     def feed(self, line: str) -> None:
         if "\x1b" in line:
@@ -137,10 +141,13 @@ class LogScanner:
         elif END_MARKER in s:
             self.end_marker = True
         elif LOG_DIR_LINE in s:
-            self._log_root = s.split(LOG_DIR_LINE, 1)[1].strip()
-            self._run_dir_name = None
+            root = s.split(LOG_DIR_LINE, 1)[1].strip()
+            if root != self._log_root:  # every rank prints the same root: keep all ranks' stamps
+                self._log_root, self._run_dir_names = root, []
         elif RUN_DIR_NAME_LINE in s:
-            self._run_dir_name = s.split(RUN_DIR_NAME_LINE, 1)[1].strip() or None
+            name = s.split(RUN_DIR_NAME_LINE, 1)[1].strip()
+            if name:
+                self._run_dir_names.append(name)
         elif s.startswith("Storing git diff for"):
             m = GIT_DIFF_LINE.match(s)
             if m:

@@ -227,3 +227,14 @@ def test_observations_carry_exit_status_and_progress():
 def test_crlf_and_partial_lines_do_not_break_parsing():
     s = scan("Mean reward: 1.5\r\n\x1b[1m   Learning iteration 9/10   \x1b[0m\r\nTraining time: 3 seconds")
     assert (s.progress.mean_reward, s.progress.iteration, s.end_marker) == (1.5, 10, True)
+
+
+def test_multi_gpu_run_dir_without_git_line_is_the_one_on_disk(tmp_path):
+    """Outside a git checkout rsl_rl prints no git-diff line; each rank stamps its own second and only
+    rank 0's directory exists (seen on 2x H200): the existing one is the run dir, whichever came last."""
+    root = tmp_path / "logs/rsl_rl/cartpole"
+    (root / "2026-11-22_05-29-16_r").mkdir(parents=True)
+    text = "".join(f"[INFO] Logging experiment in directory: {root}\n"
+                   f"Exact experiment name requested from command line: {stamp}\n"
+                   for stamp in ("2026-11-22_05-29-16", "2026-11-22_05-29-17"))
+    assert scan(text, run_name="r").tb_dir == str(root / "2026-11-22_05-29-16_r")

@@ -327,7 +327,7 @@ def test_a_sweep_blocked_by_someone_elses_slots_says_so_then_goes_on(tmp_path: P
         while "waiting: " not in (repo / "out.log").read_text() and time.monotonic() < deadline:
             time.sleep(0.5)
         text = (repo / "out.log").read_text()
-        assert "waiting: no CPU slot" in text or "CPU slots are taken" in text, text[-2000:]
+        assert "waiting: no free CPU slot for this run: all 1 CPU slots are taken" in text, text[-2000:]
         assert not states(repo, "twin") or all(not s["attempts"] for s in states(repo, "twin").values())
         held.release()
         assert p.wait(timeout=150) == 0, (repo / "out.log").read_text()[-3000:]
