@@ -88,17 +88,30 @@ class Promotion(_Strict):
         return self
 
 
+class Evaluation(_Strict):
+    """After the last phase: evaluate the final checkpoints of the best finished runs (evaluate.py)."""
+
+    best: int = Field(default=1, ge=1, description="how many runs, best first")
+    metric: str = "Train/mean_reward"
+    mode: Literal["max", "min"] = "max"
+    num_episodes: int = Field(default=20, ge=1)
+    args: list[str] = Field(default_factory=list, description="more play flags, e.g. ['--video']")
+
+
 class Plan(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     mode: Literal["parallel", "sequential"] = Field(
         default="parallel", description="parallel: one run per GPU (or CPU slot) at a time; sequential: one run at a time")
     smoke: bool = Field(default=False, description="recorded on every run's spec (per-run `smoke` wins)")
+    smoke_first: bool = Field(
+        default=False, description="run the smoke gates of all runs of a phase before any long attempt of it")
     time_limit: float | None = Field(default=None, description="default per-run limit; none = project monitor.time_limit")
     max_envs_per_gpu_gb: float | None = Field(
         default=None, gt=0, description="parallel mode: cap num_envs at this many envs per GB of the assigned GPU's memory")
     runs: list[RunEntry] = Field(min_length=1)
     promote: Promotion | None = None
+    evaluate: Evaluation | None = None
 
     _dur = field_validator("time_limit", mode="before")(classmethod(lambda cls, v: _duration(v)))
 

@@ -350,7 +350,7 @@ class _Run:
             self.save(force=False)
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self) -> RunState:
+    def run(self, smoke_only: bool = False) -> RunState:
         self.state = self._load_or_new()
         st = self.state
         self.previous_supervisor = st.supervisor_pid
@@ -365,6 +365,15 @@ class _Run:
                 if decision_final:
                     return self._finish()
         self.save()
+        if self.spec.smoke and not st.attempts:
+            from lights_out_dev.smoke import gate  # first-update smoke gate before the long attempt
+            if not gate(self):
+                return self._finish() if st.status == "failed" else st
+        if smoke_only:  # a plan's `smoke_first` pass: the long attempt comes later and reuses the gate
+            if not st.attempts:
+                st.status = "pending"
+            self.save()
+            return st
         while True:
             try:
                 attempt = st.current if adopted else self._launch()
@@ -486,12 +495,14 @@ class _Run:
 def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *, executor: Executor | None = None,
               lease: gpu_lock.Lease | None = None, run_key: str | None = None,
               status_line: Callable[[str], None] = print, sweep: str | None = None, index: int | None = None,
-              phase: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> RunState:
+              phase: int | None = None, should_stop: Callable[[], bool] = lambda: False,
+              smoke_only: bool = False) -> RunState:
     """Run `spec` through attempts until completed / timeout / failed; the state is written on every change.
 
     A run left 'running' by a dead supervisor is adopted (trainer alive and ours) or marked interrupted
     and retried; one held by a live supervisor is refused (SupervisorBusy). `lease` is the GPU/CPU slot
-    the caller holds; without one the run is not pinned to a GPU. Raises SupervisorError / LaunchError
+    the caller holds; without one the run is not pinned to a GPU. With spec.smoke the smoke gate
+    (smoke.py) runs before the first attempt; smoke_only stops after it. Raises SupervisorError / LaunchError
     with one sentence for user-fixable problems, never leaving a trainer behind.
     """
     root = Path(root)
@@ -519,7 +530,7 @@ def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *
     try:
         run = _Run(spec, cfg, root, state_path, executor or LocalExecutor(cwd=root), lease, key, status_line,
                    sweep, index, phase, should_stop)
-        return run.run()
+        return run.run(smoke_only)
     finally:
         lock.release()
 

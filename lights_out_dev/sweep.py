@@ -229,6 +229,11 @@ def _status(state: RunState | None) -> str:
     return state.status if state else "pending"
 
 
+def _started(state: RunState | None) -> bool:
+    """The run has had a long attempt (its smoke gate, if any, is behind it)."""
+    return state is not None and bool(state.attempts)
+
+
 def is_final(state: RunState | None) -> bool:
     return state is not None and state.status in FINAL_STATUSES
 
@@ -443,12 +448,12 @@ class Sweep:
     def _needed_gpus(self, run: PlannedRun) -> int:
         return max(1, run.gpus or 1)
 
-    def _launch(self, run: PlannedRun, run_lock: FileLock, lease, active: dict) -> None:
+    def _launch(self, run: PlannedRun, run_lock: FileLock, lease, active: dict, smoke_only: bool = False) -> None:
         def body():
             from lights_out_dev.supervisor import SupervisorBusy
 
             try:
-                self._supervise(run, lease)
+                self._supervise(run, lease, smoke_only)
             except SupervisorBusy as e:  # a live supervisor elsewhere owns it: never launch it twice
                 self.say(f"[sweep {self.loaded.name}] run {run.index}: {e}")
                 self._busy[run.index] = time.monotonic()
@@ -468,7 +473,7 @@ class Sweep:
         active[run.index] = t
         t.start()
 
-    def _supervise(self, run: PlannedRun, lease) -> None:
+    def _supervise(self, run: PlannedRun, lease, smoke_only: bool = False) -> None:
         from lights_out_dev.supervisor import supervise
 
         spec = self.spec(run)
@@ -482,7 +487,7 @@ class Sweep:
                           lease=lease, run_key=run_key(self.loaded.name, run.index),
                           status_line=lambda line: self.say(f"[{run.key}] {line}"),
                           sweep=self.loaded.name, index=run.index, phase=run.phase,
-                          should_stop=self._stop.is_set)
+                          should_stop=self._stop.is_set, smoke_only=smoke_only)
         if is_final(state):
             self.write_target(run.index, state)
 
@@ -514,11 +519,17 @@ class Sweep:
             self._lease_blocker = str(e)
             return None
 
-    def schedule(self, indices: list[int]) -> bool:
-        """Run the given runs to a final state, one per lease, work-conserving. True = none errored."""
+    def schedule(self, indices: list[int], smoke_only: bool = False) -> bool:
+        """Run the given runs to a final state, one per lease, work-conserving. True = none errored.
+
+        smoke_only: only the smoke gates of the runs that have one and no attempt yet (plan `smoke_first`);
+        a failed gate fails its run, a passed one is reused by the run's long attempt."""
         _warm_imports()
         runs = [self.loaded.run(i) for i in indices]
         pending = [r for r in runs if not is_final(load_state(self.paths.state(r.index)))]
+        if smoke_only:
+            pending = [r for r in pending if r.smoke and r.task is not None
+                       and not _started(load_state(self.paths.state(r.index)))]
         active: dict[int, threading.Thread] = {}
         waiting_on: dict[int, int | None] = {}
         last_line = 0.0
@@ -560,7 +571,7 @@ class Sweep:
                     launched_blocked = True
                     break
                 pending.remove(run)
-                self._launch(run, run_lock, lease, active)
+                self._launch(run, run_lock, lease, active, smoke_only)
             if self._errors and not active:
                 break
             if not pending and not active:
@@ -626,7 +637,10 @@ class Sweep:
                 raise KeyboardInterrupt
             old = signal.signal(signal.SIGTERM, _term)
         try:
-            return self.schedule([r.index for r in self.loaded.runs if r.phase == phase])
+            indices = [r.index for r in self.loaded.runs if r.phase == phase]
+            if self.loaded.plan.smoke_first and not self.schedule(indices, smoke_only=True):
+                return False  # fail fast: a config bug shows in every smoke before any long run starts
+            return self.schedule(indices)
         finally:
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
@@ -684,11 +698,44 @@ def open_sweep(root: Path, cfg: ProjectConfig, plan: str | None, *, executor: st
     return Sweep(loaded, cfg, root, executor=executor, status_line=status_line)
 
 
+def evaluate_best(sweep: Sweep) -> None:
+    """Plan `evaluate`: the final checkpoints of the best finished runs through the trainer's play script;
+    each result goes into its run's state (ledger, report). A run evaluated on its final checkpoint
+    already is not evaluated again; a failed evaluation is reported and the sweep goes on."""
+    from lights_out_dev.evaluate import PlayError, eval_text, evaluate_checkpoint, record_in_state
+
+    ev, name = sweep.loaded.plan.evaluate, sweep.loaded.name
+    if ev is None:
+        return
+    scored = []
+    for index, st in sweep.states().items():
+        if st.status in ("completed", "timeout") and st.checkpoints:
+            value = sweep.metric_value(st, ev.metric)
+            if value is not None:
+                scored.append((value, index, st))
+    scored.sort(key=lambda x: x[0], reverse=ev.mode == "max")
+    for value, index, st in scored[:ev.best]:
+        checkpoint = Path(st.checkpoints[-1])
+        if st.extra.get("eval", {}).get("checkpoint") == str(checkpoint):
+            continue
+        try:
+            record = evaluate_checkpoint(st.spec, checkpoint, ["--num_episodes", str(ev.num_episodes), *ev.args],
+                                         sweep.cfg, sweep.root, f"sweep:{name}-{index:02d}-eval")
+        except PlayError as e:
+            sweep.say(f"[sweep {name}] run {index}: evaluation failed: {e}")
+            continue
+        note = record_in_state(sweep.paths.state(index), record)
+        sweep.say(f"[sweep {name}] run {index} ({ev.metric} {value:.2f}): {eval_text(record['metrics'])}"
+                  + (f" ({note})" if note else ""))
+
+
 def finish(sweep: Sweep) -> bool:
-    """End of a sweep: ledger, report, `sweep_finished` event. True when every run is final."""
+    """End of a sweep: evaluation of its best runs (plan `evaluate`), ledger, report, `sweep_finished`
+    event. True when every run is final."""
     from lights_out_dev import events
     from lights_out_dev.report import write_report
 
+    evaluate_best(sweep)
     states = sweep.states()
     sweep.refresh_ledger()
     report = None
