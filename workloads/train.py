@@ -133,6 +133,13 @@ class Trainer:
             inject.sleep_forever(self.check_stop)
 
 
+def close_writer(runner) -> None:
+    """rsl_rl never closes its TensorBoard SummaryWriter; without this the last iteration's scalars can be lost."""
+    writer = runner.logger.writer
+    if writer is not None and hasattr(writer, "close"):
+        writer.close()
+
+
 def make_runner_class():
     import torch
     from rsl_rl.runners import OnPolicyRunner
@@ -303,6 +310,7 @@ def main(argv: list[str]) -> int:
             print(f"[ERROR] rank {trainer.rank}: collective operation failed: {type(e).__name__}: {first}", flush=True)
         raise
     trainer.learning = False
+    close_writer(runner)
     print(f"Training time: {round(time.time() - start_time, 2)} seconds")
     trainer.check_stop()
     trainer.hang_after_training()
