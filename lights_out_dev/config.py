@@ -247,5 +247,16 @@ def load_config(root: Path | None = None) -> ProjectConfig:
         raise ConfigError(_format_validation_error(e, source)) from None
 
 
+def load_project_or_report(prefix: str = "", file=None) -> tuple[Path, ProjectConfig] | None:
+    """The project root and its config, or None after printing the config problem (one sentence):
+    the entry points report a malformed table the same way and stop without touching any state."""
+    root = project_root()
+    try:
+        return root, load_config(root)
+    except ConfigError as e:
+        print(f"{prefix}{e}", file=file or sys.stdout)
+        return None
+
+
 def python_prefix() -> list[str]:
     return [sys.executable]

@@ -32,6 +32,7 @@ from pathlib import Path
 from lights_out_dev.spec import RunSpec
 
 PLAY_SCRIPT = "play.py"
+PLAY_SUFFIX = "-play"  # task name of the evaluate/play twin of every single-GPU variant
 DEFAULT_METRIC = "Train/mean_reward"
 METRICS_FILE = "eval_metrics.json"
 VIDEO_SUFFIXES = (".gif", ".mp4")
@@ -307,18 +308,16 @@ def evaluate_checkpoint(spec: RunSpec, ckpt: Path, passthrough: list[str], cfg, 
 def run_play(train_spec: dict, task: str, train_target: str, target: str, experiment_root: str) -> bool:
     """doit python-action of a `-play` task: resolve the checkpoint, run play, record the metrics."""
     from lights_out_dev import overrides
-    from lights_out_dev.config import ConfigError, load_config, project_root
+    from lights_out_dev.config import load_project_or_report
     from lights_out_dev.state import atomic_write_text
     from lights_out_dev.supervisor import state_path_for
 
     spec = RunSpec.model_validate(train_spec)
     Path(target).unlink(missing_ok=True)  # an earlier evaluation's target must not outlive this one's failure
-    try:
-        root = project_root()
-        cfg = load_config(root)
-    except ConfigError as e:
-        print(f"lights-out: {e}")
+    project = load_project_or_report("lights-out: ")
+    if project is None:
         return False
+    root, cfg = project
     ov = overrides.current()
     recorded = run_dir = None
     try:

@@ -27,6 +27,7 @@ from lights_out_dev import overrides  # noqa: E402
 from lights_out_dev.command import build_argv, format_command, gpu_env, redact_argv, redact_text, \
     secret_values, trainer_env  # noqa: E402
 from lights_out_dev.config import ConfigError, project_root  # noqa: E402
+from lights_out_dev.evaluate import PLAY_SUFFIX  # noqa: E402
 from lights_out_dev.tasks_index import DEP_META, checkpoint_from_target, load_tasks, spec_of  # noqa: E402
 
 USAGE = "usage: extract_cmd.py TASK [--gpu N] [--num_envs N] [--json] [-- trainer flags...]"
@@ -84,6 +85,9 @@ def extract(argv: list[str]) -> str:
         subs = [n for n in tasks if n.startswith(task_name + ":")]
         if subs:
             raise UsageError(f"'{task_name}' is a group; pick one variant, e.g. {subs[0]}.")
+        if task_name.endswith(PLAY_SUFFIX):
+            raise UsageError(f"'{task_name}' evaluates a checkpoint of {task_name[:-len(PLAY_SUFFIX)]}; "
+                             f"extract_cmd shows training commands, so ask for that task instead.")
         raise UsageError(f"'{task_name}' is a check, not an experiment; it runs "
                          f"`python -m lights_out_dev.preflight {task_name}`.")
     dep_target = task.meta.get(DEP_META)

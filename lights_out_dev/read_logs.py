@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script from any directory: make the pa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lights_out_dev import tb  # noqa: E402
-from lights_out_dev.config import ConfigError, load_config, project_root  # noqa: E402
+from lights_out_dev.config import load_project_or_report  # noqa: E402
 from lights_out_dev.signatures import scan_errors  # noqa: E402
 
 TREND_POINTS = 10
@@ -130,12 +130,10 @@ def _default_roots(root: Path, cfg) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    root = project_root()
-    try:
-        cfg = load_config(root)
-    except ConfigError as e:
-        print(f"read_logs: {e}", file=sys.stderr)
+    project = load_project_or_report("read_logs: ", file=sys.stderr)
+    if project is None:
         return 2
+    root, cfg = project
 
     if args.cmd in ("tb-list", "tb-latest"):
         roots = args.logs or _default_roots(root, cfg)

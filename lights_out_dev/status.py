@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lights_out_dev.config import ConfigError, ProjectConfig, format_duration, load_config, project_root  # noqa: E402
+from lights_out_dev.config import ProjectConfig, format_duration, load_project_or_report  # noqa: E402
 from lights_out_dev.state import RunState, load_state  # noqa: E402
 
 
@@ -187,12 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     ap.add_argument("--plan", help="plan file or plan name (default: the last sweep started)")
     args = ap.parse_args(argv)
-    root = project_root()
-    try:
-        cfg = load_config(root)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    project = load_project_or_report(file=sys.stderr)
+    if project is None:
         return 2
+    root, cfg = project
     data = collect(root, cfg, args.plan)
     print(json.dumps(data, indent=2, default=str) if args.json else render(data))
     return 0

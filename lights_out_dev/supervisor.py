@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from lights_out_dev import command, events, gpu_lock, procs
-from lights_out_dev.config import ConfigError, ProjectConfig, load_config, project_root
+from lights_out_dev.config import ConfigError, ProjectConfig, load_project_or_report
 from lights_out_dev.executor import Executor, Handle
 from lights_out_dev.local_executor import LaunchError, LocalExecutor
 from lights_out_dev.monitor import Limits, LogTail, WatchResult, watch
@@ -570,12 +570,10 @@ def write_target(target: Path, state: RunState, state_path: Path) -> None:
 
 def run_task(spec: RunSpec, target: Path) -> bool:
     """doit python-action: supervise the run, write `target` atomically on completed/timeout; True on success."""
-    try:
-        root = project_root()
-        cfg = load_config(root)
-    except ConfigError as e:
-        print(f"lights-out: {e}")
+    project = load_project_or_report("lights-out: ")
+    if project is None:
         return False
+    root, cfg = project
     ov = _overrides()
     if ov is not None and ov.time_limit_set and ov.time_limit_s is None and spec.time_limit_s is None:
         cfg = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"time_limit": None})})

@@ -32,7 +32,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lights_out_dev.config import ConfigError, load_config, project_root  # noqa: E402
+from lights_out_dev.config import load_project_or_report  # noqa: E402
 
 EXIT_CODES = {"completed": 10, "timeout": 11, "retry": 12, "gave_up": 13, "failed": 14, "preflight_failed": 15}
 EXIT_TIMEOUT = 124
@@ -109,12 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated kinds to return on (default: all of the table), e.g. "
                                    "gave_up,sweep_finished,preflight_failed for an overnight sweep")
     args = ap.parse_args(argv)
-    root = project_root()
-    try:
-        cfg = load_config(root)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    project = load_project_or_report(file=sys.stderr)
+    if project is None:
         return 2
+    root, cfg = project
     from lights_out_dev import status
 
     only = set(args.only.split(",")) if args.only else None

@@ -24,12 +24,12 @@ from doit.tools import config_changed
 
 from lights_out_dev import overrides
 from lights_out_dev.command import isaac_env_defaults
+from lights_out_dev.evaluate import PLAY_SUFFIX
 from lights_out_dev.config import ConfigError, LauncherConfig, ProjectConfig, load_config, project_root
 from lights_out_dev.spec import RunSpec
 from lights_out_dev.tasks_index import DEP_META, SPEC_META, checkpoint_from_target
 
 MGPU_SUFFIX = "-mgpu"
-PLAY_SUFFIX = "-play"  # evaluate/play twin of every single-GPU variant
 DEBUG_NUM_ENVS = 64
 # Launcher kinds fall back to a configured simpler kind, so one [launchers.lab] table serves all.
 _FALLBACK = {"lab_mgpu": "lab", "lab_debug": "lab", "newton": "lab", "newton_mgpu": "newton"}

@@ -58,6 +58,7 @@ def test_overrides_may_come_without_the_double_dash_and_last_flag_wins(tmp_path:
     (["cartpol:base"], "'cartpol:base' is not a task; did you mean cartpole:base"),
     (["top_dog"], "'top_dog' is a group; pick one variant"),
     (["gpu_guard"], "is a check, not an experiment"),
+    (["cartpole:base-play"], "'cartpole:base-play' evaluates a checkpoint of cartpole:base; extract_cmd shows training"),
     (["cartpole:base", "--num_envs", "0"], "--num_envs 0 is not valid"),
     (["--gpu", "1"], "name the task first"),
 ])

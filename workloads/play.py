@@ -147,7 +147,7 @@ def main(argv: list[str]) -> int:
     agent_cfg["device"] = device
     if args.video:  # find out before evaluating, so that a failure leaves no result behind
         try:
-            import render  # noqa: F401 - draws with Pillow, offscreen
+            import render  # draws with Pillow, offscreen
         except ImportError as e:
             cli.fail(PROG, cli.UsageError(f"--video cannot render on this machine ({e}); install Pillow or drop --video"))
     num_envs = args.num_envs or min(args.num_episodes, 64)
@@ -186,8 +186,6 @@ def main(argv: list[str]) -> int:
     out = os.path.abspath(args.output or os.path.join(run_dir, "eval"))
     os.makedirs(out, exist_ok=True)
     if args.video:  # before the metrics: eval_metrics.json is written last, as the mark of a complete result
-        import render
-
         gif = os.path.join(out, f"play_{re.sub(r'[^A-Za-z0-9_.-]', '_', args.task)}.gif")
         tmp = gif + ".tmp.gif"
         try:
