@@ -76,6 +76,17 @@ def resume_flags(flavour: str, checkpoint: str, spec: RunSpec) -> list[str]:
     return flags
 
 
+def remaining_iterations(target: int | None, checkpoint: str) -> int | None:
+    """--max_iterations for a run resumed from `checkpoint` that should still end at iteration `target`.
+
+    rsl_rl (and so Isaac Lab's train.py) counts --max_iterations from the loaded checkpoint's iteration:
+    passing the original value again would train past the target by the checkpoint's iteration."""
+    m = _MODEL_RE.search(checkpoint)
+    if target is None or not m:
+        return None
+    return max(1, target - int(m.group(1)))
+
+
 def _fmt_rate(x: float | None) -> str:
     if x is None:
         return "-"
@@ -210,6 +221,12 @@ class _Run:
         eff = self.state.extra.get("effective", {})
         return self.spec.model_copy(update={k: v for k, v in eff.items() if k in ("num_envs",)})
 
+    def _target_iteration(self) -> int | None:
+        """The iteration the run ends at: what its first attempt counted to (which includes a fine-tuning
+        start checkpoint's iterations), else the requested --max_iterations."""
+        first = self.state.attempts[0].progress.total if self.state.attempts else None
+        return first or self.spec.max_iterations
+
     def _used_s(self) -> float:
         now = time.time()
         return sum((a.ended_at or now) - a.started_at for a in self.state.attempts if a.started_at)
@@ -223,6 +240,8 @@ class _Run:
         resume_from = st.extra.pop("resume_from", None)
         if resume_from:
             extra = resume_flags(spec.flavour, resume_from, spec)
+            left = remaining_iterations(self._target_iteration(), resume_from)
+            spec = spec.model_copy(update={"max_iterations": left or spec.max_iterations})
         run_name = st.run_name if n == 1 else f"{st.run_name}_a{n}"  # unique trainer log dir per attempt
         argv = command.build_argv(spec, self._trainer_gpus(gpus), rid=st.rid, run_name=run_name, extra=extra)
         gpu_env = command.gpu_env(spec, gpus) if self.executor.kind == "local" else {}  # Slurm sets its own

@@ -32,7 +32,7 @@ from typing import Callable
 
 from filelock import FileLock, Timeout
 
-from lights_out_dev import ledger
+from lights_out_dev import ledger, procs
 from lights_out_dev.config import ProjectConfig
 from lights_out_dev.plan import LoadedPlan, PlannedRun, check_tasks, load_plan, promoted_task
 from lights_out_dev.spec import RunSpec
@@ -42,6 +42,7 @@ from lights_out_dev.verdicts import FINAL_STATUSES
 TICK_S = 0.5  # how often the scheduler looks for a free slot when nothing else woke it
 BUSY_RECHECK_S = 5.0  # a run owned by another live supervisor is looked at again this often
 LEDGER_REFRESH_S = 30.0  # ledger rewrite for progress only (starts and ends rewrite at once)
+HOLDER_WAIT_S = 2.0  # time a just-started sweep process gets to write its pid beside the lock it took
 
 
 class SweepError(Exception):
@@ -140,11 +141,20 @@ def try_lock(path: Path, owner: Path) -> FileLock | None:
     return lock
 
 
-def holder(owner: Path) -> int | None:
-    try:
-        return int(json.loads(owner.read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def holder(owner: Path, wait_s: float = 0.0) -> int | None:
+    """The pid recorded beside a held lock. A lock taken a moment ago may not name its new holder yet (the
+    file is missing or still names the previous, dead holder): `wait_s` gives the holder time to write it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            doc = json.loads(owner.read_text())
+            pid, host = int(doc["pid"]), doc.get("host")
+        except (OSError, ValueError, KeyError, TypeError):
+            pid, host = None, None
+        current = pid is not None and (host != socket.gethostname() or procs.alive(pid))
+        if current or time.monotonic() >= deadline:
+            return pid if current else None
+        time.sleep(0.05)
 
 
 # --- experiment tasks -> RunSpec ---------------------------------------------------------------
@@ -358,7 +368,7 @@ class Sweep:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            return holder(p.owner) or -1
+            return holder(p.owner, wait_s=HOLDER_WAIT_S) or -1
         lock.release()
         return None
 
@@ -376,6 +386,9 @@ class Sweep:
     @staticmethod
     def _apply_promotion(run: PlannedRun, d: dict) -> None:
         run.task, run.num_envs, run.gpus = d["task"], d["num_envs"], d["gpus"]
+        run.seed = d.get("seed", run.seed)
+        run.max_iterations = d.get("max_iterations", run.max_iterations)
+        run.trainer_args = d.get("trainer_args", run.trainer_args)
         run.notes = d["note"]
         run.extra["promotion"] = d
 
@@ -426,7 +439,14 @@ class Sweep:
             envs *= gpus
         if p.overrides.num_envs:
             envs = p.overrides.num_envs
-        d = {"task": task, "num_envs": envs, "gpus": gpus, "source": best.index, "value": value, "note": note}
+        # the best run's configuration (seed, iterations, trainer flags) goes with it; the promote block's
+        # own overrides win, last flag wins
+        from lights_out_dev.command import merge_flags
+
+        d = {"task": task, "num_envs": envs, "gpus": gpus, "source": best.index, "value": value, "note": note,
+             "seed": p.overrides.seed if p.overrides.seed is not None else best.seed,
+             "max_iterations": p.overrides.max_iterations or best.max_iterations,
+             "trainer_args": merge_flags(best.trainer_args, p.overrides.trainer_args)}
         atomic_write_text(self.paths.promotion(run.index), json.dumps(d, indent=2))
         self._apply_promotion(run, d)
         return None
@@ -628,8 +648,8 @@ class Sweep:
         """Every run of `phase`, under the sweep lock (a second sweep process refuses, naming us)."""
         lock = try_lock(self.paths.lock, self.paths.owner)
         if lock is None:
-            pid = holder(self.paths.owner)
-            raise SweepBusy(f"another sweep process {pid} is running plan '{self.loaded.name}'; watch it with "
+            pid = holder(self.paths.owner, wait_s=HOLDER_WAIT_S)
+            raise SweepBusy(f"another sweep process{f' {pid}' if pid else ''} is running plan '{self.loaded.name}'; watch it with "
                              f"`python lights_out_dev/watch.py --until-event` or stop that process first.")
         old = None
         if threading.current_thread() is threading.main_thread():
@@ -650,10 +670,11 @@ class Sweep:
         """One run to a final state (skips it when final; refuses when another process holds it)."""
         state = load_state(self.paths.state(index))
         if not is_final(state):
-            held = holder(self.paths.run_owner(index))
             probe = try_lock(self.paths.run_lock(index), self.paths.run_owner(index))
             if probe is None:
-                raise SweepBusy(f"run {index} of sweep '{self.loaded.name}' is being run by process {held}; "
+                held = holder(self.paths.run_owner(index), wait_s=HOLDER_WAIT_S)
+                raise SweepBusy(f"run {index} of sweep '{self.loaded.name}' is being run by "
+                                f"{f'process {held}' if held else 'another process'}; "
                                  f"wait for it (python lights_out_dev/watch.py --until-event).")
             probe.release()
             if not self.schedule([index]):

@@ -28,6 +28,7 @@ from lights_out_dev.evaluate import PLAY_SUFFIX
 from lights_out_dev.config import ConfigError, LauncherConfig, ProjectConfig, load_config, project_root
 from lights_out_dev.spec import RunSpec
 from lights_out_dev.tasks_index import DEP_META, SPEC_META, checkpoint_from_target
+from tasks._outcome import action
 
 MGPU_SUFFIX = "-mgpu"
 DEBUG_NUM_ENVS = 64
@@ -117,6 +118,7 @@ def resolve_spec(exp: Experiment, kind: str, variant: str, cfg: ProjectConfig,
     )
 
 
+@action
 def run_experiment(spec: dict, target: str, checkpoint_from: str | None = None) -> bool:
     """doit python-action. Imports the supervisor lazily so that loading the graph stays fast."""
     run_spec = RunSpec.model_validate(spec)
@@ -173,6 +175,7 @@ def _play_task(exp: Experiment, kind: str) -> dict:
     }
 
 
+@action
 def run_play(*args) -> bool:
     from lights_out_dev.evaluate import run_play as run  # lazily, like run_experiment
 

@@ -1,9 +1,12 @@
 """Pre-flight doit tasks: every experiment task_dep's gpu_guard; -mgpu ones also power_check."""
 from __future__ import annotations
 
+from tasks._outcome import action
+
 __all__ = ["task_gpu_guard", "task_power_check", "task_runtime_check"]
 
 
+@action
 def _check(name: str):
     from lights_out_dev.preflight import doit_action  # lazy: `doit list` must not import torch/NVML
 

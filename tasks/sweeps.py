@@ -17,6 +17,8 @@ with the one-sentence reason, so every other task keeps working.
 """
 from __future__ import annotations
 
+from tasks._outcome import action
+
 __all__ = ["task_sweep", "task_sweep_report"]
 
 
@@ -45,6 +47,7 @@ def _open(plan: str | None, executor: str | None = None, check: bool = True):
     return open_sweep(root, cfg, plan, executor=executor, check=check)
 
 
+@action
 def run_phase(plan: str | None, phase: int) -> bool:
     """doit action: prepare (ledger ownership, --continue/--wipe) once, then schedule the phase."""
     from lights_out_dev import events
@@ -78,6 +81,7 @@ def run_phase(plan: str | None, phase: int) -> bool:
     return ok
 
 
+@action
 def ensure_run(plan: str | None, index: int) -> bool:
     from lights_out_dev.plan import PlanError
     from lights_out_dev.sweep import SweepError
@@ -92,6 +96,7 @@ def ensure_run(plan: str | None, index: int) -> bool:
         return _fail(_os_sentence(e))
 
 
+@action
 def finish(plan: str | None) -> bool:
     from lights_out_dev.plan import PlanError
     from lights_out_dev.sweep import finish as finish_sweep
@@ -102,6 +107,7 @@ def finish(plan: str | None) -> bool:
         return _fail(str(e))
 
 
+@action
 def report(plan: str | None) -> bool:
     from lights_out_dev.plan import PlanError
     from lights_out_dev.report import write_report
@@ -129,7 +135,7 @@ def task_sweep():
     try:
         loaded = load_plan(plan_path(root, cfg, ov.plan))
     except PlanError as e:
-        yield {"name": "plan", "doc": "the sweep plan could not be read", "actions": [(_fail, [str(e)])]}
+        yield {"name": "plan", "doc": "the sweep plan could not be read", "actions": [(action(_fail), [str(e)])]}
         return
     name, plan = loaded.name, ov.plan
     paths = paths_for(root, cfg, name)

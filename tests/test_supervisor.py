@@ -110,6 +110,20 @@ def test_crash_then_resume_completes(tmp_path):
     assert_nothing_left(st)
 
 
+@pytest.mark.timeout(150)
+def test_resumed_run_ends_at_the_requested_iteration(tmp_path):
+    # rsl_rl counts --max_iterations from the loaded checkpoint (model_50.pt here): the resumed attempt
+    # must ask for the 10 iterations left, not 60 more (seen on 2x H200: "it 51/100050").
+    st, _ = run(tmp_path, make_spec("crash@55", max_iterations=60))
+    assert verdicts(st) == ["crash", "completed"]
+    assert_resumed_from_previous(st, 2)
+    assert flag(st.attempts[1].argv, "--load_run") == Path(st.attempts[0].tb_dir).name
+    assert [Path(c).name for c in st.checkpoints if c.startswith(st.attempts[0].tb_dir)] == ["model_0.pt", "model_50.pt"]
+    assert flag(st.attempts[1].argv, "--max_iterations") == "10"
+    assert (st.final.iteration, st.final.total) == (60, 60)
+    assert_nothing_left(st)
+
+
 @pytest.mark.timeout(120)
 def test_segfault_retried_once(tmp_path):
     st, _ = run(tmp_path, make_spec("segfault@1"))
