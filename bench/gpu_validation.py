@@ -238,6 +238,7 @@ class Results(dict):
 
 
 STEPS_TWO = ("runtime", "mgpu", "nccl", "imbalance", "promotion")
+OPTIONAL_STEPS = ("newton",)  # needs newton + warp-lang installed (sent in pieces)
 
 
 def part_two(out: Path, steps: tuple[str, ...] = STEPS_TWO) -> dict:
@@ -253,6 +254,8 @@ def part_two(out: Path, steps: tuple[str, ...] = STEPS_TWO) -> dict:
         _imbalance(r)
     if "promotion" in steps:
         _promotion(r)
+    if "newton" in steps:
+        _newton(r)
     return r
 
 
@@ -304,6 +307,16 @@ def _promotion(r: dict) -> None:
     r["power_refusal"] = doit("power_check", timeout=60, overlay="[power]\nwatts = 275\nsm_clock_mhz = 1700\n")
 
 
+def _newton(r: dict) -> None:
+    """The Newton cart-pole (Warp, Featherstone) supervised on cuda:0; the first run compiles Warp's kernels."""
+    r["newton"] = doit("cartpole:newton", "--num_envs", "4096", "--max_iterations", "100", "--gpu", "0",
+                       timeout=420, env={"WARP_CACHE_PATH": "/tmp/warp-cache"})
+    st = run_state("cartpole:newton")
+    r["newton_attempts"] = attempts_summary(st)
+    r["newton_final"] = st and st["final"]
+    r["newton_argv"] = st and st["attempts"][0]["argv"]
+
+
 def _write(text: str) -> str:
     path = tempfile.mkstemp(suffix=".toml")[1]
     Path(path).write_text(text)
@@ -315,7 +328,8 @@ def main() -> int:
     ap.add_argument("--part", choices=["one", "two"], required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--only", choices=["overhead"], help="one step of part one (re-measuring)")
-    ap.add_argument("--steps", default=",".join(STEPS_TWO), help="part two: which steps, comma-separated")
+    ap.add_argument("--steps", default=",".join(STEPS_TWO),
+                    help=f"part two: which steps, comma-separated (optional: {', '.join(OPTIONAL_STEPS)})")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only:
