@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -149,6 +150,37 @@ def supervision_overhead(num_envs: int = 65536, iterations: int = 40, pairs: int
             "overhead_pct": None if ratio is None else round((1 - ratio) * 100, 2)}
 
 
+def paired_overhead(num_envs: int = 262144, iterations: int = 50, rounds: int = 6) -> dict:
+    """Steps/s supervised / bare, measured at the same time on two GPUs: each round runs the bare trainer on
+    one GPU and the supervised task on the other, swapping GPUs every round, so drift of the machine over
+    time and the difference between the GPUs both cancel in the geometric mean of the per-round ratios."""
+    from lights_out_dev import tb
+
+    def mean_fps(run_dir: Path | None) -> float | None:
+        pts = [v for _, _, v in tb.read_scalars(run_dir).get("Perf/total_fps", [])][2:] if run_dir else []
+        return sum(pts) / len(pts) if pts else None
+
+    common = ["--num_envs", str(num_envs), "--max_iterations", str(iterations)]
+    rounds_out = []
+    for k in range(rounds):
+        sup_gpu, bare_gpu = k % 2, 1 - k % 2
+        name = f"overhead_paired_{k}"
+        bare = subprocess.Popen([PY, "workloads/train.py", "--task", "Lo-Cartpole-v0", *common, "--headless",
+                                 "--device", f"cuda:{bare_gpu}", "--experiment_name", name], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        sup = doit("-a", "cartpole:base", *common, "--gpu", str(sup_gpu), timeout=300)
+        bare.wait(timeout=300)
+        runs = sorted((ROOT / "logs/rsl_rl" / name).iterdir())
+        st = run_state("cartpole:base")
+        b = mean_fps(runs[-1] if runs else None)
+        s_ = mean_fps(Path(st["attempts"][-1]["tb_dir"]) if st else None)
+        rounds_out.append({"bare_gpu": bare_gpu, "supervised_gpu": sup_gpu, "bare": b, "supervised": s_,
+                           "ratio": s_ / b if b and s_ else None, "supervised_rc": sup["rc"]})
+    ratios = [x["ratio"] for x in rounds_out if x["ratio"]]
+    return {"num_envs": num_envs, "iterations": iterations, "rounds": rounds_out,
+            "geomean_ratio": statistics.geometric_mean(ratios) if ratios else None}
+
+
 SWEEP_ONE = """name: gpu-one
 mode: parallel
 time_limit: 3m
@@ -238,7 +270,7 @@ class Results(dict):
 
 
 STEPS_TWO = ("runtime", "mgpu", "nccl", "imbalance", "promotion")
-OPTIONAL_STEPS = ("newton",)  # needs newton + warp-lang installed (sent in pieces)
+OPTIONAL_STEPS = ("newton", "overhead")  # needs newton + warp-lang installed (sent in pieces)
 
 
 def part_two(out: Path, steps: tuple[str, ...] = STEPS_TWO) -> dict:
@@ -256,6 +288,8 @@ def part_two(out: Path, steps: tuple[str, ...] = STEPS_TWO) -> dict:
         _promotion(r)
     if "newton" in steps:
         _newton(r)
+    if "overhead" in steps:
+        r["overhead_paired"] = paired_overhead()
     return r
 
 
