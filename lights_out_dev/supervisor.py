@@ -222,10 +222,11 @@ class _Run:
         return self.spec.model_copy(update={k: v for k, v in eff.items() if k in ("num_envs",)})
 
     def _target_iteration(self) -> int | None:
-        """The iteration the run ends at: what its first attempt counted to (which includes a fine-tuning
-        start checkpoint's iterations), else the requested --max_iterations."""
-        first = self.state.attempts[0].progress.total if self.state.attempts else None
-        return first or self.spec.max_iterations
+        """The iteration the run ends at: what its attempts count to (which includes a fine-tuning start
+        checkpoint's iterations; the first that printed one, as an OOM may end an attempt before that), else
+        the requested --max_iterations."""
+        counted = next((a.progress.total for a in self.state.attempts if a.progress.total), None)
+        return counted or self.spec.max_iterations
 
     def _used_s(self) -> float:
         now = time.time()
