@@ -30,6 +30,7 @@ from doit import cmd_run, doit_cmd
 from doit.cmdparse import CmdParseError
 
 from lights_out_dev import overrides
+from lights_out_dev.local_executor import let_children_take_sigint
 from lights_out_dev.tasks_index import closure, spec_of
 
 
@@ -102,6 +103,7 @@ class Run(cmd_run.Run):
         if problem:
             sys.stderr.write(f"ERROR: {problem}\n")
             return 3
+        let_children_take_sigint()
         return super()._execute(outfile, verbosity=verbosity, always=always, continue_=continue_,
                                 reporter=reporter, num_process=num_process, par_type=par_type, single=single,
                                 auto_delayed_regex=auto_delayed_regex, force_verbosity=force_verbosity,

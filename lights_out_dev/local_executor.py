@@ -27,6 +27,22 @@ TERM_GRACE_S = 5.0
 GONE_TIMEOUT_S = 15.0
 
 
+def let_children_take_sigint() -> None:
+    """Make trainers started from here receive the graceful-stop SIGINT even when this process ignores it.
+
+    A command started in the background by a non-interactive shell (`nohup doit sweep &` from a script or
+    an agent's tool) ignores SIGINT, and an ignored signal stays ignored across exec: Isaac Lab's train.py
+    would then sit through the time limit's SIGINT and lose its last iterations to SIGTERM. A handler that
+    does nothing keeps this process ignoring SIGINT, and handlers, unlike SIG_IGN, reset to the default
+    in a child. Only the main thread may set handlers; call this from there before starting trainers."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _ignore_here)
+
+
+def _ignore_here(signum, frame) -> None:
+    pass
+
+
 class LaunchError(Exception):
     """The trainer could not be started; str() is one sentence naming the cause and the fix."""
 

@@ -240,3 +240,38 @@ def test_failed_preflight_stops_the_run_and_is_an_event(tmp_path: Path):
     events = [json.loads(line) for line in (repo / "local_experiment_logs/events.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in events] == ["preflight_failed"]
     assert events[0]["check"] == "gpu_guard" and events[0]["exit_code"] == 42
+
+
+# An Isaac Lab-like trainer: Python's own SIGINT behaviour (KeyboardInterrupt), no handlers of its own.
+ISAAC_LIKE = """
+import sys, time
+try:
+    for it in range(1000):
+        print(f"Learning iteration {it}/1000", flush=True)
+        print("Steps per second: 1000", flush=True)
+        time.sleep(0.2)
+except KeyboardInterrupt:
+    print(f"KeyboardInterrupt at iteration {it}: saved checkpoint", flush=True)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_time_limit_sigint_reaches_a_trainer_when_doit_was_started_ignoring_it(tmp_path: Path):
+    # `nohup doit ... &` from a script or an agent's shell starts doit with SIGINT ignored, and an
+    # ignored signal is inherited across exec: the trainer must still get the graceful SIGINT.
+    import signal
+
+    repo = make_repo(tmp_path / "repo", '[tool.lights_out.launchers.lab]\nscript = "isaac_like.py"\n'
+                                        '[tool.lights_out.monitor]\ngrace_s = 20')
+    (repo / "isaac_like.py").write_text(ISAAC_LIKE)
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONUNBUFFERED": "1"}
+    env.pop("LIGHTS_OUT_ROOT", None)
+    p = subprocess.run([*DOIT, "cartpole:base", "--time_limit", "4s"], cwd=repo, env=env, capture_output=True,
+                       text=True, timeout=100, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert p.returncode == 0, out(p)
+    state = run_state(repo, "cartpole:base")
+    attempt = state["attempts"][-1]
+    assert state["status"] == "timeout" and len(state["attempts"]) == 1
+    assert attempt["exit_code"] == 130, attempt  # not SIGTERM after the 20 s grace
+    assert "KeyboardInterrupt at iteration" in Path(attempt["log_path"]).read_text()
