@@ -121,17 +121,17 @@ def oom_adaptation(fits: int) -> dict:
             "gpu_mem_baseline_mb": baseline, "gpu_mem_after_mb": after, "ok": ok}
 
 
+def mean_fps(run_dir: Path | None) -> float | None:
+    """Mean Perf/total_fps of a trainer run directory after its first two (warm-up) iterations."""
+    from lights_out_dev import tb
+
+    pts = [v for _, _, v in tb.read_scalars(run_dir).get("Perf/total_fps", [])][2:] if run_dir else []
+    return sum(pts) / len(pts) if pts else None
+
+
 def supervision_overhead(num_envs: int = 65536, iterations: int = 40, pairs: int = 3) -> dict:
     """Steps/s of the same training bare and under the supervisor (`doit -a`, forced to run), interleaved;
     each figure is the mean of Perf/total_fps over the iterations after the first two (warm-up)."""
-    from lights_out_dev import tb
-
-    def mean_fps(run_dir: Path | None) -> float | None:
-        if run_dir is None:
-            return None
-        pts = [v for _, _, v in tb.read_scalars(run_dir).get("Perf/total_fps", [])][2:]
-        return sum(pts) / len(pts) if pts else None
-
     bare, supervised = [], []
     common = ["--num_envs", str(num_envs), "--max_iterations", str(iterations)]
     for _ in range(pairs):
@@ -154,12 +154,6 @@ def paired_overhead(num_envs: int = 262144, iterations: int = 50, rounds: int = 
     """Steps/s supervised / bare, measured at the same time on two GPUs: each round runs the bare trainer on
     one GPU and the supervised task on the other, swapping GPUs every round, so drift of the machine over
     time and the difference between the GPUs both cancel in the geometric mean of the per-round ratios."""
-    from lights_out_dev import tb
-
-    def mean_fps(run_dir: Path | None) -> float | None:
-        pts = [v for _, _, v in tb.read_scalars(run_dir).get("Perf/total_fps", [])][2:] if run_dir else []
-        return sum(pts) / len(pts) if pts else None
-
     common = ["--num_envs", str(num_envs), "--max_iterations", str(iterations)]
     rounds_out = []
     for k in range(rounds):

@@ -58,11 +58,17 @@ def state_path_for(root: Path, cfg: ProjectConfig, task: str) -> Path:
     return cfg.path(root, cfg.logs_dir) / "runs" / f"{run_key(task)}.json"
 
 
+def checkpoint_iteration(path: str | Path) -> int | None:
+    """The iteration of a model_<iter>.pt file, None for any other name."""
+    m = _MODEL_RE.search(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def checkpoints_in(tb_dir: str | None) -> list[str]:
     """model_<iter>.pt files of one trainer run directory, oldest iteration first."""
     if not tb_dir or not Path(tb_dir).is_dir():
         return []
-    found = [(int(m.group(1)), str(p)) for p in Path(tb_dir).iterdir() if (m := _MODEL_RE.search(p.name))]
+    found = [(it, str(p)) for p in Path(tb_dir).iterdir() if (it := checkpoint_iteration(p)) is not None]
     return [p for _, p in sorted(found)]
 
 
@@ -81,10 +87,10 @@ def remaining_iterations(target: int | None, checkpoint: str) -> int | None:
 
     rsl_rl (and so Isaac Lab's train.py) counts --max_iterations from the loaded checkpoint's iteration:
     passing the original value again would train past the target by the checkpoint's iteration."""
-    m = _MODEL_RE.search(checkpoint)
-    if target is None or not m:
+    done = checkpoint_iteration(checkpoint)
+    if target is None or done is None:
         return None
-    return max(1, target - int(m.group(1)))
+    return max(1, target - done)
 
 
 def _fmt_rate(x: float | None) -> str:

@@ -33,6 +33,7 @@ from typing import Callable
 from filelock import FileLock, Timeout
 
 from lights_out_dev import ledger, procs
+from lights_out_dev.command import merge_flags
 from lights_out_dev.config import ProjectConfig
 from lights_out_dev.plan import LoadedPlan, PlannedRun, check_tasks, load_plan, promoted_task
 from lights_out_dev.spec import RunSpec
@@ -186,8 +187,6 @@ def base_spec(root: Path, task: str) -> RunSpec:
 
 def spec_for(run: PlannedRun, root: Path, cfg: ProjectConfig) -> RunSpec:
     """The experiment task's spec with the plan's overrides applied (last flag wins)."""
-    from lights_out_dev.command import merge_flags
-
     spec = base_spec(root, run.task)
     update = {"extra_args": merge_flags(spec.extra_args, run.trainer_args), "smoke": run.smoke}
     for key in ("num_envs", "max_iterations", "seed"):
@@ -441,8 +440,6 @@ class Sweep:
             envs = p.overrides.num_envs
         # the best run's configuration (seed, iterations, trainer flags) goes with it; the promote block's
         # own overrides win, last flag wins
-        from lights_out_dev.command import merge_flags
-
         d = {"task": task, "num_envs": envs, "gpus": gpus, "source": best.index, "value": value, "note": note,
              "seed": p.overrides.seed if p.overrides.seed is not None else best.seed,
              "max_iterations": p.overrides.max_iterations or best.max_iterations,
@@ -649,7 +646,8 @@ class Sweep:
         lock = try_lock(self.paths.lock, self.paths.owner)
         if lock is None:
             pid = holder(self.paths.owner, wait_s=HOLDER_WAIT_S)
-            raise SweepBusy(f"another sweep process{f' {pid}' if pid else ''} is running plan '{self.loaded.name}'; watch it with "
+            who = f"another sweep process {pid}" if pid else "another sweep process"
+            raise SweepBusy(f"{who} is running plan '{self.loaded.name}'; watch it with "
                              f"`python lights_out_dev/watch.py --until-event` or stop that process first.")
         old = None
         if threading.current_thread() is threading.main_thread():
@@ -673,9 +671,9 @@ class Sweep:
             probe = try_lock(self.paths.run_lock(index), self.paths.run_owner(index))
             if probe is None:
                 held = holder(self.paths.run_owner(index), wait_s=HOLDER_WAIT_S)
-                raise SweepBusy(f"run {index} of sweep '{self.loaded.name}' is being run by "
-                                f"{f'process {held}' if held else 'another process'}; "
-                                 f"wait for it (python lights_out_dev/watch.py --until-event).")
+                who = f"process {held}" if held else "another process"
+                raise SweepBusy(f"run {index} of sweep '{self.loaded.name}' is being run by {who}; "
+                                f"wait for it (python lights_out_dev/watch.py --until-event).")
             probe.release()
             if not self.schedule([index]):
                 return False
