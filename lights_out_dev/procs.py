@@ -95,21 +95,22 @@ def sleeping(pids: Iterable[int]) -> bool:
 
 
 def signal_run(pgid: int, sig: int, sid: int | None = None, token: str | None = None,
-               since_ticks: float | int | None = None) -> list[int]:
-    """Send `sig` to the process group and to the run's other processes (session members that left the
-    group, descendants that left the session). Returns pids hit."""
-    hit: list[int] = []
+               since_ticks: float | int | None = None) -> None:
+    """Send `sig` once to every process of the run: to the process group, then to the run's processes
+    outside it (session members that left the group, descendants that left the session). A second SIGINT
+    would turn a trainer's graceful shutdown (saving its checkpoint) into an abort."""
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
     for pid in run_pids(pgid, sid, token=token, since_ticks=since_ticks):
+        s = stat(pid)
+        if s is None or s.pgid == pgid:  # gone, or signalled through its group already
+            continue
         try:
             os.kill(pid, sig)
-            hit.append(pid)
         except (ProcessLookupError, PermissionError):
             pass
-    return hit
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, first_sleep: float = 0.005,

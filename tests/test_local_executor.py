@@ -123,6 +123,33 @@ def test_stop_finds_descendants_that_left_the_session(tmp_path):
     assert not procs.alive(child)
 
 
+COUNTS_SIGINT = """
+import signal, subprocess, sys, time
+# one process in the run's group, one that left the group: each must get the stop signal exactly once
+subprocess.Popen([sys.executable, "-c", "import os, signal, time; os.setpgid(0, 0); n = []; "
+                  "signal.signal(signal.SIGINT, lambda *a: n.append(1)); print('child ready', flush=True); time.sleep(3); "
+                  "print('outside', len(n), flush=True)"])
+got = []
+signal.signal(signal.SIGINT, lambda *a: got.append(1))
+print("leader ready", flush=True)
+time.sleep(3)
+print("leader", len(got), flush=True)
+time.sleep(1)
+"""
+
+
+def test_graceful_stop_signals_each_process_once(tmp_path):
+    # Isaac Lab's train.py aborts its shutdown on a second KeyboardInterrupt: the group signal and the
+    # per-process signal for processes that left the group must not both reach one process.
+    ex, h, log = _start(tmp_path, COUNTS_SIGINT)
+    _wait_for(lambda: "child ready" in log.read_text() and "leader ready" in log.read_text())
+    procs.signal_run(h.pgid, signal.SIGINT, h.pid)
+    _wait_for(lambda: "leader" in log.read_text() and "outside" in log.read_text())
+    lines = log.read_text().split("\n")
+    assert "leader 1" in lines and "outside 1" in lines, lines
+    ex.stop(h, graceful=False, grace_s=0)
+
+
 def test_alive_checks_start_time(tmp_path):
     ex, h, _ = _start(tmp_path, "import time; time.sleep(30)")
     assert ex.alive(h) and procs.alive(h.pid, h.start_time)
