@@ -1,11 +1,11 @@
-"""spec -> argv: the exact command line of one launch (DESIGN.md §3.2). Pure apart from `free_port`.
+"""spec -> argv: the exact command line of one launch. Pure apart from `free_port` and the clock.
 
-Shape (Isaac Lab 2.x; isaaclab3 drops --headless):
-    single GPU: <prefix> <script> <script_args> --task T [--num_envs N] [--max_iterations N] [--seed N]
-                [--headless] --device cuda:N|cpu [--experiment_name E] [--checkpoint P]
-                [physics=newton] --rid <uuid> --run_name <name> <extra args...>
+Shape, each flag spelled (or dropped) by the run's trainer profile (lights_out_dev.profiles):
+    single GPU: <prefix> <script | -m module> <script_args> --task T [--num_envs N] [--max_iterations N]
+                [--seed N] [--headless] --device cuda:N|cpu [agent.device=cuda:N] [--experiment_name E]
+                [fine-tune args] [physics=...] [--rid <uuid>] --run_name <name> <extra args...>
     multi GPU:  <prefix> -m torch.distributed.run --nnodes=1 --nproc_per_node=N --master_port=P
-                <script> ... --distributed <extra args...>
+                <rank script | -m module> ... --distributed [--run_timestamp=<stamp>] <extra args...>
 `prefix` empty means this Python (sys.executable). GPU pinning is `--device cuda:N`, never
 CUDA_VISIBLE_DEVICES; only multi-GPU runs get CUDA_VISIBLE_DEVICES (see `gpu_env`), because
 torch.distributed.run numbers its ranks 0..N-1 and each rank uses cuda:<LOCAL_RANK>.
@@ -21,11 +21,14 @@ import os
 import shlex
 import shutil
 import socket
+import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 from lights_out_dev.overrides import item_key, split_items
+from lights_out_dev.profiles import TrainerProfile, checkpoint_values, fill
 from lights_out_dev.spec import RunSpec
 
 REDACTED = "***"
@@ -65,47 +68,70 @@ def free_port() -> int:
 
 
 def launcher_argv(spec: RunSpec, nproc: int, master_port: int | None = None) -> list[str]:
-    """Everything before the trainer's own flags: prefix [+ torch.distributed.run] + script."""
+    """Everything before the trainer's own flags: prefix [+ torch.distributed.run] + script or module."""
     prefix = list(spec.prefix) or [sys.executable]
     if not spec.multi_gpu:
-        return [*prefix, spec.script, *spec.script_args]
+        return [*prefix, *spec.entry()]
     port = master_port if master_port is not None else free_port()
     return [*prefix, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
-            f"--master_port={port}", spec.script, *spec.script_args]
+            f"--master_port={port}", *spec.rank_entry()]
+
+
+def device_name(profile: TrainerProfile, gpu: int | None) -> str:
+    if gpu is None:
+        return "cpu"
+    return f"cuda:{gpu}" if profile.device_format == "cuda:N" else str(gpu)
 
 
 def trainer_flags(spec: RunSpec, gpus: list[int] | None) -> list[str]:
-    """The flags the spec itself implies, before extra args are merged in."""
-    flags = ["--task", spec.trainer_task]
+    """The flags the spec itself implies, spelled by its trainer profile, before extra args are merged in."""
+    profile, spelled = spec.trainer, spec.trainer.flags
+    flags: list[str] = []
+
+    def add(flag: str | None, value) -> None:
+        if flag is not None and value is not None:
+            flags.extend([flag, str(value)])
+
+    add(spelled.task, spec.trainer_task)
     for name in ("num_envs", "max_iterations", "seed"):
-        value = getattr(spec, name)
-        if value is not None:
-            flags += [f"--{name}", str(value)]
-    if spec.headless and spec.flavour == "isaaclab2":
-        flags.append("--headless")
-    if gpus is None:
-        flags += ["--device", "cpu"]
-    elif not spec.multi_gpu:
-        flags += ["--device", f"cuda:{gpus[0]}"]
-    # multi-GPU on GPUs: Isaac Lab's train.py picks cuda:<LOCAL_RANK> itself under --distributed
-    if spec.experiment_name:
-        flags += ["--experiment_name", spec.experiment_name]
+        add(getattr(spelled, name), getattr(spec, name))
+    if spec.headless and spelled.headless:
+        flags.append(spelled.headless)
+    # Multi-GPU on GPUs: each rank picks cuda:<LOCAL_RANK> itself under the distributed flag.
+    if gpus is None or not spec.multi_gpu:
+        device = device_name(profile, gpus[0] if gpus else None)
+        add(spelled.device, device)
+        flags += fill(profile.device_args, device=device, stamp="")
+    add(spelled.experiment_name, spec.experiment_name)
     if spec.load_checkpoint:
-        flags += ["--checkpoint", spec.load_checkpoint]
+        flags += fill(profile.finetune_args, **checkpoint_values(spec.load_checkpoint))
     if spec.newton_selector:
         flags.append(spec.newton_selector)
     return flags
 
 
+def launch_stamp() -> str:
+    """Isaac Lab's run-directory stamp, shared by every rank of one multi-GPU launch."""
+    return time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
 def build_argv(spec: RunSpec, gpus: list[int] | None, rid: str | None = None, run_name: str | None = None,
                extra: list[str] = (), master_port: int | None = None) -> list[str]:
-    """The argv of one launch. gpus None = CPU (`--device cpu`); a RID and run name are always added."""
+    """The argv of one launch. gpus None = CPU; the run name (and run id, where the profile takes one) is
+    always added, so parallel runs never share a log directory."""
     rid = rid or new_rid()
     name = run_name or default_run_name(spec, gpus, rid)
+    spelled = spec.trainer.flags
     nproc = len(gpus) if (spec.multi_gpu and gpus) else spec.gpus
-    flags = trainer_flags(spec, gpus) + ["--rid", rid, "--run_name", name]
+    flags = trainer_flags(spec, gpus)
+    if spelled.run_id:
+        flags += [spelled.run_id, rid]
+    if spelled.run_name:
+        flags += [spelled.run_name, name]
     if spec.multi_gpu:
-        flags.append("--distributed")
+        if spelled.distributed:
+            flags.append(spelled.distributed)
+        flags += fill(spec.trainer.multi_gpu_args, device="", stamp=launch_stamp())
     return launcher_argv(spec, nproc, master_port) + merge_flags(flags, [*spec.extra_args, *extra])
 
 
@@ -170,6 +196,16 @@ def format_command(argv: list[str], env: dict[str, str], secret_values: list[str
     return " ".join([*shown_env, shell_join(redact_argv(argv, secret_values))])
 
 
+def module_importable(python: list[str], module: str, cwd: Path) -> bool:
+    """Whether `python` (the launcher prefix) finds `module`, without importing the trainer itself."""
+    probe = f"import importlib.util, sys; sys.exit(0 if importlib.util.find_spec({module.split('.')[0]!r}) else 3)"
+    try:
+        return subprocess.run([*python, "-c", probe], cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def launch_problem(spec: RunSpec, root: Path, gpu: int | None, gpu_count: int) -> str | None:
     """Why this spec cannot be launched on this machine (one sentence), or None.
 
@@ -183,10 +219,19 @@ def launch_problem(spec: RunSpec, root: Path, gpu: int | None, gpu_count: int) -
         if not found:
             return (f"{spec.task}: launcher prefix '{exe}' was not found; install it or fix "
                     f"[tool.lights_out.launchers.{spec.launcher}] prefix in pyproject.toml.")
-    script = Path(spec.script)
-    if not (script if script.is_absolute() else root / script).exists():
-        return (f"{spec.task}: trainer script '{spec.script}' does not exist under {root}; fix "
-                f"[tool.lights_out.launchers.{spec.launcher}] script in pyproject.toml.")
+    if spec.module:
+        if not module_importable(list(spec.prefix) or [sys.executable], spec.module, root):
+            python = " ".join(spec.prefix) or sys.executable
+            return (f"{spec.task}: trainer module '{spec.module}' cannot be imported by {python}; install it "
+                    f"there or fix [tool.lights_out.launchers.{spec.launcher}] prefix in pyproject.toml.")
+    else:
+        script = Path(spec.script or "")
+        if not spec.script or not (script if script.is_absolute() else root / script).exists():
+            return (f"{spec.task}: trainer script '{spec.script}' does not exist under {root}; fix "
+                    f"[tool.lights_out.launchers.{spec.launcher}] script in pyproject.toml.")
+    if spec.multi_gpu and spec.trainer.multi_gpu == "none":
+        return (f"{spec.task}: its trainer profile runs on one GPU only (multi_gpu = \"none\"); "
+                f"run {spec.task.removesuffix('-mgpu')} instead.")
     if gpu is not None and gpu >= gpu_count:
         if gpu_count == 0:
             return f"--gpu {gpu} is out of range: this machine has no NVIDIA GPU; drop --gpu to run on the CPU."

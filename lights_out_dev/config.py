@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 LauncherKind = Literal["lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu"]
 LAUNCHER_KINDS: tuple[str, ...] = ("lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu")
@@ -57,14 +57,16 @@ def format_duration(seconds: float | None) -> str:
 
 
 class LauncherConfig(_Strict):
-    """How one launcher kind turns into a command line."""
+    """How one launcher kind turns into a command line: a trainer profile plus where it is installed."""
 
+    trainer: str = Field(default="reference", description="trainer profile: reference, isaaclab2, isaaclab3 "
+                         "or one of [tool.lights_out.trainers]")
     prefix: list[str] = Field(default_factory=list, description="e.g. ['./IsaacLab/isaaclab.sh', '-p']; empty = this Python")
-    script: str = "workloads/train.py"
-    script_args: list[str] = Field(default_factory=list, description="fixed args right after the script, e.g. ['--rl_library', 'rsl_rl']")
-    flavour: Literal["isaaclab2", "isaaclab3"] = "isaaclab2"
+    script: str | None = Field(default=None, description="trainer script; None = the profile's")
+    module: str | None = Field(default=None, description="run as `python -m <module>`; None = the profile's")
+    script_args: list[str] | None = Field(default=None, description="fixed args after the script/module; None = the profile's")
     headless: bool | None = None  # None: the launcher kind decides (lab_debug is the only GUI one)
-    newton_selector: str = "physics=newton"
+    newton_selector: str | None = None  # None = the profile's (isaaclab3: physics=newton_mjwarp)
     env: dict[str, str] = Field(default_factory=dict)
     isaac_env_defaults: bool | None = None  # Isaac Lab env defaults (command.ISAAC_ENV_DEFAULTS); None = auto from prefix/script
 
@@ -149,6 +151,8 @@ class ProjectConfig(_Strict):
     cpu_slots: int = Field(default=2, ge=1)
     executor: Literal["local", "slurm"] = "local"
     launchers: dict[str, LauncherConfig] = Field(default_factory=dict)
+    trainers: dict[str, dict] = Field(default_factory=dict, description="name -> trainer profile table "
+                                      "(lights_out_dev.profiles.TrainerProfile keys, plus `extends`)")
     power: PowerPolicy = Field(default_factory=PowerPolicy)
     gpu_guard: GpuGuard = Field(default_factory=GpuGuard)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
@@ -176,6 +180,22 @@ class ProjectConfig(_Strict):
         if unknown:
             raise ValueError(f"policy for unknown verdict {unknown[0]!r}; use one of {', '.join(x.value for x in Verdict)}")
         return v
+
+    @model_validator(mode="after")
+    def _profiles_resolve(self):
+        from lights_out_dev.profiles import ProfileError, resolve_profile
+
+        for name in sorted({*self.trainers, *(lc.trainer for lc in self.launchers.values())}):
+            try:
+                resolve_profile(name, self.trainers)
+            except ProfileError as e:
+                raise ValueError(str(e).rstrip(".")) from None
+        return self
+
+    def trainer_profile(self, name: str):
+        from lights_out_dev.profiles import resolve_profile
+
+        return resolve_profile(name, self.trainers)
 
     def launcher(self, kind: str) -> LauncherConfig:
         return self.launchers.get(kind) or LauncherConfig()

@@ -31,7 +31,6 @@ from pathlib import Path
 
 from lights_out_dev.spec import RunSpec
 
-PLAY_SCRIPT = "play.py"
 PLAY_SUFFIX = "-play"  # task name of the evaluate/play twin of every single-GPU variant
 DEFAULT_METRIC = "Train/mean_reward"
 METRICS_FILE = "eval_metrics.json"
@@ -102,9 +101,17 @@ def resolve_checkpoint(selector: str | None, run_dir: Path | None, recorded: str
 
 # -- command -------------------------------------------------------------------------------------
 
-def play_script(train_script: str) -> str:
-    """Isaac Lab keeps play.py beside train.py (scripts/reinforcement_learning/rsl_rl/)."""
-    return str(Path(train_script).with_name(PLAY_SCRIPT))
+def play_entry(spec: RunSpec) -> list[str] | None:
+    """What follows the interpreter in the play command, from the trainer profile; None = it has none.
+
+    A play script lives beside the training script (Isaac Lab keeps play.py beside train.py)."""
+    profile = spec.trainer
+    if profile.play_module:
+        return ["-m", profile.play_module, *profile.play_script_args]
+    if profile.play_script and spec.script:
+        return [str(Path(spec.script).with_name(profile.play_script)), *spec.script_args,
+                *profile.play_script_args]
+    return None
 
 
 def split_checkpoint(args: list[str]) -> tuple[str | None, list[str]]:
@@ -129,19 +136,26 @@ def play_argv(spec: RunSpec, gpus: list[int] | None, checkpoint: str, passthroug
 
     # No --num_envs of the training run: evaluation needs far fewer (the play script's default, or
     # --num_envs given to the play task, which arrives in `passthrough`).
-    flags = ["--task", spec.trainer_task]
-    if spec.seed is not None:
-        flags += ["--seed", str(spec.seed)]
-    if spec.headless and spec.flavour == "isaaclab2":
-        flags.append("--headless")
-    flags += ["--device", "cpu" if gpus is None else f"cuda:{gpus[0]}"]
-    if spec.experiment_name:
-        flags += ["--experiment_name", spec.experiment_name]
+    from lights_out_dev.command import device_name
+    from lights_out_dev.profiles import fill
+
+    spelled, flags = spec.trainer.flags, []
+    for flag, value in ((spelled.task, spec.trainer_task), (spelled.seed, spec.seed)):
+        if flag and value is not None:
+            flags += [flag, str(value)]
+    if spec.headless and spelled.headless:
+        flags.append(spelled.headless)
+    device = device_name(spec.trainer, gpus[0] if gpus else None)
+    if spelled.device:
+        flags += [spelled.device, device]
+    flags += fill(spec.trainer.device_args, device=device, stamp="")
+    if spelled.experiment_name and spec.experiment_name:
+        flags += [spelled.experiment_name, spec.experiment_name]
     flags += ["--checkpoint", checkpoint]
     if spec.newton_selector:
         flags.append(spec.newton_selector)
     prefix = list(spec.prefix) or [sys.executable]
-    return [*prefix, play_script(spec.script), *spec.script_args, *merge_flags(flags, passthrough)]
+    return [*prefix, *(play_entry(spec) or []), *merge_flags(flags, passthrough)]
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -176,10 +190,17 @@ def launch_problem(spec: RunSpec, root: Path, gpu: int | None) -> str | None:
     from lights_out_dev import command
     from lights_out_dev.gpu_lock import gpu_count
 
-    script = Path(play_script(spec.script))
+    entry = play_entry(spec)
+    if entry is None:
+        return (f"{spec.task}: its trainer profile has no play entry point (play_script / play_module); "
+                f"evaluate with that trainer's own tools.")
+    if spec.trainer.play_module:
+        return command.launch_problem(spec.model_copy(update={"module": spec.trainer.play_module}), root, gpu,
+                                      gpu_count())
+    script = Path(entry[0])
     if not (script if script.is_absolute() else root / script).exists():
         return (f"play script '{script}' (beside the training script) does not exist under {root}; put the "
-                f"trainer's play.py there or evaluate with that trainer's own tools.")
+                f"trainer's {script.name} there or evaluate with that trainer's own tools.")
     return command.launch_problem(spec.model_copy(update={"script": str(script)}), root, gpu, gpu_count())
 
 

@@ -6,7 +6,8 @@ offset and any partial last line) and feeds them to the LogScanner. Decisions th
 
 - process exit                     -> done (the caller classifies)
 - a fatal signature line (oom, segfault, nccl, cuda_error) while the process lives on -> SIGKILL now
-- time limit                       -> graceful stop (SIGINT, grace, SIGTERM, SIGKILL), stopped_by='timeout'
+- time limit                       -> graceful stop (SIGINT, grace, SIGTERM, SIGKILL), stopped_by='timeout';
+  for a trainer that saves nothing when interrupted, right after its last checkpoint before the limit
 - stall: no new output for startup_stall_s before the first iteration, for stall_s after it, or
   (with a GPU) all processes asleep at 0 % GPU for idle_gpu_stall_s -> SIGKILL, stopped_by='stall'
 - multi-GPU load imbalance (gpu_check.imbalance) lasting idle_gpu_stall_s -> SIGKILL, stopped_by='imbalance'
@@ -17,6 +18,7 @@ After any end the run's whole group/session is killed and waited for (survivors 
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,13 +86,66 @@ class Limits:
     tick_s: float = 0.1
     imbalance_util_pct: float = 30.0
     imbalance_mem_pct: float = 30.0
+    # Set for trainers that save nothing when interrupted: the time limit then stops the run right after
+    # a checkpoint it saved itself (see CheckpointClock) instead of losing what it trained since.
+    checkpoint_pattern: str | None = None
 
     @classmethod
-    def from_config(cls, monitor, time_left_s: float | None, tick_s: float = 0.1) -> "Limits":
+    def from_config(cls, monitor, time_left_s: float | None, tick_s: float = 0.1,
+                    checkpoint_pattern: str | None = None) -> "Limits":
         return cls(stall_s=monitor.stall_s, startup_stall_s=monitor.startup_stall_s,
                    idle_gpu_stall_s=monitor.idle_gpu_stall_s, time_left_s=time_left_s, grace_s=monitor.grace_s,
                    status_interval_s=monitor.status_interval_s, tick_s=tick_s,
-                   imbalance_util_pct=monitor.imbalance_util_pct, imbalance_mem_pct=monitor.imbalance_mem_pct)
+                   imbalance_util_pct=monitor.imbalance_util_pct, imbalance_mem_pct=monitor.imbalance_mem_pct,
+                   checkpoint_pattern=checkpoint_pattern)
+
+
+class CheckpointClock:
+    """When a trainer saves checkpoints, and whether the next one would come after the time limit.
+
+    Isaac Lab's trainers save only every `save_interval` iterations and nothing on SIGINT/SIGTERM, so a
+    stop at the limit loses up to a whole interval. This clock learns the interval in seconds from the
+    checkpoints it sees appear, and says "stop now" right after a save has completed (the trainer has
+    printed a later iteration, which it does only after `save()` returned) when waiting for the next one
+    would overrun the limit: nothing trained is lost and the limit is kept. Without two checkpoints seen
+    there is no estimate, and the limit itself stops the run."""
+
+    POLL_S = 0.5
+
+    def __init__(self, pattern: str):
+        self._pattern = re.compile(pattern)
+        self._seen: dict[int, float] = {}  # checkpoint iteration -> monotonic time first seen
+        self._next_poll = 0.0
+        self._decided_for: int | None = None
+
+    def _poll(self, run_dir: str | None, now: float) -> None:
+        if run_dir is None or now < self._next_poll:
+            return
+        self._next_poll = now + self.POLL_S
+        try:
+            names = os.listdir(run_dir)
+        except OSError:
+            return
+        for name in names:
+            m = self._pattern.fullmatch(name)
+            if m and m.groups():
+                self._seen.setdefault(int(m.group(1)), now)
+
+    def period_s(self) -> float | None:
+        times = [self._seen[i] for i in sorted(self._seen)]
+        gaps = [b - a for a, b in zip(times, times[1:]) if b > a]
+        return max(gaps[-3:]) if gaps else None  # the longest recent gap: never promise too early a save
+
+    def stop_now(self, run_dir: str | None, finished_iterations: int | None, now: float, deadline: float) -> bool:
+        self._poll(run_dir, now)
+        if not self._seen or finished_iterations is None:
+            return False
+        newest = max(self._seen)
+        if newest == self._decided_for or finished_iterations < newest + 2:  # save not surely complete yet
+            return False
+        self._decided_for = newest
+        period = self.period_s()
+        return period is not None and now + period > deadline
 
 
 @dataclass
@@ -127,6 +182,7 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
     tb_dir = scanner.tb_dir
     last_progress = scanner.progress.model_dump()
     use_gpu = bool(gpus)
+    clock = CheckpointClock(limits.checkpoint_pattern) if (limits.checkpoint_pattern and deadline) else None
     stop: tuple[str, str | None, bool] | None = None  # (trigger, stopped_by, graceful)
     exit_status: ExitStatus | None = None
 
@@ -158,6 +214,8 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
             stop = ("user", "user", True)
         elif deadline is not None and now >= deadline:
             stop = ("timeout", "timeout", True)
+        elif clock is not None and clock.stop_now(scanner.tb_dir, scanner.progress.iteration, now, deadline):
+            stop = ("timeout_at_checkpoint", "timeout", True)
         elif not scanner.first_iteration_seen and now - last_output >= limits.startup_stall_s:
             stop = ("startup_stall", "stall", False)
         elif scanner.end_marker and now - last_output >= limits.stall_s:

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lights_out_dev.profiles import TrainerProfile, resolve_profile
+
 
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -16,9 +18,11 @@ class RunSpec(BaseModel):
     task: str = Field(description="doit task name, e.g. 'top_dog:with-transfer'")
     family: str = Field(description="experiment family, e.g. 'top_dog'")
     launcher: Literal["lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu"]
-    flavour: Literal["isaaclab2", "isaaclab3"] = "isaaclab2"
+    trainer: TrainerProfile = Field(default_factory=lambda: resolve_profile("reference", {}),
+                                    description="how the trainer is spelled and behaves (lights_out_dev.profiles)")
     prefix: list[str] = Field(description="interpreter / wrapper, e.g. [python] or ['./IsaacLab/isaaclab.sh', '-p']")
-    script: str
+    script: str | None = Field(default=None, description="trainer script; or `module`")
+    module: str | None = Field(default=None, description="trainer started as `python -m <module>`")
     script_args: list[str] = Field(default_factory=list)
     trainer_task: str = Field(description="value of --task")
     experiment_name: str | None = None
@@ -34,6 +38,17 @@ class RunSpec(BaseModel):
     secret_env: list[str] = Field(default_factory=list, description="names passed from the environment, redacted when shown")
     load_checkpoint: str | None = Field(default=None, description="checkpoint file to start from (fine-tuning)")
     smoke: bool = False
+
+    def entry(self) -> list[str]:
+        """What follows the interpreter in a single-process launch: the script or `-m module`, then its args."""
+        return [*(["-m", self.module] if self.module else [self.script or ""]), *self.script_args]
+
+    def rank_entry(self) -> list[str]:
+        """What each torchrun rank runs: the profile's multi-GPU module when it has one, else `entry()`."""
+        if self.trainer.multi_gpu_module:
+            args = self.trainer.multi_gpu_script_args
+            return ["-m", self.trainer.multi_gpu_module, *(self.script_args if args is None else args)]
+        return self.entry()
 
     @property
     def multi_gpu(self) -> bool:

@@ -29,13 +29,14 @@ from lights_out_dev.config import ConfigError, ProjectConfig, load_project_or_re
 from lights_out_dev.executor import Executor, Handle
 from lights_out_dev.local_executor import LaunchError, LocalExecutor
 from lights_out_dev.monitor import Limits, LogTail, WatchResult, watch
+from lights_out_dev.profiles import TrainerProfile, checkpoint_values, fill
 from lights_out_dev.spec import RunSpec
 from lights_out_dev.state import Attempt, Progress, RunState, atomic_write_text, load_state, save_state
 from lights_out_dev.verdicts import FINAL_STATUSES, Verdict
 
 PROGRESS_SAVE_S = 1.0  # progress-only changes are persisted at most this often (start/health/end at once)
 LOG_TAIL_LINES = 20
-_MODEL_RE = re.compile(r"model_(\d+)\.pt$")
+DEFAULT_CHECKPOINT_PATTERN = TrainerProfile.model_fields["checkpoint_pattern"].default
 
 
 class SupervisorError(Exception):
@@ -58,36 +59,34 @@ def state_path_for(root: Path, cfg: ProjectConfig, task: str) -> Path:
     return cfg.path(root, cfg.logs_dir) / "runs" / f"{run_key(task)}.json"
 
 
-def checkpoint_iteration(path: str | Path) -> int | None:
-    """The iteration of a model_<iter>.pt file, None for any other name."""
-    m = _MODEL_RE.search(Path(path).name)
-    return int(m.group(1)) if m else None
+def checkpoint_iteration(path: str | Path, pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> int | None:
+    """The iteration of a checkpoint file (model_<iter>.pt by default), None for any other name."""
+    m = re.fullmatch(pattern, Path(path).name)
+    return int(m.group(1)) if m and m.groups() else None
 
 
-def checkpoints_in(tb_dir: str | None) -> list[str]:
-    """model_<iter>.pt files of one trainer run directory, oldest iteration first."""
+def checkpoints_in(tb_dir: str | None, pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> list[str]:
+    """Checkpoint files of one trainer run directory, oldest iteration first."""
     if not tb_dir or not Path(tb_dir).is_dir():
         return []
-    found = [(it, str(p)) for p in Path(tb_dir).iterdir() if (it := checkpoint_iteration(p)) is not None]
+    found = [(it, str(p)) for p in Path(tb_dir).iterdir() if (it := checkpoint_iteration(p, pattern)) is not None]
     return [p for _, p in sorted(found)]
 
 
-def resume_flags(flavour: str, checkpoint: str, spec: RunSpec) -> list[str]:
-    """Trainer flags that continue from `checkpoint` (a model_*.pt inside the run's own log dir)."""
-    if flavour == "isaaclab3":
-        return ["--checkpoint", checkpoint]
-    flags = ["--resume", "--load_run", Path(checkpoint).parent.name]
-    if spec.load_checkpoint:  # a fine-tuning start checkpoint must not win over the run's own progress
-        flags += ["--checkpoint", checkpoint]
-    return flags
+def resume_flags(spec: RunSpec, checkpoint: str) -> list[str]:
+    """Trainer flags that continue from `checkpoint` (one inside the run's own log dir), from the profile.
+
+    They replace a fine-tuning start checkpoint's flags (last flag wins): the run's own progress wins."""
+    return fill(spec.trainer.resume_args, **checkpoint_values(checkpoint))
 
 
-def remaining_iterations(target: int | None, checkpoint: str) -> int | None:
+def remaining_iterations(target: int | None, checkpoint: str,
+                         pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> int | None:
     """--max_iterations for a run resumed from `checkpoint` that should still end at iteration `target`.
 
     rsl_rl (and so Isaac Lab's train.py) counts --max_iterations from the loaded checkpoint's iteration:
     passing the original value again would train past the target by the checkpoint's iteration."""
-    done = checkpoint_iteration(checkpoint)
+    done = checkpoint_iteration(checkpoint, pattern)
     if target is None or done is None:
         return None
     return max(1, target - done)
@@ -246,8 +245,8 @@ class _Run:
         extra: list[str] = []
         resume_from = st.extra.pop("resume_from", None)
         if resume_from:
-            extra = resume_flags(spec.flavour, resume_from, spec)
-            left = remaining_iterations(self._target_iteration(), resume_from)
+            extra = resume_flags(spec, resume_from)
+            left = remaining_iterations(self._target_iteration(), resume_from, spec.trainer.checkpoint_pattern)
             spec = spec.model_copy(update={"max_iterations": left or spec.max_iterations})
         run_name = st.run_name if n == 1 else f"{st.run_name}_a{n}"  # unique trainer log dir per attempt
         argv = command.build_argv(spec, self._trainer_gpus(gpus), rid=st.rid, run_name=run_name, extra=extra)
@@ -331,7 +330,7 @@ class _Run:
         self._sync_from_scanner(attempt)
         attempt.log_tail = _tail_of(attempt.log_path)
         st = self.state
-        st.checkpoints = [c for a in st.attempts for c in checkpoints_in(a.tb_dir)]
+        st.checkpoints = [c for a in st.attempts for c in checkpoints_in(a.tb_dir, self.spec.trainer.checkpoint_pattern)]
         vram = [a.peak_vram_mb for a in st.attempts if a.peak_vram_mb]
         st.peak_vram_mb = max(vram) if vram else None
         st.extra.pop("handle", None)
@@ -405,8 +404,11 @@ class _Run:
                 attempt = st.current if adopted else self._launch()
                 adopted = False
                 time_left = None if self.limit is None else self.limit - self._used_s()
+                trainer = self.spec.trainer
                 limits = Limits.from_config(self.cfg.monitor, time_left,
-                                            tick_s=getattr(self.executor, "poll_interval_s", 0.1))
+                                            tick_s=getattr(self.executor, "poll_interval_s", 0.1),
+                                            checkpoint_pattern=None if trainer.saves_on_interrupt
+                                            else trainer.checkpoint_pattern)
                 result = watch(self.executor, self.handle, self.scanner, limits, self.tail, gpus=attempt.gpus,
                                notify=self._notify, should_stop=self.should_stop)
             except BaseException:

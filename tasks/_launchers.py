@@ -26,6 +26,7 @@ from lights_out_dev import overrides
 from lights_out_dev.command import isaac_env_defaults
 from lights_out_dev.evaluate import PLAY_SUFFIX
 from lights_out_dev.config import ConfigError, LauncherConfig, ProjectConfig, load_config, project_root
+from lights_out_dev.profiles import TrainerProfile
 from lights_out_dev.spec import RunSpec
 from lights_out_dev.tasks_index import DEP_META, SPEC_META, checkpoint_from_target
 from tasks._outcome import action
@@ -53,6 +54,7 @@ class Experiment:
     gpus: int | None = None  # for the -mgpu twin; None = every visible GPU (2 when none is visible)
     env: dict[str, str] = field(default_factory=dict)
     launcher: LauncherConfig | None = None  # None = the project's [tool.lights_out.launchers.<kind>]
+    trainer: str | None = None  # trainer profile name; None = the launcher's (`trainer` in its table)
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,6 +71,21 @@ def visible_gpus() -> int:
     from lights_out_dev.nvml import gpu_count
 
     return gpu_count()
+
+
+@functools.lru_cache(maxsize=64)
+def _profile(cfg_json: str, name: str) -> TrainerProfile:
+    return ProjectConfig.model_validate_json(cfg_json).trainer_profile(name)
+
+
+def trainer_profile(cfg: ProjectConfig, name: str) -> TrainerProfile:
+    """A trainer profile by name (resolved once per configuration: the graph asks for it per task)."""
+    from lights_out_dev.profiles import ProfileError
+
+    try:
+        return _profile(cfg.model_dump_json(), name)
+    except ProfileError as e:
+        raise InvalidDodoFile(str(e)) from None  # doit prints "ERROR: <sentence>" and exits 3
 
 
 def launcher_config(cfg: ProjectConfig, kind: str) -> LauncherConfig:
@@ -93,25 +110,33 @@ def resolve_spec(exp: Experiment, kind: str, variant: str, cfg: ProjectConfig,
     headless = lcfg.headless if lcfg.headless is not None else kind != "lab_debug"
     num_envs = DEBUG_NUM_ENVS if kind == "lab_debug" else exp.num_envs
     time_limit = ov.time_limit_s if ov.time_limit_set else cfg.monitor.time_limit
+    profile = trainer_profile(cfg, exp.trainer or lcfg.trainer)
+    # The launcher says where the trainer is installed; the profile how it is spelled.
+    if lcfg.module or lcfg.script:
+        module, script = lcfg.module, None if lcfg.module else lcfg.script
+    else:
+        module, script = profile.module, profile.script
     return RunSpec(
         task=task_id(exp.family, variant),
         family=exp.family,
         launcher=kind,
-        flavour=lcfg.flavour,
-        prefix=list(lcfg.prefix),
-        script=lcfg.script,
-        script_args=list(lcfg.script_args),
+        trainer=profile,
+        prefix=list(lcfg.prefix if profile.prefix is None else profile.prefix),
+        script=script,
+        module=module,
+        script_args=list(profile.script_args if lcfg.script_args is None else lcfg.script_args),
         trainer_task=exp.trainer_task,
         experiment_name=exp.experiment_name,
         num_envs=ov.num_envs or num_envs,
         max_iterations=ov.max_iterations or exp.max_iterations,
         seed=ov.seed if ov.seed is not None else exp.seed,
         headless=headless,
-        newton_selector=lcfg.newton_selector if kind.startswith("newton") else None,
+        newton_selector=(lcfg.newton_selector or profile.newton_selector) if kind.startswith("newton") else None,
         gpus=(exp.gpus or visible_gpus() or 2) if multi else 1,
         time_limit_s=time_limit,
         extra_args=[*exp.extra_args, *ov.trainer_args],
-        env={**isaac_env_defaults(lcfg.isaac_env_defaults, lcfg.prefix, lcfg.script), **lcfg.env,
+        env={**isaac_env_defaults(lcfg.isaac_env_defaults, lcfg.prefix, script or module or ""), **profile.env,
+             **lcfg.env,
              **cfg.experiment_env.get(exp.family, {}), **exp.env},
         secret_env=list(cfg.secrets),
         smoke=ov.smoke,
@@ -182,20 +207,38 @@ def run_play(*args) -> bool:
     return run(*args)
 
 
+def _profile_of(exp: Experiment, kind: str) -> TrainerProfile:
+    _, cfg = project()
+    return trainer_profile(cfg, exp.trainer or (exp.launcher or launcher_config(cfg, kind)).trainer)
+
+
+def _mgpu_twin(exp: Experiment, kind: str) -> list[dict]:
+    """The -mgpu variant, unless the trainer profile runs on one GPU only."""
+    if _profile_of(exp, kind).multi_gpu == "none":
+        return []
+    return [_task(exp, kind, MGPU_SUFFIX)]
+
+
+def _play_twin(exp: Experiment, kind: str) -> list[dict]:
+    """The -play variant, when the trainer profile has a play entry point."""
+    profile = _profile_of(exp, kind)
+    return [_play_task(exp, kind)] if (profile.play_module or profile.play_script) else []
+
+
 def lab_mgpu(exp: Experiment) -> list[dict]:
-    return [_task(exp, "lab_mgpu", MGPU_SUFFIX)]
+    return _mgpu_twin(exp, "lab_mgpu")
 
 
 def newton_mgpu(exp: Experiment) -> list[dict]:
-    return [_task(exp, "newton_mgpu", MGPU_SUFFIX)]
+    return _mgpu_twin(exp, "newton_mgpu")
 
 
 def lab(exp: Experiment) -> list[dict]:
-    return [_task(exp, "lab"), *lab_mgpu(exp), _play_task(exp, "lab")]
+    return [_task(exp, "lab"), *lab_mgpu(exp), *_play_twin(exp, "lab")]
 
 
 def newton(exp: Experiment) -> list[dict]:
-    return [_task(exp, "newton"), *newton_mgpu(exp), _play_task(exp, "newton")]
+    return [_task(exp, "newton"), *newton_mgpu(exp), *_play_twin(exp, "newton")]
 
 
 def lab_debug(exp: Experiment) -> list[dict]:

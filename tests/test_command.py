@@ -10,6 +10,7 @@ from lights_out_dev import overrides
 from lights_out_dev.command import (build_argv, format_command, gpu_env, launch_problem, merge_flags,
                                     redact_argv, secret_values, shell_join, trainer_env)
 from lights_out_dev.doit_run import recover_tokens, split_selection, unknown_task_sentence
+from lights_out_dev.profiles import resolve_profile
 from lights_out_dev.spec import RunSpec
 
 pytestmark = pytest.mark.timeout(30)
@@ -101,9 +102,61 @@ def test_build_argv_multi_gpu_uses_torch_distributed_run():
     assert any(t.startswith("--master_port=") for t in other)
 
 
+def isaac3_spec(**kw) -> RunSpec:
+    profile = resolve_profile("isaaclab3", {})
+    return spec(trainer=profile, script=None, module=profile.module, script_args=profile.script_args, **kw)
+
+
+def test_isaaclab3_command_is_what_real_isaaclab3_parses():
+    """`python -m isaaclab train --rl_library rsl_rl`; no --headless, no --rid (both exit 2 in 3.0); the
+    policy follows the environment onto the run's GPU (agent.device), fine-tuning is --checkpoint FILE."""
+    argv = build_argv(isaac3_spec(load_checkpoint="/ck/2026_x/model_9.pt", newton_selector="physics=newton_mjwarp"),
+                      [3], rid="abc", run_name="r1")
+    assert argv[1:6] == ["-m", "isaaclab", "train", "--rl_library", "rsl_rl"]
+    assert "--headless" not in argv and "--rid" not in argv and "--resume" not in argv
+    assert argv[argv.index("--device") + 1] == "cuda:3" and "agent.device=cuda:3" in argv
+    assert argv[argv.index("--checkpoint") + 1] == "/ck/2026_x/model_9.pt" and "physics=newton_mjwarp" in argv
+    assert argv[argv.index("--run_name") + 1] == "r1"
+    cpu = build_argv(isaac3_spec(), None)
+    assert "agent.device=cpu" in cpu and cpu[cpu.index("--device") + 1] == "cpu"
+    # an override of the device token wins in place (last flag wins)
+    over = build_argv(isaac3_spec(extra_args=["agent.device=cuda:1"]), [3])
+    assert "agent.device=cuda:1" in over and "agent.device=cuda:3" not in over
+
+
+def test_isaaclab3_multi_gpu_runs_the_rank_module_with_one_timestamp():
+    argv = build_argv(isaac3_spec(task="c:b-mgpu", launcher="lab_mgpu", gpus=2), [0, 1], master_port=29500)
+    i = argv.index("--master_port=29500")
+    assert argv[i + 1:i + 5] == ["-m", "isaaclab_rl.entrypoints.multigpu", "--rl_library", "rsl_rl"]
+    assert "train" not in argv and "--distributed" in argv and "--device" not in argv
+    assert sum(t.startswith("--run_timestamp=") for t in argv) == 1
+
+
+def test_isaaclab2_resume_and_finetune_are_regexes_inside_the_experiment():
+    """2.x resolves --load_run/--checkpoint as regexes inside logs/rsl_rl/<experiment>/ and ignores a bare
+    --checkpoint without --resume: an absolute path would find nothing or train from scratch."""
+    from lights_out_dev.supervisor import resume_flags
+
+    profile = resolve_profile("isaaclab2", {})
+    s2 = spec(trainer=profile, load_checkpoint="/l/rsl_rl/exp/2026-01-01_00-00-00_a.b/model_5.pt")
+    argv = build_argv(s2, [0])
+    assert argv[argv.index("--load_run") + 1] == r"^2026\-01\-01_00\-00\-00_a\.b$" and "--resume" in argv
+    assert argv[argv.index("--checkpoint") + 1] == r"^model_5\.pt$" and "--headless" in argv
+    assert "agent.device=cuda:0" in argv
+    resumed = build_argv(s2, [0], extra=resume_flags(s2, "/l/rsl_rl/exp/run_x/model_40.pt"))
+    assert resumed.count("--checkpoint") == 1 and resumed[resumed.index("--checkpoint") + 1] == r"^model_40\.pt$"
+    assert resumed[resumed.index("--load_run") + 1] == "^run_x$"
+
+
+def test_a_profile_can_drop_and_rename_every_flag():
+    profile = resolve_profile("mine", {"mine": {"extends": "reference", "script": "t.py", "flags": {
+        "task": "--env", "num_envs": None, "seed": "--rng", "device": None, "run_name": None, "run_id": None,
+        "headless": None, "max_iterations": "--iters", "experiment_name": None}}})
+    argv = build_argv(spec(trainer=profile, seed=3, experiment_name="e"), [0])
+    assert argv[2:] == ["--env", "Lo-Reacher-v0", "--iters", "300", "--rng", "3"]
+
+
 def test_build_argv_flavours_newton_checkpoint_and_debug():
-    isaac3 = build_argv(spec(flavour="isaaclab3", script_args=["--rl_library", "rsl_rl"]), [0])
-    assert "--headless" not in isaac3 and isaac3[2:4] == ["--rl_library", "rsl_rl"]
     newton = build_argv(spec(launcher="newton", newton_selector="physics=newton",
                              load_checkpoint="/ck/model_9.pt"), [0])
     assert "physics=newton" in newton and newton[newton.index("--checkpoint") + 1] == "/ck/model_9.pt"

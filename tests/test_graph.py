@@ -226,8 +226,13 @@ def test_resolve_spec_from_experiment_config_and_overrides():
     assert (over.num_envs, over.seed, over.time_limit_s, over.smoke) == (8, 0, None, True)
     assert over.extra_args == ["--foo", "1", "--foo", "2"]  # merged later: last flag wins
     own = Experiment(family="f", name="v", trainer_task="T", doc="d",
-                     launcher=LauncherConfig(script="other/train.py", flavour="isaaclab3"))
-    assert resolve_spec(own, "lab", "v", cfg, none).script == "other/train.py"
+                     launcher=LauncherConfig(script="other/train.py", trainer="isaaclab3"))
+    mine = resolve_spec(own, "lab", "v", cfg, none)
+    assert mine.script == "other/train.py" and mine.module is None and mine.trainer.flags.headless is None
+    isaac3 = resolve_spec(Experiment(family="f", name="v", trainer_task="T", doc="d",
+                                     launcher=LauncherConfig(trainer="isaaclab3")), "newton", "v", cfg, none)
+    assert (isaac3.module, isaac3.script_args) == ("isaaclab", ["train", "--rl_library", "rsl_rl"])
+    assert isaac3.newton_selector == "physics=newton_mjwarp" and isaac3.env["GIT_PYTHON_REFRESH"] == "quiet"
 
 
 def test_failed_preflight_stops_the_run_and_is_an_event(tmp_path: Path):

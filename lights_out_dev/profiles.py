@@ -1,0 +1,193 @@
+"""Trainer profiles: everything the runner assumes about a trainer's command line, as data.
+
+A profile says how a trainer is started (a script file or `python -m module`), how it spells each
+concept the runner passes (task, envs, seed, iterations, device, run name, ...; any of them can be
+dropped), how it is resumed from one of its own checkpoints, how it runs on several GPUs, and what it
+does when interrupted. Launchers name a profile (`trainer = "isaaclab3"` in
+`[tool.lights_out.launchers.<kind>]`); projects add their own under `[tool.lights_out.trainers.<name>]`,
+usually `extends` a built-in and changing a few keys.
+
+Built-ins, each read off the real trainer:
+
+- `reference`: the reference trainer in `workloads/` (Isaac Lab 2.x's command line, saves on SIGINT).
+- `isaaclab2`: Isaac Lab 2.x `scripts/reinforcement_learning/rsl_rl/train.py`. `--headless`; resume is
+  `--resume --load_run <run dir regex> --checkpoint <file regex>` (both are regexes matched inside
+  `logs/rsl_rl/<experiment>/`; an absolute path matches nothing, and a bare `--checkpoint` without
+  `--resume` is ignored); the policy's device is `agent.device` (env and policy differ otherwise);
+  no checkpoint on any signal.
+- `isaaclab3`: Isaac Lab 3.x `python -m isaaclab train --rl_library rsl_rl`. No `--headless`, no
+  `--resume`/`--load_run` (exit 2); `--checkpoint <file>` loads weights, optimizer and iteration;
+  `agent.device=cuda:N` keeps the policy on the run's GPU; multi-GPU ranks run
+  `isaaclab_rl.entrypoints.multigpu` with one `--run_timestamp` so every rank names one run directory;
+  SIGINT is swallowed (exit 0, no checkpoint): a time limit is met by stopping right after a checkpoint.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainerFlags(_Strict):
+    """The trainer's spelling of each concept the runner passes; None drops it from every launch."""
+
+    task: str | None = "--task"
+    num_envs: str | None = "--num_envs"
+    seed: str | None = "--seed"
+    max_iterations: str | None = "--max_iterations"
+    device: str | None = "--device"
+    run_name: str | None = "--run_name"
+    experiment_name: str | None = "--experiment_name"
+    run_id: str | None = None
+    headless: str | None = None
+    distributed: str | None = "--distributed"
+
+
+class TrainerProfile(_Strict):
+    """One trainer's command line and behaviour. Templates may use {checkpoint} (absolute path of a
+    checkpoint file), {checkpoint_name}, {checkpoint_regex} (^name$, escaped), {run_dir} (its run
+    directory), {run_dir_name}, {run_dir_regex}, {device} and {stamp} (a launch timestamp)."""
+
+    description: str = ""
+    prefix: list[str] | None = Field(default=None, description="interpreter / wrapper of this trainer's "
+                                     "install, e.g. ['.venv-isaaclab3/bin/python']; None = the launcher's")
+    module: str | None = Field(default=None, description="started as `python -m <module>`; else `script`")
+    script: str | None = Field(default=None, description="trainer script, relative to the project root")
+    script_args: list[str] = Field(default_factory=list, description="fixed args right after script/module")
+    play_module: str | None = Field(default=None, description="evaluation entry point as `python -m`")
+    play_script: str | None = Field(default=None, description="evaluation script file name, beside the "
+                                    "training script; neither this nor play_module = no -play task")
+    play_script_args: list[str] = Field(default_factory=list)
+    flags: TrainerFlags = Field(default_factory=TrainerFlags)
+    device_format: Literal["cuda:N", "N"] = Field(
+        default="cuda:N", description="what the device flag gets for GPU N (the CPU is always 'cpu')")
+    device_args: list[str] = Field(default_factory=list, description="more items naming the device, "
+                                   "e.g. ['agent.device={device}'] so the policy follows the environment")
+    multi_gpu: Literal["torchrun", "none"] = "torchrun"
+    multi_gpu_module: str | None = Field(default=None, description="what each torchrun rank runs when it "
+                                         "is not the single-GPU entry point")
+    multi_gpu_script_args: list[str] | None = None
+    multi_gpu_args: list[str] = Field(default_factory=list, description="added to multi-GPU launches")
+    resume_args: list[str] = Field(default_factory=lambda: ["--checkpoint", "{checkpoint}"],
+                                   description="continue from one of the run's own checkpoints")
+    finetune_args: list[str] = Field(default_factory=lambda: ["--checkpoint", "{checkpoint}"],
+                                     description="start from another run's checkpoint")
+    saves_on_interrupt: bool = Field(default=False, description="SIGINT makes it save a checkpoint and exit; "
+                                     "else a time limit stops it right after a checkpoint it saved itself")
+    newton_selector: str = "physics=newton"
+    checkpoint_pattern: str = Field(default=r"model_(\d+)\.pt",
+                                    description="checkpoint file names; group 1 is the iteration")
+    env: dict[str, str] = Field(default_factory=dict, description="literal env vars every launch gets")
+
+    def checkpoint_iteration(self, path: str | Path) -> int | None:
+        m = re.fullmatch(self.checkpoint_pattern, Path(path).name)
+        return int(m.group(1)) if m and m.groups() else None
+
+
+def fill(templates: list[str], **values: str) -> list[str]:
+    """Templates with {name} replaced; every name must be known (a typo is a config error upstream)."""
+    return [t.format(**values) for t in templates]
+
+
+def checkpoint_values(checkpoint: str) -> dict[str, str]:
+    path = Path(checkpoint)
+    return dict(checkpoint=str(path), checkpoint_name=path.name, checkpoint_regex=f"^{re.escape(path.name)}$",
+                run_dir=str(path.parent), run_dir_name=path.parent.name,
+                run_dir_regex=f"^{re.escape(path.parent.name)}$")
+
+
+TEMPLATE_NAMES = frozenset(checkpoint_values("/x/y").keys() | {"device", "stamp"})
+_ISAAC_KIT_ENV = {"OMNI_KIT_ACCEPT_EULA": "yes", "PYTHONNOUSERSITE": "1"}
+
+BUILTIN_PROFILES: dict[str, dict] = {
+    "reference": dict(
+        description="the reference trainer in workloads/ (rsl_rl PPO; Isaac Lab 2.x's command line)",
+        script="workloads/train.py",
+        play_script="play.py",
+        flags=dict(run_id="--rid", headless="--headless"),
+        resume_args=["--resume", "--load_run", "{run_dir_regex}", "--checkpoint", "{checkpoint_regex}"],
+        finetune_args=["--checkpoint", "{checkpoint}"],
+        saves_on_interrupt=True,
+    ),
+    "isaaclab2": dict(
+        description="Isaac Lab 2.x scripts/reinforcement_learning/rsl_rl/train.py",
+        script="scripts/reinforcement_learning/rsl_rl/train.py",
+        play_script="play.py",
+        flags=dict(headless="--headless"),
+        device_args=["agent.device={device}"],
+        resume_args=["--resume", "--load_run", "{run_dir_regex}", "--checkpoint", "{checkpoint_regex}"],
+        finetune_args=["--resume", "--load_run", "{run_dir_regex}", "--checkpoint", "{checkpoint_regex}"],
+        env=_ISAAC_KIT_ENV,
+    ),
+    "isaaclab3": dict(
+        description="Isaac Lab 3.x: python -m isaaclab train --rl_library rsl_rl",
+        module="isaaclab",
+        script_args=["train", "--rl_library", "rsl_rl"],
+        play_module="isaaclab",
+        play_script_args=["play", "--rl_library", "rsl_rl"],
+        device_args=["agent.device={device}"],
+        multi_gpu_module="isaaclab_rl.entrypoints.multigpu",
+        multi_gpu_script_args=["--rl_library", "rsl_rl"],
+        multi_gpu_args=["--run_timestamp={stamp}"],
+        newton_selector="physics=newton_mjwarp",
+        # rsl_rl imports GitPython at module level, which aborts where no git binary exists
+        env={**_ISAAC_KIT_ENV, "GIT_PYTHON_REFRESH": "quiet"},
+    ),
+}
+
+
+class ProfileError(ValueError):
+    """A trainer profile that cannot be built; str() is one sentence naming the key and the fix."""
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def resolve_profile(name: str, user: dict[str, dict]) -> TrainerProfile:
+    """The profile `name`: a user table (which may `extends` another profile) or a built-in."""
+    seen: list[str] = []
+    table: dict = {}
+    current: str | None = name
+    while current is not None:
+        if current in seen:
+            raise ProfileError(f"trainer profiles extend each other in a loop ({' -> '.join([*seen, current])}); "
+                               f"remove one 'extends'.")
+        seen.append(current)
+        if current in user:
+            layer = dict(user[current])
+            parent = layer.pop("extends", None)
+        elif current in BUILTIN_PROFILES:
+            layer, parent = dict(BUILTIN_PROFILES[current]), None
+        else:
+            known = ", ".join(sorted({*BUILTIN_PROFILES, *user}))
+            raise ProfileError(f"unknown trainer profile {current!r}; use one of {known} or define "
+                               f"[tool.lights_out.trainers.{current}].")
+        table = _merge(layer, table)
+        current = parent
+    try:
+        profile = TrainerProfile.model_validate(table)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ProfileError(f"trainer profile {name!r} key '{loc}': {first['msg']}; fix "
+                           f"[tool.lights_out.trainers.{name}].") from None
+    if not (profile.module or profile.script):
+        raise ProfileError(f"trainer profile {name!r} names neither 'module' nor 'script'; set one of them.")
+    for templates in (profile.resume_args, profile.finetune_args, profile.device_args, profile.multi_gpu_args):
+        for t in templates:
+            unknown = set(re.findall(r"{(\w*)}", t)) - TEMPLATE_NAMES
+            if unknown:
+                raise ProfileError(f"trainer profile {name!r}: unknown placeholder {{{sorted(unknown)[0]}}} in "
+                                   f"{t!r}; use one of {', '.join(sorted(TEMPLATE_NAMES))}.")
+    return profile
