@@ -118,7 +118,8 @@ def _failure_in_log(obs: Observations, sig: int | None) -> tuple[Verdict, str] |
         # torchrun reports any worker's death this way; with no more specific evidence it is the
         # multi-GPU launch itself that failed.
         return Verdict.nccl, _short(f"torchrun worker failed: {obs.hits['child_failed']!r} ({ended}, {_where(obs)})")
-    if exc_name == "KeyboardInterrupt" and obs.stopped_by is None:
+    # A finished run that hangs on its way out gets the graceful SIGINT: its KeyboardInterrupt is clean-up.
+    if exc_name == "KeyboardInterrupt" and obs.stopped_by is None and not _finished(obs):
         return Verdict.killed, f"interrupted (KeyboardInterrupt, {ended}) {_where(obs)}"
     if obs.exception and exc_name != "KeyboardInterrupt":
         return Verdict.crash, _short(f"traceback ends in {obs.exception!r} ({ended}, {_where(obs)})")

@@ -115,8 +115,13 @@ class CheckpointClock:
     def __init__(self, pattern: str):
         self._pattern = re.compile(pattern)
         self._seen: dict[int, float] = {}  # checkpoint iteration -> monotonic time first seen
+        self._names: dict[int, str] = {}
         self._next_poll = 0.0
         self._decided_for: int | None = None
+
+    @property
+    def newest(self) -> str | None:
+        return self._names[max(self._names)] if self._names else None
 
     def _poll(self, run_dir: str | None, now: float) -> None:
         if run_dir is None or now < self._next_poll:
@@ -130,6 +135,7 @@ class CheckpointClock:
             m = self._pattern.fullmatch(name)
             if m and m.groups():
                 self._seen.setdefault(int(m.group(1)), now)
+                self._names.setdefault(int(m.group(1)), name)
 
     def period_s(self) -> float | None:
         times = [self._seen[i] for i in sorted(self._seen)]
@@ -159,6 +165,7 @@ class WatchResult:
     healthy_at: float | None = None
     cleanup_s: float | None = None  # stop() until the run's processes left the process table (and NVML)
     imbalance: str | None = None  # the last multi-GPU imbalance sentence seen
+    stopped_after_checkpoint: str | None = None  # the file a time-limit stop waited for (CheckpointClock)
 
 
 def _gpu_sample(gpus: list[int], pids: set[int], limits: Limits) -> tuple[float, float, str | None]:
@@ -267,4 +274,5 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
         scanner.feed(line)
     return WatchResult(exit=exit_status, stopped_by=stopped_by, trigger=trigger, detected_at=detected_at,
                        survivors=survivors, peak_vram_mb=peak, healthy_at=healthy_at, cleanup_s=cleanup_s,
-                       imbalance=imbalance)
+                       imbalance=imbalance,
+                       stopped_after_checkpoint=clock.newest if trigger == "timeout_at_checkpoint" else None)

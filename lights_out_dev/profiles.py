@@ -20,6 +20,8 @@ Built-ins, each read off the real trainer:
   `agent.device=cuda:N` keeps the policy on the run's GPU; multi-GPU ranks run
   `isaaclab_rl.entrypoints.multigpu` with one `--run_timestamp` so every rank names one run directory;
   SIGINT is swallowed (exit 0, no checkpoint): a time limit is met by stopping right after a checkpoint.
+  No play entry: 3.0's `play` runs until interrupted, writes no metrics and exports ONNX first, so it
+  cannot evaluate a checkpoint unattended (no `-play` task is generated).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class _Strict(BaseModel):
@@ -35,7 +37,7 @@ class _Strict(BaseModel):
 
 
 class TrainerFlags(_Strict):
-    """The trainer's spelling of each concept the runner passes; None drops it from every launch."""
+    """The trainer's spelling of each concept the runner passes; None (or "" in TOML) drops it."""
 
     task: str | None = "--task"
     num_envs: str | None = "--num_envs"
@@ -47,6 +49,11 @@ class TrainerFlags(_Strict):
     run_id: str | None = None
     headless: str | None = None
     distributed: str | None = "--distributed"
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_drops(cls, v):
+        return None if v == "" else v  # TOML has no null: "" is how a table drops a flag
 
 
 class TrainerProfile(_Strict):
@@ -129,8 +136,6 @@ BUILTIN_PROFILES: dict[str, dict] = {
         description="Isaac Lab 3.x: python -m isaaclab train --rl_library rsl_rl",
         module="isaaclab",
         script_args=["train", "--rl_library", "rsl_rl"],
-        play_module="isaaclab",
-        play_script_args=["play", "--rl_library", "rsl_rl"],
         device_args=["agent.device={device}"],
         multi_gpu_module="isaaclab_rl.entrypoints.multigpu",
         multi_gpu_script_args=["--rl_library", "rsl_rl"],

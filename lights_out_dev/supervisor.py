@@ -415,6 +415,9 @@ class _Run:
                 self._abort()
                 raise
             verdict, reason = _classify(self.scanner, result.exit, result.stopped_by)
+            if result.stopped_after_checkpoint:
+                reason += (f", right after its checkpoint {result.stopped_after_checkpoint} (its next save would "
+                           f"have come after the limit, and it saves nothing when stopped)")
             self._record_end(attempt, verdict, reason, result, result.exit)
             self.tail.close()
             self.tail = None

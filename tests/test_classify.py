@@ -72,6 +72,8 @@ CASES = [
      Verdict.segfault, "Segmentation fault"),
     ("KeyboardInterrupt from outside", Observations(exit_code=1, exception="KeyboardInterrupt"), Verdict.killed,
      "KeyboardInterrupt"),
+    ("finished, hung at exit, stopped with SIGINT", Observations(exit_code=130, exception="KeyboardInterrupt", **DONE),
+     Verdict.completed, "at shutdown"),
     ("still running", Observations(), Verdict.running, "before the first iteration"),
     ("running and healthy", Observations(iteration=3, total=6), Verdict.healthy, "iteration 3/6"),
     # Slurm

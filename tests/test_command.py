@@ -216,3 +216,23 @@ def test_unknown_task_sentence_suggests_close_names():
     msg = unknown_task_sentence("top_dg:base", ["top_dog:base", "cartpole:base", "gpu_guard"])
     assert msg.startswith("'top_dg:base' is not a task; did you mean top_dog:base")
     assert "doit list --all" in unknown_task_sentence("zzz", ["top_dog:base"])
+
+
+def test_checkpoint_clock_stops_right_after_a_save_when_the_next_would_overrun(tmp_path: Path):
+    """Learns the save period from checkpoints appearing; decides only once the save is surely complete
+    (a later iteration printed) and only when waiting for the next save would pass the deadline."""
+    from lights_out_dev.monitor import CheckpointClock
+
+    clock = CheckpointClock(r"model_(\d+)\.pt")
+    clock.POLL_S = 0.0
+    d = str(tmp_path)
+    (tmp_path / "model_0.pt").write_bytes(b"")
+    assert not clock.stop_now(d, 2, now=0.0, deadline=100.0)  # one checkpoint: no period known
+    (tmp_path / "model_10.pt").write_bytes(b"")
+    assert not clock.stop_now(d, 11, now=30.0, deadline=100.0)  # saved, but iteration 11 may still be writing it
+    assert not clock.stop_now(d, 12, now=31.0, deadline=100.0)  # period 30 s: the next save comes at ~61 s < 100
+    (tmp_path / "model_20.pt").write_bytes(b"")
+    assert not clock.stop_now(d, 21, now=75.0, deadline=100.0)
+    assert clock.stop_now(d, 22, now=76.0, deadline=100.0)  # next save ~121 s > 100 s: stop now, nothing lost
+    assert clock.newest == "model_20.pt"
+    assert not clock.stop_now(d, 23, now=77.0, deadline=100.0)  # decided once per checkpoint
