@@ -113,38 +113,45 @@ def step_pinned(ov: Path) -> dict:
 def step_oom(ov: Path) -> dict:
     """A real out-of-memory: far more envs than the GPU holds, answered by the policy (halve envs)."""
     forget()
-    r = doit([TASK, "--num_envs", "200000000", "--max_iterations", "5"], ov, 540)
+    r = doit([TASK, "--num_envs", "100000000", "--max_iterations", "5"], ov, 200)
     return {**r, "state": summary(state())}
 
 
 def step_time_limit(ov: Path) -> dict:
-    """A time limit on a trainer that saves nothing when stopped: iterations lost at the stop."""
-    forget()
-    r = doit([TASK, "--num_envs", "4096", "--max_iterations", "100000", "agent.save_interval=25",
-              "--time_limit", "75s"], ov, 200)
-    st = state()
-    out = {**r, "state": summary(st)}
-    if st and st.get("checkpoints"):
-        kept = max(int(Path(c).stem.split("_")[1]) for c in st["checkpoints"])
-        out["iterations_trained"] = st["final"]["iteration"]
-        out["last_checkpoint_iteration"] = kept
-        out["iterations_lost"] = st["final"]["iteration"] - (kept + 1)
+    """A time limit on a trainer that saves nothing when stopped: iterations lost at the stop, with the
+    checkpoint-aligned stop (the isaaclab3 profile) and with a plain stop at the limit (the same profile
+    told it saves on SIGINT, which Isaac Lab 3 does not), in one run."""
+    naive = ov.with_name("overlay_naive.toml")
+    naive.write_text(ov.read_text().replace("[trainers.isaaclab3_local]",
+                                            "[trainers.isaaclab3_local]\nsaves_on_interrupt = true", 1))
+    out: dict = {}
+    for name, overlay in (("aligned", ov), ("plain_stop", naive)):
+        forget()
+        r = doit([TASK, "--num_envs", "4096", "--max_iterations", "100000", "agent.save_interval=50",
+                  "--time_limit", "60s"], overlay, 200)
+        st = state()
+        row = {"rc": r["rc"], "wall_s": r["wall_s"], "state": summary(st)}
+        if st and st.get("checkpoints"):
+            kept = max(int(Path(c).stem.split("_")[1]) for c in st["checkpoints"])
+            row.update(iterations_trained=st["final"]["iteration"], last_checkpoint_iteration=kept,
+                       iterations_lost=st["final"]["iteration"] - (kept + 1))
+        out[name] = row
     return out
 
 
 def step_crash_stall(ov: Path) -> dict:
     """SIGKILL, then SIGSTOP (a stall), each retried from the run's own checkpoint to the requested end."""
     forget()
-    overlay = ov.read_text() + "\n[monitor]\nstall_s = 15\n"
+    overlay = ov.read_text().replace("[monitor]\n", "[monitor]\nstall_s = 15\n", 1)
     ov2 = ov.with_name("overlay_stall.toml")
     ov2.write_text(overlay)
     proc = subprocess.Popen([PY, "-m", "doit", TASK, "--num_envs", "4096", "--max_iterations", "120",
                              "agent.save_interval=10"], cwd=ROOT, env=env_with(ov2), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    st = wait_for(at_iteration(25), 240)
+    st = wait_for(at_iteration(25), 150)
     if st:
         os.kill(st["attempts"][-1]["pid"], signal.SIGKILL)
-    st = wait_for(at_iteration(10, attempt=2), 240)
+    st = wait_for(at_iteration(10, attempt=2), 150)
     if st:
         os.kill(st["attempts"][-1]["pid"], signal.SIGSTOP)
     text, _ = proc.communicate(timeout=400)
@@ -152,7 +159,7 @@ def step_crash_stall(ov: Path) -> dict:
 
 
 def step_sweep(ov: Path) -> dict:
-    """A 4-run sweep on one GPU with the report; run 3 gets a SIGKILL mid-run."""
+    """A 4-run sweep (2 env counts x 2 seeds) on one GPU, one run at a time, with its report."""
     plan = ROOT / "sweeps" / "isaac_gpu.yaml"
     plan.write_text("name: isaac_gpu\nmode: parallel\ntime_limit: 4m\nruns:\n"
                     "  - task: isaac_cartpole:base\n    overrides: {max_iterations: 40, trainer_args: "

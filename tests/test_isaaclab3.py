@@ -245,7 +245,8 @@ def test_smoke_gate_then_full_run(tmp_path):
     p = doit_run(repo, TASK, *SMALL, "--max_iterations", "6", "--smoke")
     assert p.returncode == 0, out(p)
     st = run_state(repo, TASK)
-    assert st["status"] == "completed" and st["smoke"] and st["smoke"]["verdict"] in ("passed", "completed")
+    assert st["status"] == "completed" and st["smoke"] == "passed", st.get("smoke")
+    assert len(st["attempts"]) == 1 and st["final"]["iteration"] == 6  # the gate is not one of the attempts
     assert_no_trainer_left(st)
 
 
@@ -255,13 +256,14 @@ def test_sweep_with_promotion(tmp_path):
     plan.write_text(
         "name: isaac\n"
         "runs:\n"
-        "  - {task: isaac_cartpole:base, num_envs: 16, max_iterations: 4, seed: 1}\n"
-        "  - {task: isaac_cartpole:base, num_envs: 16, max_iterations: 4, seed: 2}\n"
+        "  - {task: isaac_cartpole:base, overrides: {num_envs: 16, max_iterations: 4}, grid: {seed: [1, 2]}}\n"
         "promote: {metric: Train/mean_reward, suffix: '', scale_envs: false, overrides: {max_iterations: 6}}\n")
     p = doit_run(repo, "sweep", "--plan", str(plan))
     assert p.returncode == 0, out(p)
     report = (repo / "local_experiment_logs" / "sweeps" / "isaac" / "report.md").read_text()
-    assert "completed" in report and "isaac_cartpole:base" in report
+    assert report.count("| isaac_cartpole:base |") == 3, report  # two seeds, then the promoted run
+    ledger = (repo / "lights_out_dev" / "sweep_log.md").read_text()
+    assert "promoted from run" in ledger, ledger
 
 
 def test_direct_workflow_variant_completes(tmp_path):

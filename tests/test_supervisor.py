@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,7 +89,8 @@ def assert_resumed_from_previous(st, n: int) -> None:
     """Attempt n continues the run's own newest checkpoint of attempt n-1 (Isaac Lab 2.x flags)."""
     prev, cur = st.attempts[n - 2], st.attempts[n - 1]
     assert "--resume" in cur.argv
-    assert flag(cur.argv, "--load_run") == Path(prev.tb_dir).name
+    # the run directory as an exact regex: Isaac Lab 2.x matches --load_run against directory names
+    assert flag(cur.argv, "--load_run") == f"^{re.escape(Path(prev.tb_dir).name)}$"
     assert cur.env_overrides["LIGHTS_OUT_ATTEMPT"] == str(n)
     assert flag(cur.argv, "--run_name") != flag(prev.argv, "--run_name")  # its own trainer log dir
 
@@ -117,7 +119,7 @@ def test_resumed_run_ends_at_the_requested_iteration(tmp_path):
     st, _ = run(tmp_path, make_spec("crash@55", max_iterations=60))
     assert verdicts(st) == ["crash", "completed"]
     assert_resumed_from_previous(st, 2)
-    assert flag(st.attempts[1].argv, "--load_run") == Path(st.attempts[0].tb_dir).name
+    assert flag(st.attempts[1].argv, "--load_run") == f"^{re.escape(Path(st.attempts[0].tb_dir).name)}$"
     assert [Path(c).name for c in st.checkpoints if c.startswith(st.attempts[0].tb_dir)] == ["model_0.pt", "model_50.pt"]
     assert flag(st.attempts[1].argv, "--max_iterations") == "10"
     assert (st.final.iteration, st.final.total) == (60, 60)
