@@ -7,6 +7,9 @@ process runs it (a sweep, `doit <task>`, a restarted sweep that adopted the trai
                           marked interrupted, "stopped by the user", and a `stopped` event is written
     <state>.limit.json    {"time_limit_s": S}: the run's time limit is S from now on (counted like the
                           original limit: over all attempts)
+    <state>.overrides.json  a sweep run's changed settings (num_envs, max_iterations, seed, trainer_args,
+                          time_limit) on top of its plan entry: written by the MCP server's retry_with,
+                          applied by the sweep every time it builds that run's spec
 
 The supervisor polls the stop file with the other stop conditions and reads the limit file when the
 current limit runs out, so neither costs anything while nobody asks.
@@ -17,6 +20,8 @@ import json
 import time
 from pathlib import Path
 
+from lights_out_dev.config import parse_duration
+from lights_out_dev.spec import RunSpec
 from lights_out_dev.state import atomic_write_text
 
 
@@ -50,3 +55,27 @@ def time_limit_override(state_path: Path) -> float | None:
         return float(json.loads(limit_path(state_path).read_text())["time_limit_s"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def overrides_path(state_path: Path) -> Path:
+    return Path(str(state_path) + ".overrides.json")
+
+
+def set_overrides(state_path: Path, overrides: dict) -> None:
+    atomic_write_text(overrides_path(state_path), json.dumps(overrides, indent=2) + "\n")
+
+
+def with_overrides(spec: RunSpec, state_path: Path) -> RunSpec:
+    """`spec` with the run's recorded overrides applied (trainer flags: last flag wins); unchanged without."""
+    from lights_out_dev.command import merge_flags
+
+    try:
+        ov = json.loads(overrides_path(state_path).read_text())
+    except (OSError, ValueError):
+        return spec
+    update = {k: ov[k] for k in ("num_envs", "max_iterations", "seed") if ov.get(k) is not None}
+    if ov.get("trainer_args"):
+        update["extra_args"] = merge_flags(spec.extra_args, list(ov["trainer_args"]))
+    if ov.get("time_limit") is not None:
+        update["time_limit_s"] = parse_duration(ov["time_limit"])
+    return spec.model_copy(update=update)
