@@ -177,7 +177,7 @@ class Agent:
                     self.last_cursor = after
                     return self._event_answer(ev, after, seen, notable)
                 seen[ev.get("kind", "?")] = seen.get(ev.get("kind", "?"), 0) + 1
-                if ev.get("kind") in ("retry", "gave_up", "timeout", "stopped", "preflight_failed", "failed"):
+                if ev.get("kind") in ("retry", "gave_up", "timeout", "stopped", "preflight_failed"):  # (failed repeats gave_up)
                     notable.append(watch.describe(ev)[:160])
             if time.monotonic() >= deadline:
                 break

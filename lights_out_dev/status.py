@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     project = load_project_or_report(file=sys.stderr)
     if project is None:
-        return 2
+        return 3
     root, cfg = project
     data = collect(root, cfg, args.plan)
     print(json.dumps(data, indent=2, default=str) if args.json else render(data))

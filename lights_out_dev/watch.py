@@ -23,7 +23,8 @@ The exit code says which kind it was, so a script or an agent can branch without
     15    preflight_failed  a pre-flight check (gpu_guard, power_check) failed
     16    refused           a sweep launch was refused: another process runs that plan
     17    stopped           a run was stopped by the user (MCP `stop`, Ctrl-C, SIGTERM)
-    2                       usage / configuration error
+    2                       usage error (a bad flag; --only naming a kind that ends no watch)
+    3                       configuration error ([tool.lights_out]), nothing read
     124                     --timeout passed with no such event
 
 --only KIND,... returns on those kinds only (e.g. `--only gave_up,sweep_finished,preflight_failed`
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--cursor {args.cursor} is negative; pass an offset printed by --print-cursor")
     project = load_project_or_report(file=sys.stderr)
     if project is None:
-        return 2
+        return 3
     root, cfg = project
     from lights_out_dev import status
 
