@@ -519,7 +519,8 @@ class Agent:
                 hours += limit * max(1, gpus if n_gpu else 1) / 3600.0
             runs.append({"index": r.index, "phase": r.phase, "task": r.task or "(promotion)", "num_envs": r.num_envs,
                          "max_iterations": r.max_iterations, "seed": r.seed, "varied": varied_text(r),
-                         "trainer_args": r.trainer_args, "gpus": gpus, "time_limit_s": limit, "smoke": r.smoke})
+                         "trainer_args": r.trainer_args, "gpus": gpus, "unit": unit, "time_limit_s": limit,
+                         "smoke": r.smoke})
         return loaded, runs, {"hours": round(hours, 3), "unit": unit, "unknown": unknown, "gpus_here": n_gpu}
 
     def _ledger_blocker(self, name: str) -> dict | None:
@@ -603,7 +604,7 @@ def _run_line(r: dict) -> str:
         bits.append(f"{r['max_iterations']} it")
     if r["seed"] is not None:
         bits.append(f"seed {r['seed']}")
-    bits.append(f"{r['gpus']} {'GPU' if r['gpus'] else 'slot'}")
+    bits.append(f"{r['gpus']} {r['unit']}" + ("s" if r["gpus"] != 1 else ""))
     bits.append(format_duration(r["time_limit_s"]))
     if r["trainer_args"]:
         bits.append(" ".join(r["trainer_args"])[:60])

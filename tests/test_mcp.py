@@ -115,6 +115,8 @@ def test_an_overnight_sweep_in_five_calls_then_diagnose_and_retry(tmp_path: Path
         assert m["metrics"][0]["tag"] == "Train/mean_reward" and m["missing"] == ["No/such_tag"]
         st, text = await c.call("status")
         assert st["counts"] == {"completed": 1, "failed": 1} and "seed=1" in text
+        ev, text = await c.call("evaluate", run="1", num_episodes=2)
+        assert ev["ok"] and ev["metrics"]["num_episodes"] >= 2 and "eval return" in text, text
         # the config bug is fixed by replacing the injection (last flag wins): run 2 alone runs again
         dry, _ = await c.call("retry_with", run="2", overrides={"trainer_args": ["--inject", "slow=0.01@1"]})
         started, _ = await c.call("retry_with", confirm=dry["confirm"])
