@@ -150,3 +150,13 @@ def test_metrics_csv():
     csv_text = report.metrics_csv({"Train/mean_reward": [(1, 10.0, 2.5)], "Perf/total_fps": [(1, 10.0, 100.0)]})
     assert csv_text.splitlines() == ["tag,step,wall_time,value", "Perf/total_fps,1,10.000,100.0",
                                      "Train/mean_reward,1,10.000,2.5"]
+
+
+def test_a_user_stop_is_labelled_not_counted_as_a_failure():
+    st = state(1, "interrupted", [attempt(1, "crash", "killed by SIGKILL", "retry: crash"),
+                                  attempt(2, "killed", "stopped on request at iteration 3/5")],
+               reason="stopped by the user")
+    row = next(line for line in ledger.render(loaded(), {1: st}).splitlines() if line.startswith("| 1 |"))
+    assert "failed attempts: crash; stopped by the user" in row and "killed" not in row
+    assert ledger.retries(st) == ["attempt 1: crash (killed by SIGKILL) -> retry: crash",
+                                  "attempt 2: stopped by the user (stopped on request at iteration 3/5)"]

@@ -199,6 +199,42 @@ def test_stop_and_extend_a_running_run(tmp_path: Path):
     assert not (repo / "local_experiment_logs/runs/cartpole__base.json.stop").exists()  # consumed
 
 
+SLOW = """\
+name: slow
+runs:
+  - task: cartpole:base
+    overrides: {num_envs: 16, max_iterations: 400, trainer_args: [--inject, "slow=0.2@0"]}
+    grid: {seed: [1, 2]}
+"""
+
+
+def test_stopping_a_whole_sweep_is_a_user_stop_with_events(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo", {"slow": SLOW})
+
+    async def script(c: Client):
+        dry, _ = await c.call("start_sweep", plan="sweeps/slow.yaml")
+        started, _ = await c.call("start_sweep", confirm=dry["confirm"])
+        for _ in range(2):
+            ev, _ = await c.call("wait_for_event", kinds=["healthy", "sweep_finished"], timeout_s=300)
+            assert ev["event"]["kind"] == "healthy", ev
+        st, text = await c.call("status")
+        assert "seed=1" in text and "seed=2" in text and st["counts"] == {"running": 2}
+        stopped, text = await c.call("stop")
+        assert stopped["ok"], text
+        done, text = await c.call("wait_for_event", cursor=started["cursor"], kinds=["sweep_finished"], timeout_s=300)
+        assert done["event"]["stopped"] is True and done["event"]["ok"] is False, done
+        assert done["seen"].get("stopped") == 2, done  # one per run
+        return True
+
+    assert with_server(repo, script)
+    sts = states(repo, "slow")
+    assert [s["status"] for s in sts.values()] == ["interrupted", "interrupted"]
+    assert all(s["reason"] == "stopped by the user" for s in sts.values())
+    wait_gone(repo, "slow")
+    ledger = (repo / "lights_out_dev/sweep_log.md").read_text()
+    assert "stopped by the user" in ledger and "failed attempts" not in ledger
+
+
 def test_watch_sees_a_refusal_written_before_it_started(tmp_path: Path):
     """The race of a sweep refused in under a second: launch first, let it end, then watch from the cursor."""
     repo = make_repo(tmp_path / "repo", {"faults": FAULTS, "typo": TYPO})
