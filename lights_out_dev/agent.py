@@ -88,13 +88,24 @@ class Pending:
     prepare: dict = field(default_factory=dict)  # retry_with: what to do to the run's files on confirm
 
 
+@dataclass
+class Launch:
+    """A process a confirmation started, until a wait has told the caller it ended."""
+
+    proc: subprocess.Popen
+    output: Path
+    what: str
+    cursor: int  # the event cursor taken just before it started
+    reported: bool = False
+
+
 class Agent:
     """The tools over one project root. Holds the dry runs' tokens and the processes it started."""
 
     def __init__(self, root: Path, cfg: ProjectConfig, read_only: bool = False):
         self.root, self.cfg, self.read_only = root, cfg, read_only
         self.pending: dict[str, Pending] = {}
-        self.children: list[subprocess.Popen] = []
+        self.launches: list[Launch] = []
         self.last_cursor: int | None = None
 
     # -- reading ------------------------------------------------------------------------------
@@ -166,19 +177,25 @@ class Agent:
         timeout_s = max(0.0, min(float(timeout_s), MAX_WAIT_S))
         path = events.events_path(self.root, self.cfg)
         deadline = time.monotonic() + timeout_s
+        ours = [la for la in self.launches if la.cursor >= cursor]  # started after the point this wait reads from
         seen: dict[str, int] = {}
         notable: list[str] = []
         while True:
+            ended = [la for la in ours if not la.reported and la.proc.poll() is not None]  # polled before reading
             found, cursor = watch.read_after(path, cursor)
             for ev, after in found:
                 if sweep and ev.get("sweep") not in (sweep, None):
                     continue
                 if ev.get("kind") in wanted:
                     self.last_cursor = after
+                    self._seen_exits()
                     return self._event_answer(ev, after, seen, notable)
                 seen[ev.get("kind", "?")] = seen.get(ev.get("kind", "?"), 0) + 1
                 if ev.get("kind") in ("retry", "gave_up", "timeout", "stopped", "preflight_failed"):  # (failed repeats gave_up)
                     notable.append(watch.describe(ev)[:160])
+            if ended:  # what this server started is gone and wrote no awaited event: waiting longer is pointless
+                self.last_cursor = cursor
+                return self._exit_answer(ended[0], cursor, wanted, seen, notable)
             if time.monotonic() >= deadline:
                 break
             await anyio.sleep(WAIT_POLL_S)
@@ -189,6 +206,26 @@ class Agent:
         lines += _seen_lines(seen, notable)
         return Answer("\n".join(lines), {"ok": True, "event": None, "cursor": cursor, "timed_out": True,
                                          "seen": seen, "notable": notable[-20:], "status": line})
+
+    def _seen_exits(self) -> None:
+        for launch in self.launches:
+            if launch.proc.poll() is not None:
+                launch.reported = True
+
+    def _exit_answer(self, launch: Launch, cursor: int, wanted: set, seen: dict, notable: list[str]) -> Answer:
+        self._seen_exits()
+        code = launch.proc.returncode
+        try:
+            tail = launch.output.read_text(errors="replace").splitlines()[-LOG_LINES:]
+        except OSError:
+            tail = []
+        lines = [f"the process of '{launch.what}' (pid {launch.proc.pid}) exited with code {code} without a "
+                 f"{'/'.join(sorted(wanted))} event; cursor {cursor}."]
+        lines += _seen_lines(seen, notable)
+        lines += [f"--- last {len(tail)} lines of {launch.output} ---"] + [t[:200] for t in tail] if tail else []
+        return Answer("\n".join(lines), {"ok": True, "event": None, "cursor": cursor, "timed_out": False,
+                                         "exited": {"pid": launch.proc.pid, "code": code, "output": str(launch.output),
+                                                    "tail": tail}, "seen": seen, "notable": notable[-20:]})
 
     def _event_answer(self, ev: dict, cursor: int, seen: dict, notable: list[str]) -> Answer:
         lines = [watch.describe(ev)[:300], f"cursor {cursor} (pass it to the next wait_for_event)"]
@@ -326,6 +363,12 @@ class Agent:
             return error(str(e))
         if parsed.plan or parsed.continue_ or parsed.wipe:
             return error("--plan, --continue and --wipe belong to start_sweep; remove them from the overrides")
+        from lights_out_dev.command import launch_problem
+        from lights_out_dev.sweep import base_spec, gpu_count
+
+        problem = launch_problem(base_spec(self.root, task), self.root, parsed.gpu, gpu_count())
+        if problem:
+            return error(problem)
         argv = [*self._doit(), task, *tokens]
         return self._offer("run", argv, f"start {task}" + (f" with {' '.join(tokens)}" if tokens else ""),
                            _digest(None))
@@ -397,7 +440,7 @@ class Agent:
         with open(out, "ab") as f:
             proc = subprocess.Popen(p.argv, cwd=self.root, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.children.append(proc)
+        self.launches.append(Launch(proc, out, p.summary, cursor))
         self.last_cursor = cursor
         lines = [f"started: {p.summary} (pid {proc.pid}, output {out}).",
                  f"cursor {cursor}: wait_for_event(cursor={cursor}) returns at the next decision, even one "
@@ -423,8 +466,11 @@ class Agent:
                           {"ok": True, "run": ref.label, "requested": True})
         sw = self._sweep(plan)
         pid = sw._live_holder(sw.paths)
-        if not pid or pid < 0:
+        if not pid:
             return error(f"sweep {sw.loaded.name} is not running; nothing to stop")
+        if pid < 0:
+            return error(f"sweep {sw.loaded.name}'s lock is held by a process that recorded no pid in "
+                         f"{sw.paths.owner}; nothing was signalled - stop it where it was started")
         owner = _owner(sw.paths.owner)
         if not _same_process(pid, owner.get("since")):
             return error(f"process {pid} named in {sw.paths.owner} is not the sweep that took the lock (its start "
@@ -580,8 +626,8 @@ class Agent:
 
     def close(self) -> None:
         """Reap started processes that have ended (they run on after this server exits otherwise)."""
-        for p in self.children:
-            p.poll()
+        for launch in self.launches:
+            launch.proc.poll()
 
 
 # --- pure helpers ------------------------------------------------------------------------------------

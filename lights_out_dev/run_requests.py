@@ -45,6 +45,12 @@ def clear_stop(state_path: Path) -> None:
     stop_path(state_path).unlink(missing_ok=True)
 
 
+def clear(state_path: Path) -> None:
+    """Forget the stop and time-limit requests of a run that reached a final state."""
+    stop_path(state_path).unlink(missing_ok=True)
+    limit_path(state_path).unlink(missing_ok=True)
+
+
 def set_time_limit(state_path: Path, seconds: float) -> None:
     atomic_write_text(limit_path(state_path), json.dumps({"time_limit_s": seconds, "at": time.time()}) + "\n")
 

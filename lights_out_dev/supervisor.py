@@ -509,6 +509,7 @@ class _Run:
 
     def _finish(self) -> RunState:
         st = self.state
+        run_requests.clear(self.path)  # a stop or a new limit asked for too late must not reach a later rerun
         last = st.current
         st.final = Progress(**last.progress.model_dump()) if last else Progress()
         tb_dir = next((a.tb_dir for a in reversed(st.attempts) if a.tb_dir), None)

@@ -148,6 +148,15 @@ def test_plan_mistakes_and_refusals_are_answered_not_started(tmp_path: Path):
         assert "did you mean" in unknown["error"] and "cartpole:base" in unknown["error"]
         bad_flag, _ = await c.call("start_run", task="cartpole:base", overrides=["--num_envs", "many"])
         assert not bad_flag["ok"] and "many" in bad_flag["error"]
+        # a start that dies without writing an event (the configuration broke after the dry run) ends the wait
+        dry, _ = await c.call("start_run", task="cartpole:base", overrides=["--num_envs", "16"])
+        good = (repo / "pyproject.toml").read_text()
+        (repo / "pyproject.toml").write_text(good + "\n[tool.lights_out]\nbogus = 1\n")
+        started, _ = await c.call("start_run", confirm=dry["confirm"])
+        gone, text = await c.call("wait_for_event", cursor=started["cursor"], timeout_s=300)
+        assert gone["event"] is None and gone["exited"]["code"] == 3 and not gone["timed_out"], gone
+        assert "'bogus' is not a known setting" in text
+        (repo / "pyproject.toml").write_text(good)
         return True
 
     assert with_server(repo, script)
