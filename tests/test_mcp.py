@@ -292,3 +292,30 @@ def test_override_tokens():
         ["--num_envs", "32", "--seed", "0", "--lr", "3e-4"]
     with pytest.raises(agent.AgentError, match="num_envs 0"):
         agent._override_tokens({"num_envs": 0})
+
+
+def test_status_of_a_large_sweep_stays_within_40_lines(tmp_path: Path):
+    from lights_out_dev.config import load_config
+    from lights_out_dev.spec import RunSpec
+    from lights_out_dev.state import Attempt, RunState, save_state
+
+    (tmp_path / "sweeps").mkdir()
+    plan = tmp_path / "sweeps" / "big.yaml"
+    plan.write_text("name: big\nruns:\n  - task: cartpole:base\n    grid: {seed: [" + ", ".join(map(str, range(60))) + "]}\n")
+    sdir = tmp_path / "local_experiment_logs" / "sweeps" / "big"
+    (sdir / "runs").mkdir(parents=True)
+    (sdir / "sweep.json").write_text(json.dumps({"name": "big", "plan": str(plan), "started_at": time.time()}))
+    (sdir.parent / "current").write_text("big\n")
+    spec = RunSpec(task="cartpole:base", family="cartpole", launcher="lab", prefix=[], script="workloads/train.py",
+                   trainer_task="Lo-Cartpole-v0", num_envs=16, time_limit_s=600.0)
+    for i in range(1, 61):
+        status = "failed" if i == 57 else "running" if i == 58 else "completed"
+        save_state(RunState(run_key=str(i), rid="r", run_name="n", task="cartpole:base", spec=spec, status=status,
+                            attempts=[Attempt(number=1, argv=[], started_at=time.time() - 60)], sweep="big", index=i),
+                   sdir / "runs" / f"{i:02d}.json")
+    answer = agent.Agent(tmp_path, load_config(tmp_path)).status()
+    lines = answer.summary.splitlines()
+    assert len(lines) <= agent.MAX_LINES and answer.data["runs_left_out"] > 0
+    assert any(line.startswith("57 failed") and "seed=56" in line for line in lines)  # the runs that matter are kept
+    assert any(line.startswith("58 running") for line in lines)
+    assert answer.data["counts"] == {"completed": 58, "failed": 1, "running": 1}
