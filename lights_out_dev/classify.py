@@ -114,6 +114,10 @@ def _failure_in_log(obs: Observations, sig: int | None) -> tuple[Verdict, str] |
             return Verdict.segfault, f"died by {_signal_name(sig)} {_where(obs)}"
         if cls == "config_error" and exc_name in CONFIG_EXCEPTIONS:
             return Verdict.config_error, _short(f"traceback ends in {obs.exception!r} ({ended}, {_where(obs)})")
+    if "rank_killed" in obs.hits:
+        # A worker killed from outside (OOM killer, kill -9) with no collective error: the process died,
+        # the interconnect did not; a crash, not nccl.
+        return Verdict.crash, _short(f"a rank was killed: {obs.hits['rank_killed']!r} ({ended}, {_where(obs)})")
     if "child_failed" in obs.hits:
         # torchrun reports any worker's death this way; with no more specific evidence it is the
         # multi-GPU launch itself that failed.

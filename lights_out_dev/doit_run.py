@@ -127,6 +127,10 @@ class Run(cmd_run.Run):
                 selected.append(name)
             elif os.path.abspath(name) not in targets:
                 return unknown_task_sentence(name, sorted(tasks))
+        if any(name == "sweep" or name.startswith("sweep:") for name in selected):
+            problem = plan_problem(project_root(), [n for n, t in tasks.items() if spec_of(t) is not None])
+            if problem:
+                return problem
         specs = [s for s in map(spec_of, closure(tasks, selected)) if s is not None]
         if not specs:
             return None
@@ -138,3 +142,24 @@ class Run(cmd_run.Run):
             if problem:
                 return problem
         return None
+
+
+def plan_problem(root, known_tasks: list[str]) -> str | None:
+    """The sweep plan's mistake as one sentence (also a `sweep_finished` event, so a waiting agent
+    returns), or None. A plan error is a usage error like an unknown task: exit 3, nothing launched."""
+    from lights_out_dev import events
+    from lights_out_dev.config import ConfigError, load_config
+    from lights_out_dev.plan import PlanError, check_tasks, load_plan
+    from lights_out_dev.sweep import plan_path
+
+    try:
+        cfg = load_config(root)
+    except ConfigError as e:
+        return str(e)
+    plan = overrides.current().plan
+    try:
+        check_tasks(load_plan(plan_path(root, cfg, plan)), known_tasks)
+    except PlanError as e:
+        events.emit(root, cfg, "sweep_finished", plan=plan, ok=False, reason=str(e))
+        return str(e)
+    return None

@@ -1,8 +1,13 @@
 """Watch events: one JSON line per event in <logs_dir>/events.jsonl, plus an optional user hook.
 
 An agent or a person waits on this file (or on `events_command`, e.g. a notifier) instead of polling
-runs. Kinds: started, healthy, retry, gave_up, completed, timeout, failed, sweep_finished,
+runs. Kinds: started, healthy, retry, gave_up, completed, timeout, failed, stopped (a run stopped by
+the user), refused (a sweep launch refused because another process runs that plan), sweep_finished,
 preflight_failed. A failing hook is logged to stderr and never stops a run.
+
+The file is append-only, so a byte offset into it is a cursor: `cursor()` before launching
+something, then read every event after that offset (watch.py --cursor, the MCP server's
+wait_for_event), and no event written in between is missed.
 """
 from __future__ import annotations
 
@@ -18,12 +23,20 @@ from lights_out_dev.config import ProjectConfig
 
 HOOK_TIMEOUT_S = 10.0
 
-KINDS = ("started", "healthy", "retry", "gave_up", "completed", "timeout", "failed", "sweep_finished",
-         "preflight_failed")
+KINDS = ("started", "healthy", "retry", "gave_up", "completed", "timeout", "failed", "stopped", "refused",
+         "sweep_finished", "preflight_failed")
 
 
 def events_path(root: Path, cfg: ProjectConfig) -> Path:
     return cfg.path(root, cfg.logs_dir) / "events.jsonl"
+
+
+def cursor(root: Path, cfg: ProjectConfig) -> int:
+    """The current end of the event stream: every event appended later lies after this offset."""
+    try:
+        return events_path(root, cfg).stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def emit(root: Path, cfg: ProjectConfig, kind: str, **data) -> dict:

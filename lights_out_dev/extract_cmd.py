@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(extract(sys.argv[1:] if argv is None else argv))
     except (UsageError, overrides.OverrideError, ConfigError, InvalidDodoFile) as e:
         print(f"extract_cmd: {e}", file=sys.stderr)
-        return 2
+        return 3
     return 0
 
 

@@ -15,12 +15,14 @@ from filelock import FileLock
 
 from lights_out_dev.config import format_duration
 from lights_out_dev.evaluate import eval_text
-from lights_out_dev.plan import LoadedPlan, PlannedRun
+from lights_out_dev.plan import LoadedPlan, PlannedRun, varied_text
 from lights_out_dev.state import RunState, atomic_write_text
 
 HEADER = "| # | Phase | Task | Envs | GPUs | Time Limit | Status | FPS | Reward | Notes |"
 RULE = "|---|-------|------|------|------|------------|--------|-----|--------|-------|"
 _SWEEP_RE = re.compile(r"^# Sweep: (.+)$", re.MULTILINE)
+# classify()'s reason for a stop on request, and the supervisor's when it was itself stopped (Ctrl-C, SIGTERM)
+USER_STOP_REASONS = ("stopped on request", "the supervisor was stopped")
 
 
 def stamp(t: float | None) -> str:
@@ -76,14 +78,25 @@ def status_text(state: RunState | None) -> str:
     return state.status if state else "pending"
 
 
+def user_stopped(attempt) -> bool:
+    """The attempt ended because a person (or an agent) asked: not a failure of the run."""
+    return attempt.verdict == "killed" and (attempt.reason or "").startswith(USER_STOP_REASONS)
+
+
 def failed_attempts(state: RunState) -> list:
-    return [a for a in state.attempts if a.verdict and a.verdict not in ("completed", "timeout", "running", "healthy")]
+    return [a for a in state.attempts if a.verdict and a.verdict not in ("completed", "timeout", "running", "healthy")
+            and not user_stopped(a)]
 
 
 def retries(state: RunState) -> list[str]:
     """One entry per failed attempt: 'attempt 1: crash (reason) -> retry'."""
     out = []
-    for a in failed_attempts(state):
+    for a in state.attempts:
+        if user_stopped(a):
+            out.append(f"attempt {a.number}: stopped by the user ({a.reason})")
+            continue
+        if a not in failed_attempts(state):
+            continue
         what = f"attempt {a.number}: {a.verdict}"
         if a.reason:
             what += f" ({a.reason})"
@@ -95,12 +108,16 @@ def retries(state: RunState) -> list[str]:
 
 def notes(state: RunState | None, run: PlannedRun) -> str:
     parts = []
+    if varied_text(run, skip=("num_envs",)):  # the Envs column shows num_envs
+        parts.append(varied_text(run, skip=("num_envs",)))
     if run.notes:
         parts.append(run.notes)
     if state:
         fails = failed_attempts(state)
         if fails:
             parts.append("failed attempts: " + ", ".join(a.verdict for a in fails))
+        if any(user_stopped(a) for a in state.attempts):
+            parts.append("stopped by the user")
         if state.status in ("failed", "timeout") and state.reason:
             parts.append(state.reason)
         if state.extra.get("note"):

@@ -178,10 +178,29 @@ def _gpu_sample(gpus: list[int], pids: set[int], limits: Limits) -> tuple[float,
     return used, util, imbalance(infos, limits.imbalance_util_pct, limits.imbalance_mem_pct)
 
 
+def _extended(time_left: Callable[[], float | None] | None) -> bool:
+    """The run's limit was raised (or removed) while this attempt ran."""
+    if time_left is None:
+        return False
+    left = time_left()
+    return left is None or left > 0
+
+
+def _raised(time_left: Callable[[], float | None] | None, left_now: float) -> bool:
+    """The run's limit was raised (or removed) beyond the deadline this loop still holds."""
+    if time_left is None:
+        return False
+    left = time_left()
+    return left is None or left > left_now + 1.0
+
+
 def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: LogTail, *,
           gpus: list[int] | None = None, notify: Callable[[str], None] = lambda kind: None,
-          should_stop: Callable[[], bool] = lambda: False) -> WatchResult:
-    """Watch one attempt until it ends or is stopped; notify('progress'|'healthy'|'status'|'tb_dir')."""
+          should_stop: Callable[[], bool] = lambda: False,
+          time_left: Callable[[], float | None] | None = None) -> WatchResult:
+    """Watch one attempt until it ends or is stopped; notify('progress'|'healthy'|'status'|'tb_dir').
+
+    time_left: asked when the time limit runs out; more time left (the limit was extended) moves it."""
     start = last_output = last_status = time.monotonic()
     deadline = None if limits.time_left_s is None else start + max(0.0, limits.time_left_s)
     healthy_at = peak = idle_since = imbalanced_since = imbalance = None
@@ -219,9 +238,11 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
             stop = (f"signature:{fatal[0]}", None, False)
         elif should_stop():
             stop = ("user", "user", True)
-        elif deadline is not None and now >= deadline:
+        elif deadline is not None and now >= deadline and not _extended(time_left):
             stop = ("timeout", "timeout", True)
-        elif clock is not None and clock.stop_now(scanner.tb_dir, scanner.progress.iteration, now, deadline):
+        elif (clock is not None and deadline is not None
+              and clock.stop_now(scanner.tb_dir, scanner.progress.iteration, now, deadline)
+              and not _raised(time_left, deadline - now)):
             stop = ("timeout_at_checkpoint", "timeout", True)
         elif not scanner.first_iteration_seen and now - last_output >= limits.startup_stall_s:
             stop = ("startup_stall", "stall", False)
@@ -231,6 +252,9 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
             stop = ("hang_exit", None, True)
         elif scanner.first_iteration_seen and now - last_output >= limits.stall_s:
             stop = ("stall", "stall", False)
+        if stop is None and deadline is not None and now >= deadline:  # extended: the new limit counts from now
+            left = time_left()
+            deadline = None if left is None else now + left
         if stop is None and use_gpu and now >= next_gpu:
             next_gpu = now + GPU_POLL_S
             try:

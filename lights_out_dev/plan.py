@@ -249,7 +249,29 @@ def expand(plan: Plan, lines: dict[int, int] | None = None) -> list[PlannedRun]:
             notes=f"promotion: best {p.metric} ({p.mode}) of phase {p.from_phase}"))
     for n, run in enumerate(out, start=1):
         run.index = n
+    for run, values in zip(out, varied(out)):
+        if values:
+            run.extra["varied"] = values
     return out
+
+
+def varied(runs: list[PlannedRun]) -> list[dict[str, int]]:
+    """Per run, the run numbers (seed, num_envs, max_iterations) whose values differ between the plan's
+    runs of its task: what tells grid runs apart in a status line. Pure."""
+    by_task: dict[str | None, list[PlannedRun]] = {}
+    for run in runs:
+        by_task.setdefault(run.task, []).append(run)
+    out = []
+    for run in runs:
+        peers = by_task[run.task]
+        keys = [k for k in ("seed", *GRID_KEYS[:2]) if len({getattr(p, k) for p in peers}) > 1]
+        out.append({k: getattr(run, k) for k in keys if getattr(run, k) is not None})
+    return out
+
+
+def varied_text(run: PlannedRun, skip: tuple[str, ...] = ()) -> str:
+    """'seed=2 num_envs=32' for a run of a grid ('' when nothing varies). Pure."""
+    return " ".join(f"{k}={v}" for k, v in run.extra.get("varied", {}).items() if k not in skip)
 
 
 def load_plan(path: Path | str) -> LoadedPlan:

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args[0])
     except ConfigError as e:
         print(e, file=sys.stderr)
-        return 2
+        return 3
 
 
 if __name__ == "__main__":

@@ -49,6 +49,19 @@ def start_ticks(pid: int) -> int | None:
     return s.start_ticks if s else None
 
 
+def start_time(pid: int) -> float | None:
+    """When `pid` started, in unix seconds (boot time + its start ticks); None when it does not exist."""
+    ticks = start_ticks(pid)
+    if ticks is None:
+        return None
+    try:
+        with open(f"{PROC}/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def alive(pid: int | None, start: float | int | None = None) -> bool:
     """True if `pid` exists, is not a zombie, and (when `start` is given) is the same process."""
     if not pid:

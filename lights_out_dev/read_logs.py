@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     project = load_project_or_report("read_logs: ", file=sys.stderr)
     if project is None:
-        return 2
+        return 3
     root, cfg = project
 
     if args.cmd in ("tb-list", "tb-latest"):

@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from lights_out_dev.ledger import effective_envs, gpus_text, stamp
+from lights_out_dev.ledger import effective_envs, gpus_text, notes, stamp
 from lights_out_dev.plan import LoadedPlan, safe_name
 from lights_out_dev.state import RunState, atomic_write_text
 
@@ -27,12 +27,18 @@ EPISODE = "Train/mean_episode_length"
 Series = dict[str, list[tuple[int, float, float]]]  # tag -> [(step, wall_time, value)]
 
 COLUMNS = ("#", "Task", "Envs", "GPUs", "Status", "Attempts", "Wall time", "Steps/s", "Final reward",
-           "Best reward", "Episode length", "Peak VRAM")
+           "Best reward", "Episode length", "Peak VRAM", "Verdict", "Notes")
+NOTES_MAX = 120  # the ledger has the full notes; the table stays one screen wide
 EVAL_COLUMNS = ("Eval return", "Eval episode length", "Eval success")
 
 
 def _f(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _short(text: str) -> str:
+    text = text.replace("\\|", "|")  # the ledger's cell escaping; the table escapes every cell itself
+    return text if len(text) <= NOTES_MAX else text[:NOTES_MAX - 3] + "..."
 
 
 def wall_time_s(state: RunState) -> float | None:
@@ -66,14 +72,15 @@ def table(plan: LoadedPlan, states: dict[int, RunState], series: dict[int, Serie
         st = states.get(run.index)
         if st is None:
             cells = [str(run.index), run.task or "(promotion)", str(run.num_envs or "-"), gpus_text(None, run),
-                     "pending", "0"] + ["-"] * 6
+                     "pending", "0"] + ["-"] * 7 + [_short(notes(None, run)) or "-"]
         else:
             s = summary(st, series.get(run.index, {}))
             wall = "-" if s["wall_s"] is None else f"{s['wall_s']:.0f}s"
             cells = [str(run.index), st.task, str(effective_envs(st, run) or "-"), gpus_text(st, run), st.status,
                      str(len(st.attempts)), wall, _f(s["steps_per_s"], 0), _f(s["final_reward"]),
                      _f(s["best_reward"]), _f(s["episode_length"], 1),
-                     "-" if st.peak_vram_mb is None else f"{st.peak_vram_mb:.0f}MB"]
+                     "-" if st.peak_vram_mb is None else f"{st.peak_vram_mb:.0f}MB",
+                     st.final_verdict or "-", _short(notes(st, run)) or "-"]
         if evals:
             ev = evals.get(run.index) or {}
             ret = "-" if ev.get("mean_return") is None else f"{_f(ev['mean_return'])} ± {_f(ev.get('std_return'))}"

@@ -4,9 +4,10 @@ The table is data. Every line of every trainer log goes through `SignatureMatche
 common case (a line that matches nothing) costs only substring tests of the table's anchors; the
 rare line holding an anchor is tested against the per-class regexes to learn every class it names.
 
-Classes that are verdicts: oom, segfault, nccl, cuda_error, config_error. Two more are not:
+Classes that are verdicts: oom, segfault, nccl, cuda_error, config_error. Three more are not:
 `child_failed` (torchrun's ChildFailedError wraps whatever killed a worker, so classify decides
-what it means) and `warning` (recorded, never fatal).
+what it means), `rank_killed` (torchrun saw a worker die of SIGKILL/SIGABRT/SIGTERM) and `warning`
+(recorded, never fatal).
 """
 from __future__ import annotations
 
@@ -62,6 +63,10 @@ SIGNATURES: tuple[tuple[str, str, str | None], ...] = (
     # Not Slurm's own "slurmstepd-<node>: error: *** JOB n CANCELLED ***", written on every cancel/time limit.
     ("config_error", ": error: ", r"^(?!slurmstepd)[\w.-]+: error: "),
     ("child_failed", "ChildFailedError", None),
+    # torchrun's report of a worker killed by a signal from outside (OOM killer, kill -9, a scheduler):
+    # the process died, not the collective; classify tells it apart from an NCCL failure.
+    ("rank_killed", "received by PID", r"Signal (?:9|6|15) \(SIG(?:KILL|ABRT|TERM)\) received by PID"),
+    ("rank_killed", "failed (exitcode: -", r"failed \(exitcode: -(?:9|6|15)\)"),
     ("warning", "Patch buffer overflow", None),  # "PhysX error: Patch buffer overflow detected, ..."
     ("warning", "buffer overflow", r"(?:[Cc]ontact|[Ff]ound|[Pp]air) buffer overflow"),
     ("warning", "ollision stack overflow", None),

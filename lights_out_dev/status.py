@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lights_out_dev.config import ProjectConfig, format_duration, load_project_or_report  # noqa: E402
+from lights_out_dev.plan import varied_text  # noqa: E402
 from lights_out_dev.state import RunState, load_state  # noqa: E402
 
 
@@ -28,18 +30,32 @@ def _clock(s: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def run_row(index: int | None, st: RunState | None, task: str, now: float) -> dict:
-    """The status of one run as plain data (also the --json shape). Pure given `now`."""
+SILENT_SHOWN_S = 30.0  # a running trainer quiet for longer gets "silent for N s" in its line
+
+
+def log_age_s(log: str | None, now: float) -> float | None:
+    """Seconds since the run's log was last written (None without a log)."""
+    try:
+        return max(0.0, now - os.stat(log).st_mtime) if log else None
+    except OSError:
+        return None
+
+
+def run_row(index: int | None, st: RunState | None, task: str, now: float, params: str = "",
+            silent_s: float | None = None) -> dict:
+    """The status of one run as plain data (also the --json shape). Pure given `now` and `silent_s` (seconds
+    since a running run's log last grew). `params`: what tells it apart from its grid siblings."""
     if st is None:
-        return {"index": index, "task": task, "status": "pending", "where": "-", "iteration": None, "total": None,
-                "steps_per_s": None, "reward": None, "elapsed_s": None, "limit_s": None, "attempts": 0}
+        return {"index": index, "task": task, "params": params, "status": "pending", "where": "-", "iteration": None,
+                "total": None, "steps_per_s": None, "reward": None, "elapsed_s": None, "limit_s": None, "attempts": 0,
+                "silent_s": None}
     a = st.current
     p = a.progress if a else None
     running = st.status == "running"
     elapsed = sum((x.ended_at or (now if running else x.started_at)) - x.started_at
                   for x in st.attempts if x.started_at) if st.attempts else None
     return {
-        "index": index, "task": st.task, "status": st.status,
+        "index": index, "task": st.task, "params": params, "status": st.status,
         "where": "-" if not a else ("cpu" if a.gpus is None else "gpu" + ",".join(map(str, a.gpus))),
         "iteration": p.iteration if p else None, "total": p.total if p else None,
         "steps_per_s": (p.steps_per_s if p and p.steps_per_s is not None else st.final.steps_per_s),
@@ -47,6 +63,7 @@ def run_row(index: int | None, st: RunState | None, task: str, now: float) -> di
         "elapsed_s": elapsed, "limit_s": st.spec.time_limit_s, "attempts": len(st.attempts),
         "reason": st.reason if st.status in ("failed", "timeout", "skipped", "interrupted") else None,
         "log": a.log_path if a else None,
+        "silent_s": silent_s if running else None,
     }
 
 
@@ -55,11 +72,26 @@ def format_row(r: dict) -> str:
     sps = "-" if r["steps_per_s"] is None else f"{r['steps_per_s']:.0f}"
     reward = "-" if r["reward"] is None else f"{r['reward']:.3g}"
     idx = f"{r['index']:>2}" if r["index"] is not None else " *"
-    line = (f"{idx} {r['status']:<11} {r['task']:<28} {r['where']:<6} {it:<10} {sps:>7} steps/s  "
+    who = f"{r['task']} {r['params']}" if r.get("params") else r["task"]
+    line = (f"{idx} {r['status']:<11} {who:<28} {r['where']:<6} {it:<10} {sps:>7} steps/s  "
             f"reward {reward:<7} {_clock(r['elapsed_s'])}/{format_duration(r['limit_s'])}  a{r['attempts']}")
+    if silence(r):
+        line += f"  {silence(r)}"
     if r.get("reason"):
         line += f"  ({r['reason'][:80]})"
     return line
+
+
+def silence(r: dict) -> str:
+    """'silent for 95 s' for a running run whose log has not grown for SILENT_SHOWN_S, else ''."""
+    quiet = r.get("silent_s")
+    return f"silent for {quiet:.0f} s" if quiet is not None and quiet >= SILENT_SHOWN_S else ""
+
+
+def _row(index: int | None, st: RunState | None, task: str, now: float, params: str = "") -> dict:
+    """run_row with the log's age read from disk."""
+    log = st.current.log_path if st and st.current else None
+    return run_row(index, st, task, now, params, log_age_s(log, now) if st and st.status == "running" else None)
 
 
 def gpu_summary(root: Path, cfg: ProjectConfig) -> tuple[str, list[dict]]:
@@ -135,18 +167,19 @@ def collect(root: Path, cfg: ProjectConfig, plan: str | None = None, now: float 
         if loaded is not None and loaded.name == name:
             sweep = Sweep(loaded, cfg, root, status_line=lambda _: None)
             states = sweep.states()
-            runs = [run_row(r.index, states.get(r.index), r.task or "(promotion)", now) for r in loaded.runs]
+            runs = [_row(r.index, states.get(r.index), r.task or "(promotion)", now, varied_text(r))
+                    for r in loaded.runs]
         else:
             for f in sorted(sp.runs.glob("[0-9]*.json")) if sp.runs.exists() else []:
                 st = _safe_load(f)
                 if st:
-                    runs.append(run_row(st.index, st, st.task, now))
+                    runs.append(_row(st.index, st, st.task, now, f"seed={st.spec.seed}" if st.spec.seed is not None else ""))
     others = []
     single = cfg.path(root, cfg.logs_dir) / "runs"
     for f in sorted(single.glob("*.json")) if single.exists() else []:
         st = _safe_load(f)
         if st and st.status == "running":
-            others.append(run_row(None, st, st.task, now))
+            others.append(_row(None, st, st.task, now))
     gpu_text, gpus = gpu_summary(root, cfg)
     counts: dict[str, int] = {}
     for r in runs:
@@ -165,8 +198,8 @@ def _safe_load(path: Path) -> RunState | None:
 def summary_line(data: dict) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(data["counts"].items())) or "no runs"
     active = [r for r in data["runs"] + data["other_runs"] if r["status"] == "running"]
-    bits = [f"{r['task']} it {r['iteration'] if r['iteration'] is not None else '-'}/{r['total'] or '-'}"
-            for r in active][:4]
+    bits = [" ".join(b for b in (r["task"], r.get("params"), f"it {r['iteration'] if r['iteration'] is not None else '-'}"
+                                 f"/{r['total'] or '-'}", silence(r)) if b) for r in active][:4]
     head = f"sweep {data['sweep']}: {counts}" if data["sweep"] else f"no sweep: {len(active)} run(s) running"
     return f"{time.strftime('%H:%M:%S')} {head}" + (f" | {'; '.join(bits)}" if bits else "") + f" | {data['gpu_summary']}"
 
@@ -189,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     project = load_project_or_report(file=sys.stderr)
     if project is None:
-        return 2
+        return 3
     root, cfg = project
     data = collect(root, cfg, args.plan)
     print(json.dumps(data, indent=2, default=str) if args.json else render(data))

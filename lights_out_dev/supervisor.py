@@ -24,7 +24,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
-from lights_out_dev import command, events, gpu_lock, procs
+from lights_out_dev import command, events, gpu_lock, procs, run_requests
 from lights_out_dev.config import ConfigError, ProjectConfig, load_project_or_report
 from lights_out_dev.executor import Executor, Handle
 from lights_out_dev.local_executor import LaunchError, LocalExecutor
@@ -157,10 +157,11 @@ class _Run:
                  should_stop: Callable[[], bool]):
         self.spec, self.cfg, self.root, self.path = spec, cfg, root, state_path
         self.executor, self.lease, self.key = executor, lease, key
-        self.say, self.should_stop = status_line, should_stop
+        self.say = status_line
+        self.should_stop = lambda: should_stop() or run_requests.stop_requested(state_path)
         self.where = dict(sweep=sweep, index=index, phase=phase)
         self.logs_dir = cfg.path(root, cfg.logs_dir)
-        self.limit = spec.time_limit_s if spec.time_limit_s is not None else cfg.monitor.time_limit
+        self.planned_limit = spec.time_limit_s if spec.time_limit_s is not None else cfg.monitor.time_limit
         self.state: RunState | None = None
         self.scanner = None
         self.tail: LogTail | None = None
@@ -232,6 +233,15 @@ class _Run:
         the requested --max_iterations."""
         counted = next((a.progress.total for a in self.state.attempts if a.progress.total), None)
         return counted or self.spec.max_iterations
+
+    @property
+    def limit(self) -> float | None:
+        """The run's time limit: the planned one, or what `run_requests.set_time_limit` asked for since."""
+        override = run_requests.time_limit_override(self.path)
+        return override if override is not None else self.planned_limit
+
+    def _time_left(self) -> float | None:
+        return None if self.limit is None else self.limit - self._used_s()
 
     def _used_s(self) -> float:
         now = time.time()
@@ -403,14 +413,13 @@ class _Run:
             try:
                 attempt = st.current if adopted else self._launch()
                 adopted = False
-                time_left = None if self.limit is None else self.limit - self._used_s()
                 trainer = self.spec.trainer
-                limits = Limits.from_config(self.cfg.monitor, time_left,
+                limits = Limits.from_config(self.cfg.monitor, self._time_left(),
                                             tick_s=getattr(self.executor, "poll_interval_s", 0.1),
                                             checkpoint_pattern=None if trainer.saves_on_interrupt
                                             else trainer.checkpoint_pattern)
                 result = watch(self.executor, self.handle, self.scanner, limits, self.tail, gpus=attempt.gpus,
-                               notify=self._notify, should_stop=self.should_stop)
+                               notify=self._notify, should_stop=self.should_stop, time_left=self._time_left)
             except BaseException:
                 self._abort()
                 raise
@@ -428,6 +437,8 @@ class _Run:
                 st.status = "interrupted"
                 st.reason = "stopped by the user"
                 self.save()
+                run_requests.clear_stop(self.path)
+                self.emit("stopped", attempt=attempt.number, reason=st.reason, log_path=attempt.log_path)
                 return st
             if self._decide(attempt):
                 return self._finish()
@@ -503,6 +514,7 @@ class _Run:
 
     def _finish(self) -> RunState:
         st = self.state
+        run_requests.clear(self.path)  # a stop or a new limit asked for too late must not reach a later rerun
         last = st.current
         st.final = Progress(**last.progress.model_dump()) if last else Progress()
         tb_dir = next((a.tb_dir for a in reversed(st.attempts) if a.tb_dir), None)

@@ -509,8 +509,11 @@ class Sweep:
             self.write_target(run.index, state)
 
     def spec(self, run: PlannedRun) -> RunSpec:
-        """The run's RunSpec: its experiment task's spec with the plan's overrides."""
-        return spec_for(run, self.root, self.cfg)
+        """The run's RunSpec: its experiment task's spec with the plan's overrides, then the ones recorded for
+        it by a retry (run_requests.with_overrides)."""
+        from lights_out_dev.run_requests import with_overrides
+
+        return with_overrides(spec_for(run, self.root, self.cfg), self.paths.state(run.index))
 
     def _executor(self):
         kind = self.executor_kind or self.cfg.executor

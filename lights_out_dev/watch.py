@@ -1,9 +1,16 @@
 """Block until something needs a decision: `python lights_out_dev/watch.py --until-event [--timeout S]`.
 
-Prints one status line every --interval seconds and returns at the first event appended to
-<logs_dir>/events.jsonl after it started (events before are history) whose kind needs a
-decision or a report, printing the event and the last lines of that run's log. The exit code
-says which kind it was, so a script or an agent can branch without parsing:
+Prints one status line every --interval seconds and returns at the first event of
+<logs_dir>/events.jsonl whose kind needs a decision or a report, printing the event and the last
+lines of that run's log, then `cursor N`. Which events count:
+
+    --cursor N     every event after byte offset N of the event file: take N with --print-cursor
+                   before launching a sweep (or from the last watch's `cursor N` line) and no event
+                   is missed, even one written before this watch started
+    --since TS     every event with a timestamp >= TS (unix seconds, e.g. `date +%s` before launching)
+    (neither)      only events appended after this watch started
+
+The exit code says which kind it was, so a script or an agent can branch without parsing:
 
     code  event             meaning
     0     sweep_finished    every run of the sweep reached a final state (read the report)
@@ -14,7 +21,10 @@ says which kind it was, so a script or an agent can branch without parsing:
     13    gave_up           a run failed and the policy gave up on it
     14    failed            a run ended failed (after gave_up, or refused to start)
     15    preflight_failed  a pre-flight check (gpu_guard, power_check) failed
-    2                       usage / configuration error
+    16    refused           a sweep launch was refused: another process runs that plan
+    17    stopped           a run was stopped by the user (MCP `stop`, Ctrl-C, SIGTERM)
+    2                       usage error (a bad flag; --only naming a kind that ends no watch)
+    3                       configuration error ([tool.lights_out]), nothing read
     124                     --timeout passed with no such event
 
 --only KIND,... returns on those kinds only (e.g. `--only gave_up,sweep_finished,preflight_failed`
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +45,8 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 
 from lights_out_dev.config import load_project_or_report  # noqa: E402
 
-EXIT_CODES = {"completed": 10, "timeout": 11, "retry": 12, "gave_up": 13, "failed": 14, "preflight_failed": 15}
+EXIT_CODES = {"completed": 10, "timeout": 11, "retry": 12, "gave_up": 13, "failed": 14, "preflight_failed": 15,
+              "refused": 16, "stopped": 17}
 EXIT_TIMEOUT = 124
 LOG_LINES = 15
 POLL_S = 0.5
@@ -63,20 +75,31 @@ def describe(event: dict) -> str:
 
 def read_new(path: Path, offset: int) -> tuple[list[dict], int]:
     """Complete JSON lines after `offset` (a half-written last line waits for the next call)."""
+    found, offset = read_after(path, offset)
+    return [ev for ev, _ in found], offset
+
+
+def read_after(path: Path, offset: int) -> tuple[list[tuple[dict, int]], int]:
+    """(event, the cursor just after it) for each complete JSON line after `offset`, and the new offset.
+
+    A cursor beyond the end means the file was replaced (deleted, restored from a backup): it is read
+    from the start."""
     try:
         with open(path, "rb") as f:
+            if offset > os.fstat(f.fileno()).st_size:
+                offset = 0
             f.seek(offset)
             data = f.read()
     except FileNotFoundError:
         return [], offset
-    end = data.rfind(b"\n") + 1
-    events = []
-    for raw in data[:end].splitlines():
+    found, pos = [], offset
+    for raw in data[:data.rfind(b"\n") + 1].splitlines(keepends=True):
+        pos += len(raw)
         try:
-            events.append(json.loads(raw))
+            found.append((json.loads(raw), pos))
         except ValueError:
             continue  # a foreign/corrupt line never stops the watch
-    return events, offset + end
+    return found, pos
 
 
 def log_tail(event: dict, n: int = LOG_LINES) -> list[str]:
@@ -107,11 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=60.0, help="seconds between status lines (default 60)")
     ap.add_argument("--sweep", help="only events of this sweep (plan name)")
     ap.add_argument("--only", help="comma-separated kinds to return on (default: all of the table), e.g. "
-                                   "gave_up,sweep_finished,preflight_failed for an overnight sweep")
+                                   "gave_up,sweep_finished,preflight_failed,refused for an overnight sweep")
+    start_at = ap.add_mutually_exclusive_group()
+    start_at.add_argument("--cursor", type=int, help="read every event after this byte offset of the event file "
+                                                     "(from --print-cursor or the previous watch's `cursor N`)")
+    start_at.add_argument("--since", type=float, help="read every event with ts >= this unix time (date +%%s)")
+    start_at.add_argument("--print-cursor", action="store_true", help="print the current cursor and exit")
     args = ap.parse_args(argv)
+    if args.cursor is not None and args.cursor < 0:
+        ap.error(f"--cursor {args.cursor} is negative; pass an offset printed by --print-cursor")
     project = load_project_or_report(file=sys.stderr)
     if project is None:
-        return 2
+        return 3
     root, cfg = project
     from lights_out_dev import status
 
@@ -121,13 +151,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--only {unknown[0]} is not an event kind that ends a watch; use some of "
               f"{', '.join([*EXIT_CODES, 'sweep_finished'])}.", file=sys.stderr)
         return 2
-    path = cfg.path(root, cfg.logs_dir) / "events.jsonl"
-    offset = path.stat().st_size if path.exists() else 0
+    from lights_out_dev import events as event_stream
+
+    path = event_stream.events_path(root, cfg)
+    if args.print_cursor:
+        print(event_stream.cursor(root, cfg))
+        return 0
+    offset = args.cursor if args.cursor is not None else 0 if args.since is not None else event_stream.cursor(root, cfg)
     start = time.monotonic()
     next_line = start
     while True:
-        events, offset = read_new(path, offset)
-        for ev in events:
+        found, offset = read_after(path, offset)
+        for ev, after in found:
+            if args.since is not None and float(ev.get("ts") or 0) < args.since:
+                continue
             if args.sweep and ev.get("sweep", ev.get("plan")) not in (args.sweep, None):
                 continue
             code = exit_code(ev)
@@ -137,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 if tail:
                     print(f"--- last {len(tail)} lines of {ev.get('log_path') or 'the run log'} ---")
                     print("\n".join(tail), flush=True)
+                print(f"cursor {after}", flush=True)
                 return code
         now = time.monotonic()
         if now >= next_line:
@@ -146,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"(status unavailable: {e})", flush=True)
             next_line = now + args.interval
         if args.timeout is not None and now - start >= args.timeout:
-            print(f"no decision event within {args.timeout:g}s; the sweep goes on (exit {EXIT_TIMEOUT}).", flush=True)
+            print(f"no decision event within {args.timeout:g}s; the sweep goes on (exit {EXIT_TIMEOUT}).\n"
+                  f"cursor {offset}", flush=True)
             return EXIT_TIMEOUT
         time.sleep(POLL_S)
 

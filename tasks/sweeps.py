@@ -61,10 +61,16 @@ def run_phase(plan: str | None, phase: int) -> bool:
         if phase == sweep.loaded.phases()[0]:
             sweep.prepare(continue_=ov.continue_, wipe=ov.wipe)
         ok = sweep.run_phase(phase)
-    except SweepBusy as e:  # the sweep goes on in the other process: no event, just say so
+    except SweepBusy as e:  # the sweep goes on in the other process: not its sweep_finished, a refusal of this launch
+        events.emit(root, cfg, "refused", plan=plan, sweep=_name_of(plan, root, cfg), reason=str(e))
         return _fail(str(e))
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the trainers were stopped; say so to whoever waits on events
+        events.emit(root, cfg, "sweep_finished", sweep=_name_of(plan, root, cfg), ok=False, stopped=True,
+                    reason="stopped by the user (Ctrl-C or SIGTERM); its runs are interrupted and the next "
+                           "`doit sweep` continues them")
+        raise
     except (PlanError, SweepError, GpuLockError) as e:
-        events.emit(root, cfg, "sweep_finished", plan=plan, ok=False, reason=str(e))
+        events.emit(root, cfg, "sweep_finished", plan=plan, sweep=_name_of(plan, root, cfg), ok=False, reason=str(e))
         return _fail(str(e))
     except BrokenPipeError:  # our stdout went away (a closed pipe or terminal), not a file problem
         events.emit(root, cfg, "sweep_finished", plan=plan, ok=False,
@@ -79,6 +85,26 @@ def run_phase(plan: str | None, phase: int) -> bool:
         events.emit(root, cfg, "sweep_finished", sweep=sweep.loaded.name, ok=False,
                     reason=f"phase {phase} stopped; see the doit output")
     return ok
+
+
+def _name_of(plan: str | None, root, cfg) -> str | None:
+    """The plan's name for an event (None when the plan cannot be read)."""
+    from lights_out_dev.plan import PlanError, load_plan
+    from lights_out_dev.sweep import plan_path
+
+    try:
+        return load_plan(plan_path(root, cfg, plan)).name
+    except (PlanError, OSError):
+        return None
+
+
+def plan_failed(plan: str | None, sentence: str) -> bool:
+    """A plan that cannot be read: one sentence, and a `sweep_finished` event so a waiting agent returns."""
+    from lights_out_dev import events
+
+    root, cfg, _ = _context()
+    events.emit(root, cfg, "sweep_finished", plan=plan, ok=False, reason=sentence)
+    return _fail(sentence)
 
 
 @action
@@ -135,7 +161,8 @@ def task_sweep():
     try:
         loaded = load_plan(plan_path(root, cfg, ov.plan))
     except PlanError as e:
-        yield {"name": "plan", "doc": "the sweep plan could not be read", "actions": [(action(_fail), [str(e)])]}
+        yield {"name": "plan", "doc": "the sweep plan could not be read",
+               "actions": [(action(plan_failed), [ov.plan, str(e)])]}
         return
     name, plan = loaded.name, ov.plan
     paths = paths_for(root, cfg, name)

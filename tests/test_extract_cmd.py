@@ -64,7 +64,7 @@ def test_overrides_may_come_without_the_double_dash_and_last_flag_wins(tmp_path:
 ])
 def test_errors_are_one_sentence(args, fragment):
     p = extract(*args)
-    assert p.returncode == 2
+    assert p.returncode == 3
     assert fragment in p.stderr and "Traceback" not in p.stderr and p.stdout == ""
 
 

@@ -124,15 +124,16 @@ def test_render_is_pure_and_deterministic():
 
 
 REPORT_CASES = [
-    ("pending", {}, "| 1 | cartpole:base | 64 | 1 GPU | pending | 0 | - | - | - | - | - | - |"),
+    ("pending", {}, "| 1 | cartpole:base | 64 | 1 GPU | pending | 0 | - | - | - | - | - | - | - | - |"),
     ("tb series win over stdout numbers", {1: (state(
-        1, "completed", [attempt(1, "completed")], final=Progress(steps_per_s=10.0, mean_reward=1.0), vram=100.0),
+        1, "completed", [attempt(1, "completed")], final=Progress(steps_per_s=10.0, mean_reward=1.0), vram=100.0, verdict="completed"),
         {"Train/mean_reward": [(0, 0.0, 2.0), (1, 1.0, 5.0), (2, 2.0, 4.0)], "Perf/total_fps": [(2, 2.0, 777.0)],
          "Train/mean_episode_length": [(2, 2.0, 33.0)]})},
-     "| 1 | cartpole:base | 64 | GPU 0 | completed | 1 | 50s | 777 | 4.00 | 5.00 | 33.0 | 100MB |"),
+     "| 1 | cartpole:base | 64 | GPU 0 | completed | 1 | 50s | 777 | 4.00 | 5.00 | 33.0 | 100MB | completed | - |"),
     ("no tb: falls back to the state", {1: (state(
-        1, "failed", [attempt(1, "crash"), attempt(2, "crash")], final=Progress(steps_per_s=10.0, mean_reward=1.0)),
-        {})}, "| 1 | cartpole:base | 64 | GPU 0 | failed | 2 | 100s | 10 | 1.00 | - | - | - |"),
+        1, "failed", [attempt(1, "crash"), attempt(2, "crash")], final=Progress(steps_per_s=10.0, mean_reward=1.0),
+        verdict="crash"),
+        {})}, "| 1 | cartpole:base | 64 | GPU 0 | failed | 2 | 100s | 10 | 1.00 | - | - | - | crash | failed attempts: crash, crash |"),
 ]
 
 
@@ -149,3 +150,13 @@ def test_metrics_csv():
     csv_text = report.metrics_csv({"Train/mean_reward": [(1, 10.0, 2.5)], "Perf/total_fps": [(1, 10.0, 100.0)]})
     assert csv_text.splitlines() == ["tag,step,wall_time,value", "Perf/total_fps,1,10.000,100.0",
                                      "Train/mean_reward,1,10.000,2.5"]
+
+
+def test_a_user_stop_is_labelled_not_counted_as_a_failure():
+    st = state(1, "interrupted", [attempt(1, "crash", "killed by SIGKILL", "retry: crash"),
+                                  attempt(2, "killed", "stopped on request at iteration 3/5")],
+               reason="stopped by the user")
+    row = next(line for line in ledger.render(loaded(), {1: st}).splitlines() if line.startswith("| 1 |"))
+    assert "failed attempts: crash; stopped by the user" in row and "killed" not in row
+    assert ledger.retries(st) == ["attempt 1: crash (killed by SIGKILL) -> retry: crash",
+                                  "attempt 2: stopped by the user (stopped on request at iteration 3/5)"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lights_out_dev.plan import PlanError, check_tasks, expand, load_plan, parse_plan
+from lights_out_dev.plan import PlanError, check_tasks, expand, load_plan, parse_plan, varied_text
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -104,3 +104,17 @@ def test_missing_plan_file_lists_plans(tmp_path):
 def test_shipped_plans_are_valid(root, path):
     loaded = load_plan(root / path)
     assert loaded.runs and all(r.task or r.promotion for r in loaded.runs)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("runs:\n  - task: cartpole:base\n    grid: {num_envs: [16, 32], seed: [1, 2]}\n",
+     ["seed=1 num_envs=16", "seed=2 num_envs=16", "seed=1 num_envs=32", "seed=2 num_envs=32"]),
+    ("runs:\n  - task: cartpole:base\n    overrides: {seed: 1}\n  - task: top_dog:base\n    overrides: {seed: 2}\n",
+     ["", ""]),  # different tasks: nothing to tell apart
+    ("runs:\n  - task: cartpole:base\n    overrides: {seed: 1, max_iterations: 5}\n"
+     "  - task: cartpole:base\n    overrides: {seed: 1, max_iterations: 9}\n",
+     ["max_iterations=5", "max_iterations=9"]),
+])
+def test_varied_values_tell_grid_runs_apart(text, expected):
+    plan, lines = parse_plan("name: v\n" + text)
+    assert [varied_text(r) for r in expand(plan, lines)] == expected

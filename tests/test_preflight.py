@@ -81,7 +81,7 @@ def no_gpu() -> bool:
     ("gpu_guard", "[tool.lights_out.gpu_guard]\nexpected_count = 4\n", 42, "expected 4 GPUs"),
     ("power_check", "", 0, "no power policy set"),
     ("power_check", "[tool.lights_out.power]\nwatts = 275\n", 0, "no NVIDIA driver, CPU-only machine"),
-    ("gpu_guard", "[tool.lights_out]\nbogus = 1\n", 2, "'bogus' is not a known setting"),
+    ("gpu_guard", "[tool.lights_out]\nbogus = 1\n", 3, "'bogus' is not a known setting"),
     ("nonsense", "", 2, "usage: python -m lights_out_dev.preflight"),
 ])
 def test_scripts_on_a_cpu_only_machine(tmp_path: Path, check, toml, code, fragment):

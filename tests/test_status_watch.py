@@ -28,6 +28,8 @@ pytestmark = pytest.mark.timeout(60)
     ({"kind": "gave_up"}, 13),
     ({"kind": "failed"}, 14),
     ({"kind": "preflight_failed"}, 15),
+    ({"kind": "refused"}, 16),
+    ({"kind": "stopped"}, 17),
     ({"kind": "started"}, None),
     ({"kind": "healthy"}, None),
 ])
@@ -117,3 +119,25 @@ def test_status_shows_every_run_of_the_current_sweep(tmp_path: Path):
     assert " 2 running" in lines[2] and "it 2/5" in lines[2] and "a2" in lines[2] and "/10m" in lines[2]
     if gpu_count() == 0:
         assert lines[-1] == "no GPU: 2 CPU slots (0 in use)"
+
+
+@pytest.mark.parametrize("row,text", [
+    ({"status": "running", "silent_s": 95.4}, "silent for 95 s"),
+    ({"status": "running", "silent_s": 3.0}, ""),  # a trainer between two lines
+    ({"status": "running", "silent_s": None}, ""),
+])
+def test_silence_in_status_lines(row, text):
+    from lights_out_dev.status import silence
+
+    assert silence(row) == text
+
+
+def test_a_cursor_names_the_offset_after_each_event(tmp_path: Path):
+    f = tmp_path / "events.jsonl"
+    a, b = json.dumps({"kind": "started"}) + "\n", json.dumps({"kind": "gave_up"}) + "\n"
+    f.write_text(a + b)
+    found, end = watch.read_after(f, 0)
+    assert [(e["kind"], after) for e, after in found] == [("started", len(a)), ("gave_up", len(a) + len(b))]
+    assert watch.read_after(f, len(a))[0][0][0]["kind"] == "gave_up"  # from a cursor: only what came after
+    f.write_text(b)  # replaced by a shorter file: a stale cursor reads it from the start
+    assert [e["kind"] for e, _ in watch.read_after(f, end)[0]] == ["gave_up"]

@@ -237,6 +237,10 @@ def test_two_sweeps_on_one_plan_never_launch_a_run_twice(tmp_path: Path):
     winner = a if loser[0] is b else b
     assert winner.returncode == 0, outs[winner]
     assert f"another sweep process {winner.pid} is running plan 'twin'" in outs[loser[0]]
+    evs = [json.loads(line) for line in (repo / "local_experiment_logs/events.jsonl").read_text().splitlines()]
+    refused = [e for e in evs if e["kind"] == "refused"]  # the loser's launch ends in an event, not in silence
+    assert len(refused) == 1 and refused[0]["sweep"] == "twin" and "another sweep process" in refused[0]["reason"]
+    assert [e["ok"] for e in evs if e["kind"] == "sweep_finished"] == [True]  # the winner's, only
     sts = states(repo, "twin")
     assert sorted(sts) == [1, 2, 3]
     assert all(s["status"] == "completed" and len(s["attempts"]) == 1 for s in sts.values()), sts

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-KINDS = ("crash", "segfault", "oom", "stall", "hang_exit", "config_error", "exit0_early", "nccl", "slow")
+KINDS = ("crash", "segfault", "oom", "stall", "hang_exit", "config_error", "exit0_early", "nccl", "slow", "nan")
 # hang_exit fires after training; slow applies from ITER on (default 0); the rest need @ITER.
 ITER_OPTIONAL = ("hang_exit", "slow")
 

@@ -44,6 +44,7 @@ class Trainer:
     def __init__(self, injections):
         self.injections = injections
         self.fired: set = set()
+        self.nan_rewards = False  # --inject nan: the environment returns NaN rewards from then on
         self.runner = None
         self.learning = False
         self.steps = 0
@@ -93,7 +94,10 @@ class Trainer:
             if self.steps % steps_per_it == 0:
                 self.on_iteration_start(self.start_it + self.steps // steps_per_it)
             self.steps += 1
-            return step(actions)
+            obs, rewards, dones, extras = step(actions)
+            if self.nan_rewards:
+                rewards = rewards * float("nan")
+            return obs, rewards, dones, extras
 
         env.step = hooked_step
 
@@ -123,6 +127,9 @@ class Trainer:
             inject.config_error(it, self.runner.cfg)
         elif kind == "exit0_early":
             inject.exit0_early(it)
+        elif kind == "nan":
+            inject.say(f"nan at iteration {it}: the environment returns NaN rewards")
+            self.nan_rewards = True
         elif kind == "nccl" and self.rank == self.world_size - 1:
             inject.say(f"nccl at iteration {it}: rank {self.rank} leaves the collective")
             inject.sleep_forever(self.check_stop)
