@@ -183,6 +183,9 @@ def test_launch_problems(tmp_path: Path):
     assert "has no NVIDIA GPU" in launch_problem(spec(), tmp_path, 0, 0)
     assert "GPUs 0-1" in launch_problem(spec(), tmp_path, 7, 2)
     assert "does not exist" in launch_problem(spec(script="nope/train.py"), tmp_path, None, 0)
+    assert launch_problem(spec(script=None, module="json"), tmp_path, None, 0) is None  # importable by this Python
+    assert "'no_such_trainer_xyz.train' cannot be imported" in launch_problem(
+        spec(script=None, module="no_such_trainer_xyz.train"), tmp_path, None, 0)
     assert "was not found" in launch_problem(spec(prefix=["./IsaacLab/isaaclab.sh", "-p"]), tmp_path, None, 0)
     assert "was not found" in launch_problem(spec(prefix=["no-such-pixi-xyz", "run"]), tmp_path, None, 0)
     mgpu = spec(task="x:y-mgpu", launcher="lab_mgpu", gpus=2)
