@@ -156,7 +156,7 @@ def test_a_profile_can_drop_and_rename_every_flag():
     assert argv[2:] == ["--env", "Lo-Reacher-v0", "--iters", "300", "--rng", "3"]
 
 
-def test_build_argv_flavours_newton_checkpoint_and_debug():
+def test_build_argv_newton_checkpoint_and_debug():
     newton = build_argv(spec(launcher="newton", newton_selector="physics=newton",
                              load_checkpoint="/ck/model_9.pt"), [0])
     assert "physics=newton" in newton and newton[newton.index("--checkpoint") + 1] == "/ck/model_9.pt"
