@@ -35,7 +35,7 @@ from filelock import FileLock, Timeout
 from lights_out_dev import ledger, procs
 from lights_out_dev.command import merge_flags
 from lights_out_dev.config import ProjectConfig
-from lights_out_dev.plan import LoadedPlan, PlannedRun, check_tasks, load_plan, promoted_task
+from lights_out_dev.plan import LoadedPlan, PlannedRun, check_tasks, entry_search, load_plan, promoted_task, set_params
 from lights_out_dev.spec import RunSpec
 from lights_out_dev.state import RunState, atomic_write_text, load_state
 from lights_out_dev.verdicts import FINAL_STATUSES
@@ -98,6 +98,14 @@ class SweepPaths:
 
     def promotion(self, index: int) -> Path:
         return self.runs / f"{index:02d}.promotion.json"
+
+    @property
+    def search(self) -> Path:
+        return self.dir / "search"
+
+    @property
+    def compute(self) -> Path:
+        return self.dir / "compute.json"
 
 
 def run_key(name: str, index: int) -> str:
@@ -269,7 +277,12 @@ class Sweep:
         self._lease_blocker: str | None = None  # why the last lease was refused (e.g. a foreign process)
         self._freed = False  # set when a run thread ends (guarded by _cv)
         self._stop = threading.Event()  # Ctrl-C / SIGTERM: supervisors stop their trainers gracefully
+        from lights_out_dev.judging import ScalarCache
+
+        self._scalars = ScalarCache()  # TensorBoard series of the runs, shared by their judges
+        self._budget_said = False
         self._load_promotions()
+        self._load_trials()
 
     # -- state -------------------------------------------------------------------------
     def states(self) -> dict[int, RunState]:
@@ -294,10 +307,19 @@ class Sweep:
         return ledger.render(self.loaded, self.states(), started_at=self.started_at(),
                              state_dir=rel(self.paths.runs), report=rel(self.paths.report), root=str(self.root))
 
+    def compute(self):
+        """GPU-seconds (slot-seconds without GPUs) of every run and of the sweep (compute.py)."""
+        from lights_out_dev.compute import sweep_compute
+
+        n = gpu_count()
+        return sweep_compute(self.states(), n or self.cfg.cpu_slots, time.time(), gpu=bool(n))
+
     def refresh_ledger(self) -> None:
-        """Rewrite the ledger from state (a deleted or hand-edited ledger is rebuilt here)."""
+        """Rewrite the ledger from state (a deleted or hand-edited ledger is rebuilt here), and compute.json."""
         with self._ledger_mutex:
             try:
+                if self.paths.dir.exists():
+                    atomic_write_text(self.paths.compute, json.dumps(self.compute().as_dict(), indent=2))
                 ledger.write(ledger_path(self.root, self.cfg), self.render(), ledger_lock(self.root, self.cfg))
                 self._ledger_warned = False
             except (OSError, Timeout) as e:
@@ -349,6 +371,7 @@ class Sweep:
                 self._archive(path, f"{existing}.{stamp}")
             self.paths.dir.rename(self.paths.dir.with_name(f"{self.paths.dir.name}.{stamp}"))
             self._load_promotions()
+            self._load_trials()
         self.paths.runs.mkdir(parents=True, exist_ok=True)
         if not self.paths.meta.exists():
             atomic_write_text(self.paths.meta, json.dumps({"name": self.loaded.name, "plan": str(self.loaded.path),
@@ -448,6 +471,77 @@ class Sweep:
         self._apply_promotion(run, d)
         return None
 
+    # -- search (search.py) and budget ------------------------------------------------------
+    def _trial_store(self):
+        from lights_out_dev.search import TrialStore
+
+        return TrialStore(self.paths.search)
+
+    def _load_trials(self) -> None:
+        """Put the parameters of trials already asked (Optuna) back on their runs: a resumed sweep keeps them."""
+        store = self._trial_store()
+        for run in self.loaded.runs:
+            sr = run.extra.get("search")
+            if sr and "params" not in run.extra:
+                params = store.load(sr["group"], sr["trial"])
+                if params is not None:
+                    set_params(run, params)
+
+    def _assign_trial(self, run: PlannedRun) -> None:
+        """An Optuna run about to launch without parameters: ask the study (rebuilt from the trial files and
+        the runs' states) for its trial, and write the trial file before anything starts."""
+        from lights_out_dev.search import TrialResult, ask
+
+        sr = run.extra.get("search")
+        if not sr or "params" in run.extra:
+            return
+        store = self._trial_store()
+        params = store.load(sr["group"], sr["trial"])
+        if params is None:
+            search = entry_search(self.loaded.plan, run)
+            states = self.states()
+            results = []
+            for t in range(sr["trial"]):
+                asked = store.load(sr["group"], t)
+                if asked is None:
+                    continue  # never asked (its runs were skipped): not part of the study
+                runs = [r for r in self.loaded.runs if r.extra.get("search", {}).get("group") == sr["group"]
+                        and r.extra["search"]["trial"] == t]
+                sts = [states.get(r.index) for r in runs]
+                values = [v for st in sts if st and st.status in ("completed", "timeout")
+                          and (v := self.metric_value(st, search.metric)) is not None]
+                running = any(not is_final(st) for st in sts)
+                results.append(TrialResult(t, asked, values, pruned=any(st and st.status == "pruned" for st in sts),
+                                           failed=not values and not running, running=running))
+            params = ask(search, results)
+            store.save(sr["group"], sr["trial"], params)
+            self.say(f"[sweep {self.loaded.name}] run {run.index}: optuna trial {sr['trial']}: "
+                     + ", ".join(f"{k}={v}" for k, v in params.items()))
+        for other in self.loaded.runs:  # every repeat of the trial gets the same configuration
+            o = other.extra.get("search")
+            if o and o["group"] == sr["group"] and o["trial"] == sr["trial"] and "params" not in other.extra:
+                set_params(other, params)
+
+    def _over_budget(self) -> str | None:
+        """Why no new run may start (the plan's budget is spent), or None."""
+        from lights_out_dev.compute import seconds_text
+
+        budget = self.loaded.plan.budget
+        if budget is None:
+            return None
+        c = self.compute()
+        if c.busy_s < budget:
+            return None
+        why = f"budget spent: {seconds_text(c.busy_s, c.gpu)} of {seconds_text(budget, c.gpu)}"
+        if not self._budget_said:
+            from lights_out_dev import events
+
+            self._budget_said = True
+            events.emit(self.root, self.cfg, "budget_spent", sweep=self.loaded.name, spent_s=round(c.busy_s, 1),
+                        budget_s=budget)
+            self.say(f"[sweep {self.loaded.name}] {why}; no new run starts (running ones finish).")
+        return why
+
     def _skip(self, run: PlannedRun, reason: str) -> None:
         """Record a run that cannot be started (no promotion source, too many GPUs) as final 'skipped'."""
         spec = RunSpec(task=run.task or "(promotion)", family="-", launcher="lab", prefix=[], script="-",
@@ -491,6 +585,7 @@ class Sweep:
         t.start()
 
     def _supervise(self, run: PlannedRun, lease, smoke_only: bool = False) -> None:
+        from lights_out_dev.judging import RunJudge
         from lights_out_dev.supervisor import supervise
 
         spec = self.spec(run)
@@ -504,7 +599,8 @@ class Sweep:
                           lease=lease, run_key=run_key(self.loaded.name, run.index),
                           status_line=lambda line: self.say(f"[{run.key}] {line}"),
                           sweep=self.loaded.name, index=run.index, phase=run.phase,
-                          should_stop=self._stop.is_set, smoke_only=smoke_only)
+                          should_stop=self._stop.is_set, smoke_only=smoke_only,
+                          judge=judge if (judge := RunJudge(self, run, self._scalars)).active else None)
         if is_final(state):
             self.write_target(run.index, state)
 
@@ -569,6 +665,12 @@ class Sweep:
                         self._skip(run, why)
                         pending.remove(run)
                         continue
+                if not _started(state):
+                    spent = self._over_budget()
+                    if spent:
+                        self._skip(run, spent)
+                        pending.remove(run)
+                        continue
                 need = self._needed_gpus(run) if n_gpu else 1  # CPU: one slot per run (ranks share it)
                 if n_gpu and need > n_gpu:
                     self._skip(run, f"it needs {need} GPUs and this machine has {n_gpu}")
@@ -586,6 +688,13 @@ class Sweep:
                 if lease is None:
                     run_lock.release()
                     launched_blocked = True
+                    break
+                try:
+                    self._assign_trial(run)
+                except Exception as e:  # noqa: BLE001 - reported; nothing was launched
+                    lease.release()
+                    run_lock.release()
+                    self._errors.append(f"run {run.index} ({run.task}): cannot ask the search for its trial: {e}")
                     break
                 pending.remove(run)
                 self._launch(run, run_lock, lease, active, smoke_only)

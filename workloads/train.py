@@ -123,6 +123,8 @@ class Trainer:
             inject.config_error(it, self.runner.cfg)
         elif kind == "exit0_early":
             inject.exit0_early(it)
+        elif kind in inject.LEARNING_FAULTS:
+            inject.learning_fault(kind, it, self.runner.alg)
         elif kind == "nccl" and self.rank == self.world_size - 1:
             inject.say(f"nccl at iteration {it}: rank {self.rank} leaves the collective")
             inject.sleep_forever(self.check_stop)
@@ -210,6 +212,10 @@ def main(argv: list[str]) -> int:
 
 
     env_cfg, agent_cfg = tasks.task_config(args.task)
+    try:
+        cli.apply_hydra(env_cfg, agent_cfg, args.hydra)
+    except cli.UsageError as e:
+        cli.fail(PROG, e)
     if args.num_envs is not None:
         env_cfg["num_envs"] = args.num_envs
     if args.seed is not None:

@@ -1,0 +1,103 @@
+"""The sweep's judge of live runs: learning health (health.py) and early stopping (pruning.py) applied
+to TensorBoard scalars read with the project's reader, for `supervisor.supervise(judge=...)`.
+
+One RunJudge per run attempt thread; the scalars of every run of the sweep are read through one
+shared cache keyed by the events files' sizes, so a tick re-reads only files that grew.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from lights_out_dev import health, pruning
+from lights_out_dev.plan import PlannedRun, entry_search
+from lights_out_dev.state import RunState
+from lights_out_dev.verdicts import StopRequest
+
+JUDGE_INTERVAL_S = 1.0  # rsl_rl logs once per iteration; looking more often finds nothing new
+
+
+def points(series: dict, tag: str) -> list[tuple[int, float]]:
+    return [(int(s), float(v)) for s, _, v in series.get(tag, [])]
+
+
+class ScalarCache:
+    """Run index -> its merged TensorBoard series (report.read_series), re-read when an events file grew."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cache: dict[int, tuple[tuple, dict]] = {}
+
+    @staticmethod
+    def _key(state: RunState) -> tuple:
+        from lights_out_dev.tb import event_files
+
+        key = []
+        for d in dict.fromkeys(a.tb_dir for a in state.attempts if a.tb_dir):
+            if Path(d).exists():
+                key += [(str(f), f.stat().st_size) for f in event_files(d)]
+        return tuple(key)
+
+    def series(self, index: int, state: RunState) -> dict:
+        from lights_out_dev.report import read_series
+
+        key = self._key(state)
+        with self._lock:
+            hit = self._cache.get(index)
+            if hit and hit[0] == key:
+                return hit[1]
+        data = read_series(state) if key else {}
+        with self._lock:
+            self._cache[index] = (key, data)
+        return data
+
+
+class RunJudge:
+    """Called by the run's supervisor while an attempt runs: a StopRequest (pruned / a health verdict) or None."""
+
+    def __init__(self, sweep, run: PlannedRun, cache: ScalarCache):
+        self.sweep, self.run, self.cache = sweep, run, cache
+        self.health = sweep.loaded.plan.health
+        search = entry_search(sweep.loaded.plan, run)
+        self.prune = search.prune if search else None
+        self.judged: set[int] = set()  # rungs this run was judged at: once each, when it gets there
+        self._next = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.health is not None or self.prune is not None
+
+    def __call__(self, state: RunState) -> StopRequest | None:
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + JUDGE_INTERVAL_S
+        series = self.cache.series(self.run.index, state)
+        if self.health is not None:
+            tags = {*self.health.nan_tags, *self.health.bounds, self.health.reward_tag}
+            found = health.judge({t: points(series, t) for t in tags}, self.health)
+            if found:
+                return found
+        progress = state.current.progress if state.current else None
+        if self.prune is None or (progress and progress.total and (progress.iteration or 0) >= progress.total):
+            return None  # a run that has finished training is not stopped early
+        mine = points(series, self.prune.metric)
+        rung = pruning.highest_rung(mine, self.prune)
+        if rung is None or rung in self.judged:
+            return None
+        self.judged.add(rung)
+        value = pruning.rung_value(mine, rung)
+        return pruning.judge_rung(value, self.others_at(rung), self.prune, rung)
+
+    def others_at(self, rung: int) -> list[float]:
+        group = self.run.extra["search"]["group"]
+        out = []
+        for index, st in self.sweep.states().items():
+            other = self.sweep.loaded.run(index)
+            if index == self.run.index or other.extra.get("search", {}).get("group") != group:
+                continue
+            v = pruning.rung_value(points(self.cache.series(index, st), self.prune.metric), rung)
+            if v is not None:
+                out.append(v)
+        return out
