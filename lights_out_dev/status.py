@@ -122,6 +122,7 @@ def collect(root: Path, cfg: ProjectConfig, plan: str | None = None, now: float 
     now = now or time.time()
     name = current_sweep(root, cfg, plan)
     runs: list[dict] = []
+    compute = None
     if name:
         sp = paths_for(root, cfg, name)
         loaded = None
@@ -135,7 +136,11 @@ def collect(root: Path, cfg: ProjectConfig, plan: str | None = None, now: float 
         if loaded is not None and loaded.name == name:
             sweep = Sweep(loaded, cfg, root, status_line=lambda _: None)
             states = sweep.states()
-            runs = [run_row(r.index, states.get(r.index), r.task or "(promotion)", now) for r in loaded.runs]
+            from lights_out_dev.plan import varied
+
+            runs = [run_row(r.index, states.get(r.index), r.task or "(promotion)", now) | {"varied": varied(r) or None}
+                    for r in loaded.runs]
+            compute = sweep.compute().as_dict()  # GPU-seconds (slot-seconds without GPUs) per run and in all
         else:
             for f in sorted(sp.runs.glob("[0-9]*.json")) if sp.runs.exists() else []:
                 st = _safe_load(f)
@@ -152,7 +157,7 @@ def collect(root: Path, cfg: ProjectConfig, plan: str | None = None, now: float 
     for r in runs:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     return {"sweep": name, "counts": counts, "runs": runs, "other_runs": others, "gpus": gpus, "gpu_summary": gpu_text,
-            "time": now}
+            "time": now, "compute": compute}
 
 
 def _safe_load(path: Path) -> RunState | None:

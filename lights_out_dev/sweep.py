@@ -305,7 +305,8 @@ class Sweep:
     def render(self) -> str:
         rel = lambda p: os.path.relpath(p, self.root)  # noqa: E731 - ledger shows repo-relative paths
         return ledger.render(self.loaded, self.states(), started_at=self.started_at(),
-                             state_dir=rel(self.paths.runs), report=rel(self.paths.report), root=str(self.root))
+                             state_dir=rel(self.paths.runs), report=rel(self.paths.report), root=str(self.root),
+                             compute=self.compute())
 
     def compute(self):
         """GPU-seconds (slot-seconds without GPUs) of every run and of the sweep (compute.py)."""

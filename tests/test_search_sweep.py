@@ -129,11 +129,19 @@ def test_optuna_search_with_asha_nan_budget_survives_sigkill(tmp_path: Path):
     assert {i: r[6] for i, r in rows.items()} == {i: s["status"] for i, s in after.items()}
     sweep_dir = repo / "local_experiment_logs/sweeps/search"
     report = (sweep_dir / "report.md").read_text()
-    assert "±" in report and "learning_rate=" in report and "GPU-s" in report or "slot-s" in report, report
+    assert "## Configurations (over seeds)" in report and " ± " in report, report
+    assert report.count("agent.algorithm.learning_rate=") >= 2 and "won: final Train/mean_reward" in report
+    assert "## Compute" in report and "slot-s" in report
+    assert "seed=3" in rows[3][9] and "learning_rate=" in rows[3][9]  # varied parameters in the ledger notes
     compute = json.loads((sweep_dir / "compute.json").read_text())
     assert compute["unit"] == "slot_s" and compute["total_s"] > 0 and compute["pruned_s"] > 0
     assert compute["failed_s"] > 0  # the NaN attempt
     assert set(compute["runs"]) == {str(i) for i in range(1, 8)}
+    status = subprocess.run([*doit_argv()[:1], "lights_out_dev/status.py", "--json"], cwd=repo, env=env_for(repo),
+                            capture_output=True, text=True, timeout=120)
+    data = json.loads(status.stdout)
+    assert data["compute"]["total_s"] == pytest.approx(compute["total_s"], rel=0.05)
+    assert "seed=1" in data["runs"][0]["varied"]
 
 
 @pytest.mark.timeout(300)
