@@ -32,7 +32,7 @@ def _slots(gpus: list[int] | None) -> int:
 
 
 def attempt_seconds(a: Attempt, now: float) -> float:
-    if not a.started_at:
+    if a.started_at is None:
         return 0.0
     return max(0.0, (a.ended_at or now) - a.started_at) * _slots(a.gpus)
 
@@ -65,16 +65,16 @@ def run_compute(state: RunState, now: float) -> RunCompute:
             c.pruned_s += s
         else:
             c.failed_s += s
-        if a.started_at:
+        if a.started_at is not None:
             spans.append((a.started_at, a.ended_at or now))
     smoke = state.extra.get("smoke") or {}
-    if smoke.get("started_at") and smoke.get("reused") is None:
+    if smoke.get("started_at") is not None and smoke.get("reused") is None:
         gpus = state.attempts[0].gpus if state.attempts else None  # the gate runs on the run's own slots
         end = smoke.get("ended_at") or now
         c.smoke_s = max(0.0, end - smoke["started_at"]) * _slots(gpus)
         spans.append((smoke["started_at"], end))
     ev = state.extra.get("eval") or {}
-    if ev.get("started_at") and ev.get("finished_at"):
+    if ev.get("started_at") is not None and ev.get("finished_at") is not None:
         c.eval_s = max(0.0, ev["finished_at"] - ev["started_at"])
         spans.append((ev["started_at"], ev["finished_at"]))
     if spans:
@@ -104,8 +104,8 @@ def sweep_compute(states: dict[int, RunState], slots: int, now: float, gpu: bool
     """Totals over a sweep's runs; idle = slots x (first start .. last end) - busy, never below 0."""
     runs = {i: run_compute(st, now) for i, st in states.items()}
     busy = sum(r.total_s for r in runs.values())
-    starts = [r.first_start for r in runs.values() if r.first_start]
-    ends = [r.last_end for r in runs.values() if r.last_end]
+    starts = [r.first_start for r in runs.values() if r.first_start is not None]
+    ends = [r.last_end for r in runs.values() if r.last_end is not None]
     wall = (max(ends) - min(starts)) if starts and ends else 0.0
     return SweepCompute(runs=runs, busy_s=busy, idle_s=max(0.0, slots * wall - busy), slots=slots, wall_s=wall,
                         gpu=gpu)

@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -199,8 +200,10 @@ def ask(search: Search, results: list[TrialResult]) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {k: p.distribution() for k, p in search.space.items()}
-    sampler = optuna.samplers.TPESampler(seed=search.seed + len(results), n_startup_trials=search.startup_trials,
-                                         constant_liar=True)
+    with warnings.catch_warnings():  # constant_liar is marked experimental; it is what parallel slots need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=search.seed + len(results), n_startup_trials=search.startup_trials,
+                                             constant_liar=True)
     study = optuna.create_study(direction="maximize" if search.mode == "max" else "minimize", sampler=sampler)
     for r in results:
         if r.values and not r.running:

@@ -134,6 +134,12 @@ def apply_hydra(env_cfg: dict, agent_cfg: dict, overrides: list[tuple[str, str]]
             if i < len(parts) - 1:
                 node = node[part]
         try:
-            node[parts[-1]] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
         except yaml.YAMLError:
             raise UsageError(f"cannot read the value of {key}={text!r}; write a number, true/false or a word") from None
+        if isinstance(value, str):  # YAML 1.1 reads 1e-05 (no dot) as text; Hydra reads it as a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        node[parts[-1]] = value
