@@ -124,9 +124,19 @@ class Plan(_Strict):
     evaluate: Evaluation | None = None
     health: HealthRule | None = Field(default=None, description="learning-health verdicts for every run (health.py)")
     budget: float | None = Field(default=None, description="e.g. '20 gpu_h': no new launch once the sweep spent it")
+    runs_per_gpu: int | Literal["auto"] = Field(
+        default=1, description="1: one run per GPU; auto or N: pack runs whose measured peak VRAM fits (packing.py)")
+    pack_margin_mb: float = Field(default=2048.0, ge=0, description="headroom per packed run above its measured peak")
 
     _dur = field_validator("time_limit", mode="before")(classmethod(lambda cls, v: _duration(v)))
     _budget = field_validator("budget", mode="before")(classmethod(lambda cls, v: budget_seconds(v)))
+
+    @field_validator("runs_per_gpu")
+    @classmethod
+    def _at_least_one(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError(f"runs_per_gpu {v} must be auto or a number >= 1")
+        return v
 
     @model_validator(mode="after")
     def _promotion_phase(self):

@@ -281,6 +281,7 @@ class Sweep:
 
         self._scalars = ScalarCache()  # TensorBoard series of the runs, shared by their judges
         self._budget_said = False
+        self._on_gpu: dict[int, tuple[int, float | None]] = {}  # active run -> (its GPU, measured peak MB)
         self._load_promotions()
         self._load_trials()
 
@@ -577,6 +578,7 @@ class Sweep:
                 run_lock.release()
                 with self._cv:
                     active.pop(run.index, None)
+                    self._on_gpu.pop(run.index, None)
                     self._freed = True  # a notify while the loop is busy must not be lost
                     self._cv.notify_all()
                 self.refresh_ledger()
@@ -617,7 +619,42 @@ class Sweep:
             return SlurmExecutor(self.cfg, self.root)  # as supervisor.run_task builds it
         return None  # the supervisor's default: LocalExecutor
 
-    def _try_lease(self, n: int, state: RunState | None):
+    @staticmethod
+    def _measured_peak(state: RunState | None) -> float | None:
+        """Peak VRAM of the run measured so far: its attempts', else its smoke gate's."""
+        if state is None:
+            return None
+        return state.peak_vram_mb or (state.extra.get("smoke") or {}).get("peak_vram_mb")
+
+    def _packed_lease(self, run: PlannedRun, state: RunState | None):
+        """Plan `runs_per_gpu`: a share of a GPU our own measured runs use, when this run's peak fits
+        (packing.decide, checked against NVML now); None otherwise."""
+        from lights_out_dev.gpu_lock import acquire_packed
+        from lights_out_dev.nvml import query_gpus
+        from lights_out_dev.packing import decide
+
+        plan = self.loaded.plan
+        peak = self._measured_peak(state)
+        if plan.runs_per_gpu == 1 or peak is None or self._needed_gpus(run) != 1:
+            return None
+        max_runs = None if plan.runs_per_gpu == "auto" else plan.runs_per_gpu
+        try:
+            gpus = {g.index: g for g in query_gpus()}
+        except Exception:  # no NVML now: no packing rather than a guess
+            return None
+        on_gpu = list(self._on_gpu.values())  # run threads remove their entry when they end
+        for index in sorted({g for g, _ in on_gpu}):
+            info = gpus.get(index)
+            if info is None:
+                continue
+            residents = [p for g, p in on_gpu if g == index]
+            d = decide(peak, residents, info.mem_total_mb, info.mem_used_mb, plan.pack_margin_mb, max_runs)
+            if d.fits and (lease := acquire_packed(index, self.cfg, self.root)) is not None:
+                self.say(f"[sweep {self.loaded.name}] run {run.index} packed onto GPU {index}: {d.reason}.")
+                return lease
+        return None
+
+    def _try_lease(self, n: int, state: RunState | None, run: PlannedRun | None = None):
         """A lease, or None when no slot is free now. A run whose trainer may still be alive (left
         'running' by a killed sweep) gets the GPUs it is on, so an adopted trainer keeps its GPU."""
         from lights_out_dev.gpu_lock import GpuLockError, acquire
@@ -631,7 +668,7 @@ class Sweep:
             return acquire(n, self.cfg, self.root, prefer=prefer, wait=False)
         except GpuLockError as e:
             self._lease_blocker = str(e)
-            return None
+            return self._packed_lease(run, state) if run is not None and prefer is None else None
 
     def schedule(self, indices: list[int], smoke_only: bool = False) -> bool:
         """Run the given runs to a final state, one per lease, work-conserving. True = none errored.
@@ -685,7 +722,7 @@ class Sweep:
                 if time.monotonic() - self._busy.get(run.index, -BUSY_RECHECK_S) < BUSY_RECHECK_S:
                     run_lock.release()  # its owner is alive; look again later (adopt it if the owner died)
                     continue
-                lease = self._try_lease(need, state)
+                lease = self._try_lease(need, state, run)
                 if lease is None:
                     run_lock.release()
                     launched_blocked = True
@@ -698,6 +735,8 @@ class Sweep:
                     self._errors.append(f"run {run.index} ({run.task}): cannot ask the search for its trial: {e}")
                     break
                 pending.remove(run)
+                if lease.gpus and len(lease.gpus) == 1:
+                    self._on_gpu[run.index] = (lease.gpus[0], self._measured_peak(state))
                 self._launch(run, run_lock, lease, active, smoke_only)
             if self._errors and not active:
                 break

@@ -218,3 +218,19 @@ def test_trainer_takes_hydra_keys_and_refuses_unknown_ones(tmp_path):
                           "agent.algorithm.learning_rat=0.1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "agent.algorithm has no 'learning_rat'" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("peak,residents,total,used,max_runs,fits,words", [
+    (None, [1000.0], 80000, 2000, None, False, "not measured"),
+    (1000.0, [None], 80000, 2000, None, False, "no measured peak"),
+    (1000.0, [1000.0], 80000, 2000, None, True, "2 runs"),
+    (1000.0, [1000.0], 80000, 2000, 1, False, "runs_per_gpu is 1"),
+    (30000.0, [30000.0, 30000.0], 80000, 40000, None, False, "peaks would need"),  # residents will grow
+    (10000.0, [10000.0], 80000, 75000, None, False, "NVML shows 75000 MB"),  # someone else came in
+    (10000.0, [], 80000, 0, None, True, "1 runs"),
+])
+def test_packing_decision(peak, residents, total, used, max_runs, fits, words):
+    from lights_out_dev.packing import decide
+
+    d = decide(peak, residents, total, used, margin_mb=1024, max_runs=max_runs)
+    assert d.fits is fits and words in d.reason, d
