@@ -61,7 +61,6 @@ class RunJudge:
         self.health = sweep.loaded.plan.health
         search = entry_search(sweep.loaded.plan, run)
         self.prune = search.prune if search else None
-        self.judged: set[int] = set()  # rungs this run was judged at: once each, when it gets there
         self._next = 0.0
 
     @property
@@ -84,9 +83,12 @@ class RunJudge:
             return None  # a run that has finished training is not stopped early
         mine = points(series, self.prune.metric)
         rung = pruning.highest_rung(mine, self.prune)
-        if rung is None or rung in self.judged:
+        # the rungs passed are kept in the run's state (saved by its supervisor): an adopted run is not
+        # judged again at a rung it passed before the sweep was killed
+        passed = state.extra.setdefault("judged_rungs", [])
+        if rung is None or rung in passed:
             return None
-        self.judged.add(rung)
+        passed.append(rung)
         value = pruning.rung_value(mine, rung)
         return pruning.judge_rung(value, self.others_at(rung), self.prune, rung)
 
