@@ -441,6 +441,8 @@ class _Run:
                 verdict, reason = Verdict(self.stop_request.verdict), self.stop_request.reason
                 if self.stop_request.iteration is not None:
                     st.extra["bad_iteration"] = self.stop_request.iteration
+            elif verdict is Verdict.nan and self.scanner.progress.iteration is not None:
+                st.extra["bad_iteration"] = self.scanner.progress.iteration  # the trainer's own NaN failure
             self._record_end(attempt, verdict, reason, result, result.exit)
             self.tail.close()
             self.tail = None
