@@ -23,34 +23,43 @@ def points(series: dict, tag: str) -> list[tuple[int, float]]:
 
 
 class ScalarCache:
-    """Run index -> its merged TensorBoard series (report.read_series), re-read when an events file grew."""
+    """TensorBoard series of runs (merged over attempts) and of attempts, re-read when an events file grew."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._cache: dict[int, tuple[tuple, dict]] = {}
 
     @staticmethod
-    def _key(state: RunState) -> tuple:
+    def _key(dirs: list[str]) -> tuple:
         from lights_out_dev.tb import event_files
 
-        key = []
-        for d in dict.fromkeys(a.tb_dir for a in state.attempts if a.tb_dir):
-            if Path(d).exists():
-                key += [(str(f), f.stat().st_size) for f in event_files(d)]
-        return tuple(key)
+        return tuple((str(f), f.stat().st_size) for d in dirs if Path(d).exists() for f in event_files(d))
 
-    def series(self, index: int, state: RunState) -> dict:
-        from lights_out_dev.report import read_series
-
-        key = self._key(state)
+    def _cached(self, name, dirs: list[str], read) -> dict:
+        key = self._key(dirs)
         with self._lock:
-            hit = self._cache.get(index)
+            hit = self._cache.get(name)
             if hit and hit[0] == key:
                 return hit[1]
-        data = read_series(state) if key else {}
+        data = read() if key else {}
         with self._lock:
-            self._cache[index] = (key, data)
+            self._cache[name] = (key, data)
         return data
+
+    def series(self, index: int, state: RunState) -> dict:
+        """Every attempt of the run, merged by step (what its rungs are judged on)."""
+        from lights_out_dev.report import read_series
+
+        dirs = list(dict.fromkeys(a.tb_dir for a in state.attempts if a.tb_dir))
+        return self._cached(index, dirs, lambda: read_series(state))
+
+    def attempt_series(self, state: RunState) -> dict:
+        """The current attempt only: learning health judges what this attempt does, not what a retried
+        one did before it."""
+        from lights_out_dev.tb import read_scalars
+
+        tb_dir = state.current.tb_dir if state.current else None
+        return self._cached(tb_dir, [tb_dir], lambda: read_scalars(tb_dir)) if tb_dir else {}
 
 
 class RunJudge:
@@ -72,16 +81,16 @@ class RunJudge:
         if now < self._next:
             return None
         self._next = now + JUDGE_INTERVAL_S
-        series = self.cache.series(self.run.index, state)
         if self.health is not None:
             tags = {*self.health.nan_tags, *self.health.bounds, self.health.reward_tag}
-            found = health.judge({t: points(series, t) for t in tags}, self.health)
+            current = self.cache.attempt_series(state)
+            found = health.judge({t: points(current, t) for t in tags}, self.health)
             if found:
                 return found
         progress = state.current.progress if state.current else None
         if self.prune is None or (progress and progress.total and (progress.iteration or 0) >= progress.total):
             return None  # a run that has finished training is not stopped early
-        mine = points(series, self.prune.metric)
+        mine = points(self.cache.series(self.run.index, state), self.prune.metric)
         rung = pruning.highest_rung(mine, self.prune)
         # the rungs passed are kept in the run's state (saved by its supervisor): an adopted run is not
         # judged again at a rung it passed before the sweep was killed

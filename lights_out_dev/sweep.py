@@ -372,6 +372,7 @@ class Sweep:
             if path.exists() and existing == self.loaded.name:
                 self._archive(path, f"{existing}.{stamp}")
             self.paths.dir.rename(self.paths.dir.with_name(f"{self.paths.dir.name}.{stamp}"))
+            self.loaded = load_plan(self.loaded.path)  # runs without the archived sweep's trials and promotions
             self._load_promotions()
             self._load_trials()
         self.paths.runs.mkdir(parents=True, exist_ok=True)

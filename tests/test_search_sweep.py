@@ -158,3 +158,31 @@ def test_a_spent_compute_limit_stops_new_launches_with_an_event(tmp_path: Path):
     events = [json.loads(x) for x in (repo / "local_experiment_logs/events.jsonl").read_text().splitlines()]
     spent = [e for e in events if e["kind"] == "budget_spent"]
     assert len(spent) == 1 and spent[0]["budget_s"] == 1.0
+
+
+DIVERGE = """\
+name: diverge
+health: {bounds: {Loss/value: 1.0e5}}
+runs:
+  - task: cartpole:base
+    overrides: {num_envs: 16, max_iterations: 40, seed: 4, trainer_args: [--inject, "diverge@3"]}
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_diverged_run_is_stopped_from_its_tensorboard_file_and_reseeded_from_before_the_blow_up(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo", {"diverge": DIVERGE})
+    done = subprocess.run(doit_argv("sweep", "--plan", "sweeps/diverge.yaml"), cwd=repo, env=env_for(repo),
+                          capture_output=True, text=True, timeout=280)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    st = states(repo, "diverge")[1]
+    first, second = st["attempts"]
+    assert first["verdict"] == "diverged" and "Loss/value reached" in first["reason"], first
+    assert first["progress"]["iteration"] < 39  # stopped while training, not at the end
+    assert first["decision"].startswith("reseed")
+    argv = second["argv"]
+    assert argv[argv.index("--seed") + 1] == "1004"
+    resumed = argv[argv.index("--checkpoint") + 1]
+    assert resumed.endswith("model_0.pt") and Path(resumed).parent.name in first["tb_dir"]  # before the blow-up
+    assert st["status"] == "completed" and second["verdict"] == "completed"
