@@ -234,3 +234,10 @@ def test_packing_decision(peak, residents, total, used, max_runs, fits, words):
 
     d = decide(peak, residents, total, used, margin_mb=1024, max_runs=max_runs)
     assert d.fits is fits and words in d.reason, d
+
+
+def test_written_files_are_readable_by_the_group(tmp_path):
+    from lights_out_dev.state import atomic_write_text
+
+    atomic_write_text(tmp_path / "report.md", "x")
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
