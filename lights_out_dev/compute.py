@@ -48,6 +48,7 @@ class RunCompute:
     eval_s: float = 0.0
     first_start: float | None = None
     last_end: float | None = None
+    spans: list[tuple[float, float, int]] = field(default_factory=list)  # (start, end, slots) of each process
 
     @property
     def total_s(self) -> float:
@@ -56,7 +57,7 @@ class RunCompute:
 
 def run_compute(state: RunState, now: float) -> RunCompute:
     c = RunCompute()
-    spans: list[tuple[float, float]] = []
+    spans = c.spans
     for a in state.attempts:
         s = attempt_seconds(a, now)
         if a.verdict in ("completed", "timeout", None):
@@ -66,20 +67,20 @@ def run_compute(state: RunState, now: float) -> RunCompute:
         else:
             c.failed_s += s
         if a.started_at is not None:
-            spans.append((a.started_at, a.ended_at or now))
+            spans.append((a.started_at, a.ended_at or now, _slots(a.gpus)))
     smoke = state.extra.get("smoke") or {}
     if smoke.get("started_at") is not None and smoke.get("reused") is None:
         gpus = state.attempts[0].gpus if state.attempts else None  # the gate runs on the run's own slots
         end = smoke.get("ended_at") or now
         c.smoke_s = max(0.0, end - smoke["started_at"]) * _slots(gpus)
-        spans.append((smoke["started_at"], end))
+        spans.append((smoke["started_at"], end, _slots(gpus)))
     ev = state.extra.get("eval") or {}
     if ev.get("started_at") is not None and ev.get("finished_at") is not None:
         c.eval_s = max(0.0, ev["finished_at"] - ev["started_at"])
-        spans.append((ev["started_at"], ev["finished_at"]))
+        spans.append((ev["started_at"], ev["finished_at"], 1))
     if spans:
-        c.first_start = min(s for s, _ in spans)
-        c.last_end = max(e for _, e in spans)
+        c.first_start = min(s for s, _, _ in spans)
+        c.last_end = max(e for _, e, _ in spans)
     return c
 
 

@@ -161,6 +161,36 @@ def _plot(path: Path, title: str, tag: str, series: dict[int, Series], labels: d
     return True
 
 
+def _plot_best(path: Path, title: str, points: list[tuple[float, float, int]], xlabel: str) -> bool:
+    """Best-so-far step curve over the compute spent, each step labelled with the run that set it."""
+    if not points:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.step([p[0] for p in points], [p[1] for p in points], where="post", marker="o")
+    last = None
+    for x, y, run in points:
+        if run != last:
+            ax.annotate(f"run {run}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            last = run
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(REWARD)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
 def _copy_config(state: RunState, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest / "spec.json", state.spec.model_dump_json(indent=2))
@@ -179,7 +209,7 @@ def write_report(sweep) -> Path:
     states = sweep.states()
     series = {i: read_series(st) for i, st in states.items()}
     evals = {i: ev for i, st in states.items() if (ev := eval_metrics(st))}
-    from lights_out_dev.search_report import compute_section, configuration_table, label, winner_line
+    from lights_out_dev.search_report import best_so_far, compute_section, configuration_table, label, winner_line
 
     labels = {i: label(loaded.run(i), st) for i, st in states.items()}
     links = []
@@ -196,6 +226,9 @@ def write_report(sweep) -> Path:
         plots.append("![throughput](throughput.png)")
     started = json.loads(sweep.paths.meta.read_text()).get("started_at") if sweep.paths.meta.exists() else None
     compute = sweep.compute()
+    if _plot_best(out / "best.png", f"{loaded.name}: best final {REWARD} so far", best_so_far(states, series, compute),
+                  "GPU-seconds spent" if compute.gpu else "slot-seconds spent"):
+        plots.append("![best so far](best.png)")
     configs = configuration_table(loaded, states, series, compute)
     winner = winner_line(loaded, states, series)
     text = "\n".join([

@@ -109,6 +109,23 @@ def winner_line(plan: LoadedPlan, states: dict[int, RunState], series: dict[int,
     return text + "."
 
 
+def best_so_far(states: dict[int, RunState], series: dict[int, dict], compute: SweepCompute,
+                metric: str = "Train/mean_reward", mode: str = "max") -> list[tuple[float, float, int]]:
+    """(compute spent when a run finished, best final metric of the finished runs so far, that run), in
+    order of finishing: how fast the sweep's compute bought its result."""
+    ends = sorted((c.last_end, i) for i, c in compute.runs.items()
+                  if c.last_end is not None and i in states and states[i].status in FINISHED)
+    out, best, who = [], None, None
+    for end, i in ends:
+        v = final_value(series.get(i, {}), metric)
+        if v is not None and (best is None or (v > best if mode == "max" else v < best)):
+            best, who = v, i
+        if best is not None:
+            spent = sum(sum(max(0.0, min(e, end) - s) * n for s, e, n in c.spans) for c in compute.runs.values())
+            out.append((spent, best, who))
+    return out
+
+
 def compute_section(compute: SweepCompute) -> list[str]:
     g = compute.gpu
     d = compute.as_dict()

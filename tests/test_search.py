@@ -241,3 +241,13 @@ def test_written_files_are_readable_by_the_group(tmp_path):
 
     atomic_write_text(tmp_path / "report.md", "x")
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
+
+
+def test_best_so_far_follows_the_compute_spent():
+    sts = {1: state_with(att(1, 0, 10, "completed")), 2: state_with(att(1, 0, 20, "completed")),
+           3: state_with(att(1, 10, 25, "completed"))}
+    series = {1: {"Train/mean_reward": [(0, 0.0, 5.0)]}, 2: {"Train/mean_reward": [(0, 0.0, 3.0)]},
+              3: {"Train/mean_reward": [(0, 0.0, 9.0)]}}
+    c = compute.sweep_compute(sts, slots=2, now=100, gpu=False)
+    assert search_report.best_so_far(sts, series, c) == [(10 + 10, 5.0, 1), (10 + 20 + 10, 5.0, 1),
+                                                         (10 + 20 + 15, 9.0, 3)]

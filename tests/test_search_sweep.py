@@ -132,6 +132,7 @@ def test_optuna_search_with_asha_nan_budget_survives_sigkill(tmp_path: Path):
     assert "## Configurations (over seeds)" in report and " ± " in report, report
     assert report.count("agent.algorithm.learning_rate=") >= 2 and "won: final Train/mean_reward" in report
     assert "## Compute" in report and "slot-s" in report
+    assert "best.png" in report and (sweep_dir / "best.png").stat().st_size > 1000
     assert "seed=3" in rows[3][9] and "learning_rate=" in rows[3][9]  # varied parameters in the ledger notes
     compute = json.loads((sweep_dir / "compute.json").read_text())
     assert compute["unit"] == "slot_s" and compute["total_s"] > 0 and compute["pruned_s"] > 0
