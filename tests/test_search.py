@@ -205,19 +205,21 @@ def test_configuration_table_is_mean_std_over_finished_seeds():
     assert "1 stopped early by pruning" in win
 
 
+@pytest.mark.timeout(300)
 def test_trainer_takes_hydra_keys_and_refuses_unknown_ones(tmp_path):
-    sys.path.insert(0, str(ROOT / "workloads"))
-    try:
-        import cli
-    finally:
-        sys.path.pop(0)
-    env, agent = {"num_envs": 4}, {"algorithm": {"learning_rate": 1e-3}}
-    cli.apply_hydra(env, agent, [("agent.algorithm.learning_rate", "3e-4"), ("env.num_envs", "8")])
-    assert agent["algorithm"]["learning_rate"] == 3e-4 and env["num_envs"] == 8
-    out = subprocess.run([sys.executable, str(ROOT / "workloads/train.py"), "--device", "cpu", "--max_iterations", "1",
-                          "agent.algorithm.learning_rat=0.1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    assert "agent.algorithm has no 'learning_rat'" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    import yaml
+
+    base = [sys.executable, str(ROOT / "workloads/train.py"), "--device", "cpu", "--num_envs", "8", "--max_iterations", "1"]
+    ok = subprocess.run([*base, "agent.algorithm.learning_rate=3e-5", "env.pole_mass=0.2"], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=240)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    params = next(tmp_path.glob("logs/rsl_rl/*/*/params"))
+    assert yaml.safe_load((params / "agent.yaml").read_text())["algorithm"]["learning_rate"] == 3e-5  # a number
+    assert yaml.safe_load((params / "env.yaml").read_text())["pole_mass"] == 0.2
+    bad = subprocess.run([*base, "agent.algorithm.learning_rat=0.1"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2
+    assert "agent.algorithm has no 'learning_rat'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("peak,residents,total,used,max_runs,fits,words", [
