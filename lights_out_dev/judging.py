@@ -98,17 +98,19 @@ class RunJudge:
         if rung is None or rung in passed:
             return None
         passed.append(rung)
+        if self.prune.rule.startswith("optuna_"):
+            return pruning.judge_with_optuna(mine, self.others(), self.prune, rung)
         value = pruning.rung_value(mine, rung)
-        return pruning.judge_rung(value, self.others_at(rung), self.prune, rung)
+        others = [v for pts, _ in self.others() if (v := pruning.rung_value(pts, rung)) is not None]
+        return pruning.judge_rung(value, others, self.prune, rung)
 
-    def others_at(self, rung: int) -> list[float]:
+    def others(self) -> list[tuple[list[tuple[int, float]], str]]:
+        """(metric points, status) of the other runs of this run's search."""
         group = self.run.extra["search"]["group"]
         out = []
         for index, st in self.sweep.states().items():
             other = self.sweep.loaded.run(index)
             if index == self.run.index or other.extra.get("search", {}).get("group") != group:
                 continue
-            v = pruning.rung_value(points(self.cache.series(index, st), self.prune.metric), rung)
-            if v is not None:
-                out.append(v)
+            out.append((points(self.cache.series(index, st), self.prune.metric), st.status))
         return out

@@ -9,13 +9,17 @@ their TensorBoard files stay):
 - asha:   pruned when it is not in the best 1/reduction_factor of all values recorded at that rung
           (itself included), as Ray Tune's ASHA does when it stops trials.
 Neither prunes before `min_runs` runs (itself included) have a value at the rung.
+Optuna's own pruners on the same data: `optuna_median` (MedianPruner: against the runs that finished,
+after `min_runs - 1` of them) and `optuna_sha` (SuccessiveHalvingPruner; its rungs are
+rungs[0] x reduction_factor^k). Each judgement rebuilds a study from the runs' TensorBoard values
+(one trial per run), so nothing but the files is needed after a restart.
 """
 from __future__ import annotations
 
 import statistics
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lights_out_dev.verdicts import StopRequest
 
@@ -24,7 +28,7 @@ Points = list[tuple[int, float]]  # (step, value), step ascending
 
 class PruneRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rule: Literal["median", "asha"] = "asha"
+    rule: Literal["median", "asha", "optuna_median", "optuna_sha"] = "asha"
     metric: str = "Train/mean_reward"
     mode: Literal["max", "min"] = "max"
     rungs: list[int] = Field(min_length=1, description="iterations at which runs are compared, ascending")
@@ -37,6 +41,16 @@ class PruneRule(BaseModel):
         if any(b <= a for a, b in zip(v, v[1:])) or v[0] < 1:
             raise ValueError(f"rungs {v} must be iterations >= 1 in ascending order, e.g. [10, 30, 90]")
         return v
+
+    @model_validator(mode="after")
+    def _sha_rungs(self):
+        if self.rule == "optuna_sha":
+            rf = int(self.reduction_factor)
+            want = [self.rungs[0] * rf ** k for k in range(len(self.rungs))]
+            if rf != self.reduction_factor or self.rungs != want:
+                raise ValueError(f"optuna_sha takes a whole reduction_factor and rungs rungs[0] x reduction_factor^k, "
+                                 f"e.g. {want}")
+        return self
 
 
 def rung_value(points: Points, rung: int) -> float | None:
@@ -77,3 +91,42 @@ def judge_rung(value: float, others: list[float], rule: PruneRule, rung: int) ->
         return StopRequest("pruned", f"ASHA at iteration {rung}: {name} {value:.4g} is not in the best {keep} of "
                                      f"{len(values)} (cutoff {cutoff:.4g})", rung)
     return None
+
+
+def judge_with_optuna(mine: Points, others: list[tuple[Points, str]], rule: PruneRule, rung: int) -> StopRequest | None:
+    """Optuna's pruner (`rule.rule` optuna_median / optuna_sha) on a study rebuilt from the runs' values:
+    `others` are (points, status) of the other runs of the search, `mine` the judged run's points."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if rule.rule == "optuna_median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=rule.min_runs - 1, n_warmup_steps=0)
+    else:
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=rule.rungs[0],
+                                                        reduction_factor=int(rule.reduction_factor))
+    study = optuna.create_study(direction="maximize" if rule.mode == "max" else "minimize", pruner=pruner)
+
+    def rungs_passed(points: Points, below: int | None) -> dict:  # SHA's record of the rungs a trial passed
+        if rule.rule != "optuna_sha":
+            return {}
+        return {f"completed_rung_{k}": v for k, r in enumerate(rule.rungs)
+                if (below is None or r < below) and (v := rung_value(points, r)) is not None}
+
+    states = {"completed": TrialState.COMPLETE, "timeout": TrialState.COMPLETE, "pruned": TrialState.PRUNED}
+    for points, status in others:
+        clean = [(s, v) for s, v in points if v == v]
+        if not clean:
+            continue
+        state = states.get(status, TrialState.RUNNING)
+        study.add_trial(create_trial(state=state, value=clean[-1][1] if state is TrialState.COMPLETE else None,
+                                     intermediate_values=dict(clean), system_attrs=rungs_passed(clean, None)))
+    upto = [(s, v) for s, v in mine if s <= rung]
+    study.add_trial(create_trial(state=TrialState.RUNNING, intermediate_values=dict(upto),
+                                 system_attrs=rungs_passed(upto, rung)))
+    trial = study.get_trials(deepcopy=False)[-1]
+    if not study.pruner.prune(study, trial):
+        return None
+    name = "MedianPruner" if rule.rule == "optuna_median" else "SuccessiveHalvingPruner"
+    return StopRequest("pruned", f"Optuna {name} at iteration {rung}: {rule.metric} {upto[-1][1]:.4g} "
+                                 f"against {len(others)} other run(s)", rung)

@@ -253,3 +253,26 @@ def test_best_so_far_follows_the_compute_spent():
     c = compute.sweep_compute(sts, slots=2, now=100, gpu=False)
     assert search_report.best_so_far(sts, series, c) == [(10 + 10, 5.0, 1), (10 + 20 + 10, 5.0, 1),
                                                          (10 + 20 + 15, 9.0, 3)]
+
+
+def ramp(values, start=0):
+    return [(start + i, float(v)) for i, v in enumerate(values)]
+
+
+def test_optuna_median_pruner_on_rebuilt_studies():
+    rule = PruneRule(rule="optuna_median", rungs=[3], min_runs=3)
+    finished = [(ramp([1, 2, 3, 4, 5]), "completed"), (ramp([1, 3, 5, 7, 9]), "completed")]
+    assert pruning.judge_with_optuna(ramp([0, 0, 0, 0]), finished, rule, 3).verdict == "pruned"
+    assert pruning.judge_with_optuna(ramp([5, 6, 7, 8]), finished, rule, 3) is None
+    assert pruning.judge_with_optuna(ramp([0, 0, 0, 0]), finished[:1], rule, 3) is None  # before 2 finished
+    running = [(ramp([9, 9, 9, 9]), "running")] * 3  # MedianPruner only counts finished trials
+    assert pruning.judge_with_optuna(ramp([0, 0, 0, 0]), running, rule, 3) is None
+
+
+def test_optuna_successive_halving_on_rebuilt_studies():
+    rule = PruneRule(rule="optuna_sha", rungs=[2, 6], reduction_factor=3)
+    others = [(ramp([5] * 8), "completed"), (ramp([6] * 8), "pruned"), (ramp([7] * 4), "running")]
+    assert pruning.judge_with_optuna(ramp([1, 1, 1]), others, rule, 2).verdict == "pruned"
+    assert pruning.judge_with_optuna(ramp([9, 9, 9]), others, rule, 2) is None
+    with pytest.raises(ValueError, match=r"\[2, 6\]"):
+        PruneRule(rule="optuna_sha", rungs=[2, 5], reduction_factor=3)

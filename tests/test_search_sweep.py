@@ -187,3 +187,32 @@ def test_a_diverged_run_is_stopped_from_its_tensorboard_file_and_reseeded_from_b
     resumed = argv[argv.index("--checkpoint") + 1]
     assert resumed.endswith("model_0.pt") and Path(resumed).parent.name in first["tb_dir"]  # before the blow-up
     assert st["status"] == "completed" and second["verdict"] == "completed"
+
+
+OPTUNA_SHA = """\
+name: sha
+runs:
+  - task: cartpole:base
+    overrides: {max_iterations: 8, seed: 1, trainer_args: [--inject, "slow=0.4"]}
+    search:
+      method: random
+      samples: 3
+      repeats: 2
+      space: {agent.algorithm.learning_rate: {log_uniform: [1.0e-5, 3.0e-3]}}
+      prune: {rule: optuna_sha, rungs: [3], reduction_factor: 2}
+"""
+
+
+@pytest.mark.timeout(300)
+def test_optunas_successive_halving_pruner_stops_runs_of_a_real_sweep(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo", {"sha": OPTUNA_SHA})
+    done = subprocess.run(doit_argv("sweep", "--plan", "sweeps/sha.yaml"), cwd=repo, env=env_for(repo),
+                          capture_output=True, text=True, timeout=280)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    sts = states(repo, "sha")
+    assert all(s["status"] in ("completed", "pruned") for s in sts.values()), out
+    pruned = [s for s in sts.values() if s["status"] == "pruned"]
+    # with reduction factor 2, a run worse than the best of those at iteration 3 before it is stopped there
+    # (none pruned would need each of 6 runs to beat all before it: about 1 in 720)
+    assert pruned and all("Optuna SuccessiveHalvingPruner at iteration 3" in s["reason"] for s in pruned), out
