@@ -90,6 +90,8 @@ class RunJudge:
         progress = state.current.progress if state.current else None
         if self.prune is None or (progress and progress.total and (progress.iteration or 0) >= progress.total):
             return None  # a run that has finished training is not stopped early
+        if state.extra.get("resumed_after_pruning"):
+            return None  # brought back on purpose (prune.resume_best): it runs to its end
         mine = points(self.cache.series(self.run.index, state), self.prune.metric)
         rung = pruning.highest_rung(mine, self.prune)
         # the rungs passed are kept in the run's state (saved by its supervisor): an adopted run is not

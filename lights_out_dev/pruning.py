@@ -34,6 +34,8 @@ class PruneRule(BaseModel):
     rungs: list[int] = Field(min_length=1, description="iterations at which runs are compared, ascending")
     reduction_factor: float = Field(default=3.0, gt=1.0, description="asha: keep the best 1/reduction_factor")
     min_runs: int = Field(default=3, ge=2, description="values needed at a rung before anyone is pruned there")
+    resume_best: bool = Field(default=False, description="when the search is over, the pruned seeds of the best "
+                                                       "configuration continue from their checkpoints, unpruned")
 
     @field_validator("rungs")
     @classmethod

@@ -525,6 +525,43 @@ class Sweep:
             if o and o["group"] == sr["group"] and o["trial"] == sr["trial"] and "params" not in other.extra:
                 set_params(other, params)
 
+    def _resume_best(self, indices: list[int]) -> list[int]:
+        """Plan `prune.resume_best`: once every run of a search is final, its best configuration's pruned
+        seeds (best by the mean final metric of its finished seeds) are made to continue from their
+        checkpoints, unpruned, so that configuration's mean ± std covers all its seeds. Returns them."""
+        from lights_out_dev.state import save_state
+
+        states, groups = self.states(), {}
+        for i in indices:
+            run = self.loaded.run(i)
+            sr, search = run.extra.get("search"), entry_search(self.loaded.plan, run)
+            if sr and search and search.prune and search.prune.resume_best:
+                groups.setdefault(sr["group"], (search, {}))[1].setdefault(sr["trial"], []).append(i)
+        resumed = []
+        for search, trials in groups.values():
+            if not all(is_final(states.get(i)) for runs in trials.values() for i in runs):
+                continue
+            means = {}
+            for trial, runs in trials.items():
+                values = [v for i in runs if states[i].status in ("completed", "timeout")
+                          and (v := self.metric_value(states[i], search.metric)) is not None]
+                if values:
+                    means[trial] = sum(values) / len(values)
+            if not means:
+                continue
+            best = (max if search.mode == "max" else min)(means, key=means.get)
+            for i in trials[best]:
+                st = states[i]
+                if st.status != "pruned" or not st.checkpoints or st.extra.get("resumed_after_pruning"):
+                    continue
+                st.status, st.extra["resumed_after_pruning"] = "interrupted", True
+                st.reason = f"resumed after pruning: configuration {best} is the best ({means[best]:.4g} {search.metric})"
+                save_state(st, self.paths.state(i))
+                self.paths.target(i).unlink(missing_ok=True)  # not final any more: the doit graph must agree
+                self.say(f"[sweep {self.loaded.name}] run {i}: {st.reason}; continuing from {st.checkpoints[-1]}.")
+                resumed.append(i)
+        return resumed
+
     def _over_budget(self) -> str | None:
         """Why no new run may start (the plan's budget is spent), or None."""
         from lights_out_dev.compute import seconds_text
@@ -808,7 +845,10 @@ class Sweep:
             indices = [r.index for r in self.loaded.runs if r.phase == phase]
             if self.loaded.plan.smoke_first and not self.schedule(indices, smoke_only=True):
                 return False  # fail fast: a config bug shows in every smoke before any long run starts
-            return self.schedule(indices)
+            if not self.schedule(indices):
+                return False
+            resumed = self._resume_best(indices)
+            return self.schedule(resumed) if resumed else True
         finally:
             if old is not None:
                 signal.signal(signal.SIGTERM, old)

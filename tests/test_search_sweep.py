@@ -216,3 +216,37 @@ def test_optunas_successive_halving_pruner_stops_runs_of_a_real_sweep(tmp_path: 
     # with reduction factor 2, a run worse than the best of those at iteration 3 before it is stopped there
     # (none pruned would need each of 6 runs to beat all before it: about 1 in 720)
     assert pruned and all("Optuna SuccessiveHalvingPruner at iteration 3" in s["reason"] for s in pruned), out
+
+
+RESUME = """\
+name: resume
+runs:
+  - task: cartpole:base
+    overrides: {max_iterations: 10, seed: 1, trainer_args: [--inject, "slow=0.4"]}
+    search:
+      method: grid
+      repeats: 6
+      space: {num_envs: {choice: [16]}}
+      prune: {rule: asha, rungs: [3], reduction_factor: 100, min_runs: 2, resume_best: true}
+"""
+
+
+@pytest.mark.timeout(300)
+def test_resume_best_continues_the_pruned_seeds_of_the_best_configuration(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo", {"resume": RESUME})
+    done = subprocess.run(doit_argv("sweep", "--plan", "sweeps/resume.yaml"), cwd=repo, env=env_for(repo),
+                          capture_output=True, text=True, timeout=280)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    sts = states(repo, "resume")
+    assert all(s["status"] == "completed" for s in sts.values()), {i: s["status"] for i, s in sts.items()}
+    resumed = [s for s in sts.values() if s["extra"].get("resumed_after_pruning")]
+    # one configuration, 6 seeds, only the best so far kept at the rung: none pruned would need each seed to
+    # beat all before it (about 1 in 720)
+    assert resumed, out
+    for s in resumed:
+        pruned, cont = s["attempts"][-2], s["attempts"][-1]
+        assert pruned["verdict"] == "pruned" and cont["verdict"] == "completed"
+        assert "--resume" in cont["argv"] and cont["progress"]["iteration"] == cont["progress"]["total"]
+    for i in sts:
+        assert (repo / f"local_experiment_logs/sweeps/resume/targets/{i:02d}.json").exists()
