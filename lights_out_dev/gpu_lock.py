@@ -43,6 +43,7 @@ def locks_dir(root: Path, cfg: ProjectConfig) -> Path:
 class Lease:
     gpus: list[int] | None  # None = a CPU slot
     slot: int | None = None
+    packed: bool = False  # a share of a GPU other runs use (plan runs_per_gpu), not the whole GPU
     _locks: dict[str, FileLock] = field(default_factory=dict, repr=False)
 
     @property
@@ -108,8 +109,21 @@ def acquire_packed(index: int, cfg: ProjectConfig, root: Path, max_runs: int = 6
     for k in range(1, max_runs):
         lock = _try_lock(ldir / f"gpu{index}.pack{k}.lock")
         if lock:
-            return Lease(gpus=[index], _locks={f"gpu{index}.pack{k}": lock})
+            return Lease(gpus=[index], packed=True, _locks={f"gpu{index}.pack{k}": lock})
     return None
+
+
+def unpack(lease: Lease, cfg: ProjectConfig, root: Path) -> str:
+    """Trade a packed lease for a whole free GPU (a packed run that ran out of memory); the lease object
+    follows the run. Returns what happened, as a sentence fragment."""
+    try:
+        whole = acquire(1, cfg, root, wait=False)
+    except GpuLockError as e:
+        return f"no whole GPU is free ({e}); the retry stays packed on {lease.label}"
+    before = lease.label
+    lease.release()
+    lease.gpus, lease._locks, lease.packed = whole.gpus, whole._locks, False
+    return f"unpacked from {before} onto {lease.label}"
 
 
 def _try_once(n: int, cfg: ProjectConfig, ldir: Path, candidates: list[int] | None,

@@ -508,6 +508,9 @@ class _Run:
             eff["num_envs"] = d.num_envs
         if d.action == "other_gpu" and self.lease and self.lease.gpus:
             self._move_gpu()
+        if verdict is Verdict.oom and self.lease and getattr(self.lease, "packed", False):
+            self.say(f"lights-out: {st.task} ran out of memory on a shared GPU: "
+                     f"{gpu_lock.unpack(self.lease, self.cfg, self.root)}.")
         if d.action == "fewer_gpus" and self.lease and d.gpus:
             self.lease.shrink(d.gpus)
         if d.action == "reseed":
