@@ -27,7 +27,7 @@ CONFIG_EXCEPTIONS = frozenset({
 # Signals by which a process dies of a bad memory access or instruction.
 SEGFAULT_SIGNALS = frozenset({_signal.SIGSEGV, _signal.SIGILL, _signal.SIGBUS})
 # Failure classes found in the log, strongest evidence first.
-PRECEDENCE = ("oom", "nccl", "cuda_error", "segfault", "config_error")
+PRECEDENCE = ("oom", "nccl", "cuda_error", "segfault", "config_error", "nan")
 # Slurm job states (sacct) that decide the verdict without looking at the log.
 SCHEDULER_VERDICTS = {
     "TIMEOUT": (Verdict.timeout, "Slurm ended the job at its time limit"),

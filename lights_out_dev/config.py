@@ -105,9 +105,10 @@ class MonitorConfig(_Strict):
 class PolicyRule(_Strict):
     """What to do for one verdict; attempts are counted per verdict within a run."""
 
-    action: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "give_up", "accept"] = "retry"
+    # reseed: restart from the newest checkpoint saved before the learning went wrong, with a new seed
+    action: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "give_up", "accept", "reseed"] = "retry"
     max_attempts: int = 3
-    then: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "give_up", "accept"] | None = None
+    then: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "give_up", "accept", "reseed"] | None = None
     after: int = 1  # how many attempts use `action` before `then` applies
 
 
@@ -124,6 +125,11 @@ def default_policy() -> dict[str, PolicyRule]:
         "config_error": PolicyRule(action="give_up", max_attempts=0),
         "killed": PolicyRule(action="retry", max_attempts=3),
         "timeout": PolicyRule(action="accept", max_attempts=0),
+        # learning health (health.py): a NaN or a blow-up gets one fresh seed from the last good checkpoint
+        "nan": PolicyRule(action="reseed", max_attempts=1),
+        "diverged": PolicyRule(action="reseed", max_attempts=1),
+        "collapsed": PolicyRule(action="give_up", max_attempts=0),
+        "plateau": PolicyRule(action="accept", max_attempts=0),
     }
 
 

@@ -323,7 +323,8 @@ def evaluate_checkpoint(spec: RunSpec, ckpt: Path, passthrough: list[str], cfg, 
                             f"render (Isaac Lab also needs --enable_cameras); log {log_path}")
         video = str(max(videos, key=lambda p: p.stat().st_mtime))
     return {"task": label, "trained_task": spec.task, "checkpoint": str(ckpt), "metrics": metrics,
-            "metrics_path": str(metrics_path), "video": video, "log": str(log_path), "finished_at": time.time()}
+            "metrics_path": str(metrics_path), "video": video, "log": str(log_path), "started_at": started,
+            "finished_at": time.time()}
 
 
 def run_play(train_spec: dict, task: str, train_target: str, target: str, experiment_root: str) -> bool:

@@ -43,6 +43,7 @@ def locks_dir(root: Path, cfg: ProjectConfig) -> Path:
 class Lease:
     gpus: list[int] | None  # None = a CPU slot
     slot: int | None = None
+    packed: bool = False  # a share of a GPU other runs use (plan runs_per_gpu), not the whole GPU
     _locks: dict[str, FileLock] = field(default_factory=dict, repr=False)
 
     @property
@@ -87,6 +88,44 @@ def _foreign_use(index: int, cfg: ProjectConfig) -> str | None:
     return f"GPU {index} is used by pid {p.pid} ({p.command or '?'}, {p.used_mb:.0f} MB)"
 
 
+def pack_lock_paths(ldir: Path, index: int) -> list[Path]:
+    return sorted(ldir.glob(f"gpu{index}.pack*.lock"))
+
+
+def _packed_runs_on(ldir: Path, index: int) -> bool:
+    """True while a packed run (plan `runs_per_gpu`) holds a `gpu<N>.pack<k>.lock`: the GPU is shared,
+    not free, even after the run that leased it whole has ended."""
+    for path in pack_lock_paths(ldir, index):
+        lock = _try_lock(path)
+        if lock is None:
+            return True
+        lock.release(force=True)
+    return False
+
+
+def acquire_packed(index: int, cfg: ProjectConfig, root: Path, max_runs: int = 64) -> Lease | None:
+    """A share of GPU `index` beside runs already on it (the caller decided that it fits, packing.py)."""
+    ldir = locks_dir(root, cfg)
+    for k in range(1, max_runs):
+        lock = _try_lock(ldir / f"gpu{index}.pack{k}.lock")
+        if lock:
+            return Lease(gpus=[index], packed=True, _locks={f"gpu{index}.pack{k}": lock})
+    return None
+
+
+def unpack(lease: Lease, cfg: ProjectConfig, root: Path) -> str:
+    """Trade a packed lease for a whole free GPU (a packed run that ran out of memory); the lease object
+    follows the run. Returns what happened, as a sentence fragment."""
+    try:
+        whole = acquire(1, cfg, root, wait=False)
+    except GpuLockError as e:
+        return f"no whole GPU is free ({e}); the retry stays packed on {lease.label}"
+    before = lease.label
+    lease.release()
+    lease.gpus, lease._locks, lease.packed = whole.gpus, whole._locks, False
+    return f"unpacked from {before} onto {lease.label}"
+
+
 def _try_once(n: int, cfg: ProjectConfig, ldir: Path, candidates: list[int] | None,
               slots: int) -> tuple[Lease | None, list[str]]:
     if candidates is None:  # CPU machine
@@ -102,7 +141,8 @@ def _try_once(n: int, cfg: ProjectConfig, ldir: Path, candidates: list[int] | No
         if lock is None:
             why.append(f"GPU {g} is leased by another lights-out run")
             continue
-        busy = _foreign_use(g, cfg)
+        busy = _foreign_use(g, cfg) or (f"GPU {g} is shared by packed lights-out runs"
+                                         if _packed_runs_on(ldir, g) else None)
         if busy:
             lock.release(force=True)
             why.append(busy)
@@ -152,7 +192,7 @@ def acquire(n: int, cfg: ProjectConfig, root: Path, prefer: list[int] | None = N
         lease, why = _try_once(n, cfg, ldir, candidates, cfg.cpu_slots)
         if lease:
             return lease
-        only_locked = all("lights-out run" in w or "CPU slots" in w for w in why)
+        only_locked = all("lights-out run" in w or "CPU slots" in w for w in why)  # incl. packed runs
         if not (wait if only_locked else may_wait_busy) or (deadline and time.monotonic() > deadline):
             what = "free CPU slot" if candidates is None else f"{n} free GPU(s)"
             fix = ("wait for them to finish" if only_locked else

@@ -15,7 +15,7 @@ from filelock import FileLock
 
 from lights_out_dev.config import format_duration
 from lights_out_dev.evaluate import eval_text
-from lights_out_dev.plan import LoadedPlan, PlannedRun, varied_text
+from lights_out_dev.plan import LoadedPlan, PlannedRun, varied, varied_text
 from lights_out_dev.state import RunState, atomic_write_text
 
 HEADER = "| # | Phase | Task | Envs | GPUs | Time Limit | Status | FPS | Reward | Notes |"
@@ -84,7 +84,8 @@ def user_stopped(attempt) -> bool:
 
 
 def failed_attempts(state: RunState) -> list:
-    return [a for a in state.attempts if a.verdict and a.verdict not in ("completed", "timeout", "running", "healthy")
+    return [a for a in state.attempts if a.verdict and a.verdict not in ("completed", "timeout", "running", "healthy",
+                                                                         "pruned", "plateau")
             and not user_stopped(a)]
 
 
@@ -112,13 +113,15 @@ def notes(state: RunState | None, run: PlannedRun) -> str:
         parts.append(varied_text(run, skip=("num_envs",)))
     if run.notes:
         parts.append(run.notes)
+    if varied(run):
+        parts.append(varied(run))
     if state:
         fails = failed_attempts(state)
         if fails:
             parts.append("failed attempts: " + ", ".join(a.verdict for a in fails))
         if any(user_stopped(a) for a in state.attempts):
             parts.append("stopped by the user")
-        if state.status in ("failed", "timeout") and state.reason:
+        if state.status in ("failed", "timeout", "pruned") and state.reason:
             parts.append(state.reason)
         if state.extra.get("note"):
             parts.append(str(state.extra["note"]))
@@ -165,7 +168,7 @@ def run_section(run: PlannedRun, state: RunState, root: str | None = None) -> li
     last = state.current
     smoke = state.extra.get("smoke", {})  # a run that failed its smoke gate has no attempt: show the gate
     lines = [title, f"- Started: {stamp(first.started_at if first else smoke.get('started_at'))}"]
-    if state.status in ("completed", "timeout", "failed", "skipped"):
+    if state.status in ("completed", "timeout", "failed", "skipped", "pruned"):
         why = state.final_verdict or state.status
         if state.reason and state.status != "completed":
             why += f": {state.reason}"
@@ -200,8 +203,9 @@ def run_section(run: PlannedRun, state: RunState, root: str | None = None) -> li
 
 
 def render(plan: LoadedPlan, states: dict[int, RunState], *, started_at: float | None = None,
-           state_dir: str | None = None, report: str | None = None, root: str | None = None) -> str:
-    """Ledger markdown for `plan` given the run states by run index. Pure."""
+           state_dir: str | None = None, report: str | None = None, root: str | None = None,
+           compute=None) -> str:
+    """Ledger markdown for `plan` given the run states by run index. Pure. `compute`: compute.SweepCompute."""
     out = [f"# Sweep: {plan.name}", f"Started: {stamp(started_at)}"]
     out.append(f"Plan: {_rel(str(plan.path), root)} ({plan.plan.mode})" + (f" · Report: {report}" if report else ""))
     if state_dir:
@@ -211,6 +215,13 @@ def render(plan: LoadedPlan, states: dict[int, RunState], *, started_at: float |
         s = status_text(states.get(run.index))
         counts[s] = counts.get(s, 0) + 1
     out.append("Progress: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if compute is not None:
+        from lights_out_dev.compute import seconds_text
+
+        budget = plan.plan.budget
+        out.append(f"Compute: {seconds_text(compute.busy_s, compute.gpu)}"
+                   + (f" of a {seconds_text(budget, compute.gpu)} budget" if budget else "")
+                   + f", idle {seconds_text(compute.idle_s, compute.gpu)} (compute.json)")
     out += ["", "## Run Plan", HEADER, RULE]
     out += [plan_row(run, states.get(run.index)) for run in plan.runs]
     out += ["", "## Run Log"]

@@ -18,7 +18,10 @@ from typing import Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lights_out_dev.compute import budget_seconds
 from lights_out_dev.config import format_duration, parse_duration
+from lights_out_dev.health import HealthRule
+from lights_out_dev.search import Search, apply_params, fixed_configurations, params_text
 
 GRID_KEYS = ("num_envs", "max_iterations", "seed")
 
@@ -52,8 +55,15 @@ class RunEntry(_Strict):
     phase: int = Field(default=1, ge=1)
     smoke: bool | None = None
     notes: str = ""
+    search: Search | None = Field(default=None, description="grid / random / optuna over trainer inputs (search.py)")
 
     _dur = field_validator("time_limit", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+    @model_validator(mode="after")
+    def _grid_or_search(self):
+        if self.grid and self.search:
+            raise ValueError("an entry takes either grid or search, not both; move the grid into search.space")
+        return self
 
     @field_validator("grid")
     @classmethod
@@ -112,8 +122,21 @@ class Plan(_Strict):
     runs: list[RunEntry] = Field(min_length=1)
     promote: Promotion | None = None
     evaluate: Evaluation | None = None
+    health: HealthRule | None = Field(default=None, description="learning-health verdicts for every run (health.py)")
+    budget: float | None = Field(default=None, description="e.g. '20 gpu_h': no new launch once the sweep spent it")
+    runs_per_gpu: int | Literal["auto"] = Field(
+        default=1, description="1: one run per GPU; auto or N: pack runs whose measured peak VRAM fits (packing.py)")
+    pack_margin_mb: float = Field(default=2048.0, ge=0, description="headroom per packed run above its measured peak")
 
     _dur = field_validator("time_limit", mode="before")(classmethod(lambda cls, v: _duration(v)))
+    _budget = field_validator("budget", mode="before")(classmethod(lambda cls, v: budget_seconds(v)))
+
+    @field_validator("runs_per_gpu")
+    @classmethod
+    def _at_least_one(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError(f"runs_per_gpu {v} must be auto or a number >= 1")
+        return v
 
     @model_validator(mode="after")
     def _promotion_phase(self):
@@ -222,12 +245,66 @@ def parse_plan(text: str, source: str = "<plan>") -> tuple[Plan, dict[int, int]]
     return plan, lines
 
 
+def search_group(entry_index: int) -> str:
+    """The name of a plan entry's search (its trial files, its pruning competitors)."""
+    return f"entry{entry_index + 1}"
+
+
+def _search_runs(plan: Plan, i: int, entry: RunEntry, line: int | None) -> list[PlannedRun]:
+    """An entry with `search`: configurations x repeats, trial-major (a configuration's seeds together).
+    Optuna configurations are left open (params None) until their first run is launched (sweep.py)."""
+    sr = entry.search
+    configs = fixed_configurations(sr) or [None] * sr.n_configurations()
+    base_seed = entry.overrides.seed if entry.overrides.seed is not None else 0
+    out = []
+    for trial, params in enumerate(configs):
+        for repeat in range(sr.repeats):
+            run = PlannedRun(
+                index=0, phase=entry.phase, task=entry.task, num_envs=entry.overrides.num_envs,
+                max_iterations=entry.overrides.max_iterations, seed=base_seed + repeat,
+                trainer_args=list(entry.overrides.trainer_args), gpus=entry.gpus,
+                time_limit_s=entry.time_limit if entry.time_limit is not None else plan.time_limit,
+                smoke=plan.smoke if entry.smoke is None else entry.smoke, line=line, notes=entry.notes,
+                extra={"search": {"group": search_group(i), "trial": trial, "repeat": repeat}})
+            if params is not None:
+                set_params(run, params)
+            out.append(run)
+    return out
+
+
+def set_params(run: PlannedRun, params: dict) -> None:
+    """Apply a search configuration to a planned run (runner keys, trainer flags, Hydra tokens)."""
+    runner, run.trainer_args = apply_params(params, run.trainer_args)
+    for key, value in runner.items():
+        setattr(run, key, value)
+    run.extra["params"] = dict(params)
+
+
+def varied(run: PlannedRun) -> str:
+    """The run's search parameters and seed as text (ledger, report, legends); '' for a plain run."""
+    params = run.extra.get("params")
+    if params is None and "search" not in run.extra:
+        return ""
+    text = params_text(params) if params else "(configuration asked at launch)"
+    return f"{text}, seed={run.seed}"
+
+
+def entry_search(plan: Plan, run: PlannedRun) -> Search | None:
+    group = run.extra.get("search", {}).get("group")
+    if group is None:
+        return None
+    return plan.runs[int(group.removeprefix("entry")) - 1].search
+
+
 def expand(plan: Plan, lines: dict[int, int] | None = None) -> list[PlannedRun]:
-    """Entries x grid -> numbered runs, ordered by phase then plan order; promotion runs last."""
+    """Entries x grid (or search) -> numbered runs, ordered by phase then plan order; promotion runs last."""
     lines = lines or {}
     out: list[PlannedRun] = []
     ordered = sorted(enumerate(plan.runs), key=lambda ie: ie[1].phase)
     for i, entry in ordered:
+        if entry.search is not None:
+            out += _search_runs(plan, i, entry, lines.get(i))
+            continue
         keys = list(entry.grid)
         combos = itertools.product(*(entry.grid[k] for k in keys)) if keys else [()]
         for combo in combos:
@@ -249,13 +326,13 @@ def expand(plan: Plan, lines: dict[int, int] | None = None) -> list[PlannedRun]:
             notes=f"promotion: best {p.metric} ({p.mode}) of phase {p.from_phase}"))
     for n, run in enumerate(out, start=1):
         run.index = n
-    for run, values in zip(out, varied(out)):
+    for run, values in zip(out, varied_values(out)):
         if values:
             run.extra["varied"] = values
     return out
 
 
-def varied(runs: list[PlannedRun]) -> list[dict[str, int]]:
+def varied_values(runs: list[PlannedRun]) -> list[dict[str, int]]:
     """Per run, the run numbers (seed, num_envs, max_iterations) whose values differ between the plan's
     runs of its task: what tells grid runs apart in a status line. Pure."""
     by_task: dict[str | None, list[PlannedRun]] = {}

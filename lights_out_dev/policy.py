@@ -15,7 +15,7 @@ from lights_out_dev.verdicts import Verdict
 
 @dataclass
 class Decision:
-    action: str  # 'done' | 'accept' | 'retry' | 'halve_envs' | 'other_gpu' | 'fewer_gpus' | 'give_up'
+    action: str  # 'done' | 'accept' | 'retry' | 'halve_envs' | 'other_gpu' | 'fewer_gpus' | 'reseed' | 'give_up'
     reason: str
     num_envs: int | None = None  # the new value, for halve_envs
     gpus: int | None = None  # the new GPU count, for fewer_gpus
@@ -80,6 +80,9 @@ def decide(verdict: Verdict, history: list[Verdict], rules: dict[str, PolicyRule
         fewer = max(1, gpus // 2)
         return Decision("fewer_gpus", f"{nth} {verdict.value}: retry on {fewer} GPU(s) instead of {gpus}{from_ckpt}",
                         gpus=fewer, resume=resume)
+    if action == "reseed":
+        return Decision("reseed", f"{nth} {verdict.value}: retry with a new seed from the last checkpoint before it",
+                        resume=resume)
     if action == "accept":
         return Decision("accept", f"{nth} {verdict.value}: accepted by policy")
     return Decision("give_up", f"{nth} {verdict.value}: policy gives up")

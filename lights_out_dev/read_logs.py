@@ -77,10 +77,7 @@ def tail_lines(path: Path, n: int) -> list[str]:
     return data.decode("utf-8", "replace").splitlines()[-n:]
 
 
-def export_csv(run: Path, out: Path) -> int:
-    """One row per step: step, wall_time (latest at that step), one column per tag. Returns rows."""
-    scalars = tb.read_scalars(run)
-    tags = sorted(scalars)
+def _write_rows(scalars: dict, tags: list[str], out: Path, first: str) -> int:
     rows: dict[int, dict[str, float]] = {}
     for tag in tags:
         for step, wall, value in scalars[tag]:
@@ -90,11 +87,24 @@ def export_csv(run: Path, out: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "wall_time", *tags])
+        w.writerow([first, "wall_time", *tags])
         for step in sorted(rows):
             row = rows[step]
             w.writerow([step, f"{row['wall_time']:.3f}", *(row.get(t, "") for t in tags)])
     return len(rows)
+
+
+def export_csv(run: Path, out: Path) -> int:
+    """One row per iteration: step, wall_time (latest at that step), one column per tag. Returns rows.
+
+    rsl_rl also logs `<tag>/time` series whose step is seconds since the start, not an iteration; mixed
+    into the iteration rows they would make wall_time go backwards, so they go to `<out>_time.csv`
+    (first column `seconds`)."""
+    scalars = tb.read_scalars(run)
+    time_tags = sorted(t for t in scalars if t.endswith("/time"))
+    if time_tags:
+        _write_rows(scalars, time_tags, out.with_name(f"{out.stem}_time{out.suffix}"), "seconds")
+    return _write_rows(scalars, sorted(t for t in scalars if t not in time_tags), out, "step")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -147,16 +147,49 @@ def _plot(path: Path, title: str, tag: str, series: dict[int, Series], labels: d
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, s in sorted(series.items()):
         pts = s.get(tag)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[2] for p in pts], label=labels[i])
+        if pts:  # a run that logged one point (failed early) is drawn as a dot; a pruned one up to its stop
+            ax.plot([p[0] for p in pts], [p[2] for p in pts], label=labels[i], marker="o" if len(pts) == 1 else None)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     ax.set_title(title)
     ax.set_xlabel("iteration")
     ax.set_ylabel(tag)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def _plot_best(path: Path, title: str, points: list[tuple[float, float, int]], xlabel: str) -> bool:
+    """Best-so-far step curve over the compute spent, each step labelled with the run that set it."""
+    if not points:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.step([p[0] for p in points], [p[1] for p in points], where="post", marker="o")
+    last = None
+    for x, y, run in points:
+        if run != last:
+            ax.annotate(f"run {run}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            last = run
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(REWARD)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=90)
@@ -183,7 +216,9 @@ def write_report(sweep) -> Path:
     states = sweep.states()
     series = {i: read_series(st) for i, st in states.items()}
     evals = {i: ev for i, st in states.items() if (ev := eval_metrics(st))}
-    labels = {i: f"{i}: {st.task} ({effective_envs(st, loaded.run(i)) or '?'} envs)" for i, st in states.items()}
+    from lights_out_dev.search_report import best_so_far, compute_section, configuration_table, label, winner_line
+
+    labels = {i: label(loaded.run(i), st) for i, st in states.items()}
     links = []
     for i, st in sorted(states.items()):
         art = out / "artifacts" / f"{i:02d}_{safe_name(st.task)}"
@@ -197,10 +232,19 @@ def write_report(sweep) -> Path:
     if _plot(out / "throughput.png", f"{loaded.name}: throughput", FPS, series, labels):
         plots.append("![throughput](throughput.png)")
     started = json.loads(sweep.paths.meta.read_text()).get("started_at") if sweep.paths.meta.exists() else None
+    compute = sweep.compute()
+    if _plot_best(out / "best.png", f"{loaded.name}: best final {REWARD} so far", best_so_far(states, series, compute),
+                  "GPU-seconds spent" if compute.gpu else "slot-seconds spent"):
+        plots.append("![best so far](best.png)")
+    configs = configuration_table(loaded, states, series, compute)
+    winner = winner_line(loaded, states, series)
     text = "\n".join([
         f"# Sweep report: {loaded.name}", "",
         f"Plan: {loaded.path} · Started: {stamp(started)} · Mode: {loaded.plan.mode}", "",
         table(loaded, states, series, evals), "",
+        *([winner, ""] if winner else []),
+        *(["## Configurations (over seeds)", "", configs, ""] if configs else []),
+        "## Compute", "", *compute_section(compute), "",
         *(plots + [""] if plots else []),
         "## Runs", *links, "",
     ])

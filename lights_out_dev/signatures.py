@@ -62,6 +62,11 @@ SIGNATURES: tuple[tuple[str, str, str | None], ...] = (
     # argparse (and the reference trainer's own checks): "train.py: error: unrecognized arguments: --foo".
     # Not Slurm's own "slurmstepd-<node>: error: *** JOB n CANCELLED ***", written on every cancel/time limit.
     ("config_error", ": error: ", r"^(?!slurmstepd)[\w.-]+: error: "),
+    # learning blew up: rsl_rl's NaN check ("... contains NaN values"), or a NaN/inf loss or reward it printed
+    ("nan", "NaN values", r"contains? NaN values"),
+    ("nan", "expects all elements of std >= 0.0", None),  # torch's Normal() on NaN policy weights
+    ("nan", "nan", r"Mean [\w ]*(?:loss|reward):\s+-?nan\s*$"),
+    ("nan", "inf", r"Mean [\w ]*(?:loss|reward):\s+-?inf\s*$"),
     ("child_failed", "ChildFailedError", None),
     # torchrun's report of a worker killed by a signal from outside (OOM killer, kill -9, a scheduler):
     # the process died, not the collective; classify tells it apart from an NCCL failure.
@@ -74,7 +79,7 @@ SIGNATURES: tuple[tuple[str, str, str | None], ...] = (
 
 CLASSES = tuple(dict.fromkeys(cls for cls, _, _ in SIGNATURES))
 # Classes whose hit means the run is lost (the monitor stops the run on them).
-FATAL_CLASSES = frozenset({"oom", "segfault", "nccl", "cuda_error"})
+FATAL_CLASSES = frozenset({"oom", "segfault", "nccl", "cuda_error", "nan"})  # nan: its weights are lost anyway
 # Keys accepted in cfg.monitor.extra_patterns besides the table's classes: `completed` lines act
 # as the trainer's end marker, for trainers that do not print "Training time:".
 EXTRA_KEYS = frozenset(CLASSES) | {"completed"}

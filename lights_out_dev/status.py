@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lights_out_dev.config import ProjectConfig, format_duration, load_project_or_report  # noqa: E402
-from lights_out_dev.plan import varied_text  # noqa: E402
+from lights_out_dev.plan import varied, varied_text  # noqa: E402
 from lights_out_dev.state import RunState, load_state  # noqa: E402
 
 
@@ -154,6 +154,7 @@ def collect(root: Path, cfg: ProjectConfig, plan: str | None = None, now: float 
     now = now or time.time()
     name = current_sweep(root, cfg, plan)
     runs: list[dict] = []
+    compute = None
     if name:
         sp = paths_for(root, cfg, name)
         loaded = None
@@ -167,8 +168,10 @@ def collect(root: Path, cfg: ProjectConfig, plan: str | None = None, now: float 
         if loaded is not None and loaded.name == name:
             sweep = Sweep(loaded, cfg, root, status_line=lambda _: None)
             states = sweep.states()
-            runs = [_row(r.index, states.get(r.index), r.task or "(promotion)", now, varied_text(r))
-                    for r in loaded.runs]
+            # a search run's parameters and seed, else what tells its grid run apart from its siblings
+            runs = [_row(r.index, states.get(r.index), r.task or "(promotion)", now, varied(r) or varied_text(r))
+                    | {"varied": varied(r) or None} for r in loaded.runs]
+            compute = sweep.compute().as_dict()  # GPU-seconds (slot-seconds without GPUs) per run and in all
         else:
             for f in sorted(sp.runs.glob("[0-9]*.json")) if sp.runs.exists() else []:
                 st = _safe_load(f)
@@ -185,7 +188,7 @@ def collect(root: Path, cfg: ProjectConfig, plan: str | None = None, now: float 
     for r in runs:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     return {"sweep": name, "counts": counts, "runs": runs, "other_runs": others, "gpus": gpus, "gpu_summary": gpu_text,
-            "time": now}
+            "time": now, "compute": compute}
 
 
 def _safe_load(path: Path) -> RunState | None:

@@ -32,11 +32,13 @@ from lights_out_dev.monitor import Limits, LogTail, WatchResult, watch
 from lights_out_dev.profiles import TrainerProfile, checkpoint_values, fill
 from lights_out_dev.spec import RunSpec
 from lights_out_dev.state import Attempt, Progress, RunState, atomic_write_text, load_state, save_state
-from lights_out_dev.verdicts import FINAL_STATUSES, Verdict
+from lights_out_dev.verdicts import FINAL_STATUSES, StopRequest, Verdict
 
 PROGRESS_SAVE_S = 1.0  # progress-only changes are persisted at most this often (start/health/end at once)
 LOG_TAIL_LINES = 20
 DEFAULT_CHECKPOINT_PATTERN = TrainerProfile.model_fields["checkpoint_pattern"].default
+RESEED_STEP = 1000  # a reseeded attempt n runs with seed + RESEED_STEP * (n - 1): never a seed of its siblings
+Judge = Callable[[RunState], StopRequest | None]
 
 
 class SupervisorError(Exception):
@@ -73,8 +75,18 @@ def checkpoints_in(tb_dir: str | None, pattern: str = DEFAULT_CHECKPOINT_PATTERN
     return [p for _, p in sorted(found)]
 
 
+def _checkpoints_before(checkpoints: list[str], iteration: int | None,
+                        pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> list[str]:
+    """The checkpoints saved before `iteration` (all of them when it is None): a reseed must not load
+    weights that already hold the NaN or the blow-up."""
+    if iteration is None:
+        return list(checkpoints)
+    return [c for c in checkpoints if (it := checkpoint_iteration(c, pattern)) is not None and it < iteration]
+
+
 def resume_flags(spec: RunSpec, checkpoint: str) -> list[str]:
-    """Trainer flags that continue from `checkpoint` (one inside the run's own log dir), from the profile.
+    """Trainer flags that continue from exactly `checkpoint` (one inside the run's own log dir, not always
+    its newest: a reseed goes back before a NaN), from the trainer profile's `resume_args`.
 
     They replace a fine-tuning start checkpoint's flags (last flag wins): the run's own progress wins."""
     return fill(spec.trainer.resume_args, **checkpoint_values(checkpoint))
@@ -154,11 +166,12 @@ class _Run:
     def __init__(self, spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, executor: Executor,
                  lease: gpu_lock.Lease | None, key: str, status_line: Callable[[str], None],
                  sweep: str | None, index: int | None, phase: int | None,
-                 should_stop: Callable[[], bool]):
+                 should_stop: Callable[[], bool], judge: Judge | None = None):
         self.spec, self.cfg, self.root, self.path = spec, cfg, root, state_path
         self.executor, self.lease, self.key = executor, lease, key
-        self.say = status_line
+        self.say, self.judge = status_line, judge
         self.should_stop = lambda: should_stop() or run_requests.stop_requested(state_path)
+        self.stop_request: StopRequest | None = None  # the judge's verdict on the current attempt
         self.where = dict(sweep=sweep, index=index, phase=phase)
         self.logs_dir = cfg.path(root, cfg.logs_dir)
         self.planned_limit = spec.time_limit_s if spec.time_limit_s is not None else cfg.monitor.time_limit
@@ -225,7 +238,7 @@ class _Run:
 
     def _effective_spec(self) -> RunSpec:
         eff = self.state.extra.get("effective", {})
-        return self.spec.model_copy(update={k: v for k, v in eff.items() if k in ("num_envs",)})
+        return self.spec.model_copy(update={k: v for k, v in eff.items() if k in ("num_envs", "seed")})
 
     def _target_iteration(self) -> int | None:
         """The iteration the run ends at: what its attempts count to (which includes a fine-tuning start
@@ -355,6 +368,16 @@ class _Run:
         if r is not None and (self.state.best_reward is None or r > self.state.best_reward):
             self.state.best_reward = r
 
+    def _should_stop(self) -> bool:
+        """watch()'s stop test: the user's stop, or the judge's (early stopping, learning health), which
+        stops the trainer the same graceful way (it saves a checkpoint) and names the verdict."""
+        if self.should_stop():
+            return True
+        if self.judge is not None and self.stop_request is None and self.state.current is not None:
+            self._sync_from_scanner(self.state.current)
+            self.stop_request = self.judge(self.state)
+        return self.stop_request is not None
+
     # -- status line ---------------------------------------------------------------------------
     def status_text(self, what: str | None = None) -> str:
         st, a = self.state, self.state.current
@@ -418,8 +441,9 @@ class _Run:
                                             tick_s=getattr(self.executor, "poll_interval_s", 0.1),
                                             checkpoint_pattern=None if trainer.saves_on_interrupt
                                             else trainer.checkpoint_pattern)
+                self.stop_request = None
                 result = watch(self.executor, self.handle, self.scanner, limits, self.tail, gpus=attempt.gpus,
-                               notify=self._notify, should_stop=self.should_stop, time_left=self._time_left)
+                               notify=self._notify, should_stop=self._should_stop, time_left=self._time_left)
             except BaseException:
                 self._abort()
                 raise
@@ -427,13 +451,19 @@ class _Run:
             if result.stopped_after_checkpoint:
                 reason += (f", right after its checkpoint {result.stopped_after_checkpoint} (its next save would "
                            f"have come after the limit, and it saves nothing when stopped)")
+            if self.stop_request and result.stopped_by == "user" and not self.should_stop():
+                verdict, reason = Verdict(self.stop_request.verdict), self.stop_request.reason
+                if self.stop_request.iteration is not None:
+                    st.extra["bad_iteration"] = self.stop_request.iteration
+            elif verdict is Verdict.nan and self.scanner.progress.iteration is not None:
+                st.extra["bad_iteration"] = self.scanner.progress.iteration  # the trainer's own NaN failure
             self._record_end(attempt, verdict, reason, result, result.exit)
             self.tail.close()
             self.tail = None
             if hasattr(self.executor, "forget"):
                 self.executor.forget(self.handle)
             self.handle = None
-            if result.stopped_by == "user":
+            if result.stopped_by == "user" and verdict is Verdict.killed:
                 st.status = "interrupted"
                 st.reason = "stopped by the user"
                 self.save()
@@ -469,9 +499,10 @@ class _Run:
 
         st = self.state
         verdict = Verdict(attempt.verdict)
-        if verdict in (Verdict.completed, Verdict.timeout):
+        if verdict in (Verdict.completed, Verdict.timeout, Verdict.pruned):
             st.status, st.final_verdict, st.reason = verdict.value, verdict.value, attempt.reason
-            attempt.decision = "done" if verdict == Verdict.completed else "accept"
+            attempt.decision = {Verdict.completed: "done", Verdict.timeout: "accept"}.get(
+                verdict, "pruned: stopped early, checkpoints kept")
             return True
         history = [Verdict(a.verdict) for a in st.attempts[:-1] if a.verdict]
         spec = self._effective_spec()
@@ -480,7 +511,8 @@ class _Run:
                    spec.num_envs, gpus, bool(st.checkpoints))
         attempt.decision = f"{d.action}: {d.reason}"
         if d.action in ("done", "accept"):
-            st.status = "completed" if d.action == "done" else "timeout"
+            # a plateau is the end of learning, not of time: an accepted one completes the run
+            st.status = "completed" if d.action == "done" or verdict is Verdict.plateau else "timeout"
             st.final_verdict, st.reason = verdict.value, attempt.reason
             return True
         if d.action == "give_up":
@@ -492,9 +524,17 @@ class _Run:
             eff["num_envs"] = d.num_envs
         if d.action == "other_gpu" and self.lease and self.lease.gpus:
             self._move_gpu()
+        if verdict is Verdict.oom and self.lease and getattr(self.lease, "packed", False):
+            self.say(f"lights-out: {st.task} ran out of memory on a shared GPU: "
+                     f"{gpu_lock.unpack(self.lease, self.cfg, self.root)}.")
         if d.action == "fewer_gpus" and self.lease and d.gpus:
             self.lease.shrink(d.gpus)
-        if d.resume and st.checkpoints:
+        if d.action == "reseed":
+            eff["seed"] = (spec.seed or 0) + RESEED_STEP * (len(st.attempts))
+            good = _checkpoints_before(st.checkpoints, st.extra.get("bad_iteration"), self.spec.trainer.checkpoint_pattern)
+            if good:
+                st.extra["resume_from"] = good[-1]
+        elif d.resume and st.checkpoints:
             st.extra["resume_from"] = st.checkpoints[-1]
         st.status = "running"
         self.emit("retry", attempt=attempt.number, verdict=verdict.value, reason=attempt.reason,
@@ -528,7 +568,7 @@ class _Run:
             if getattr(st.final, field) is None and tag in latest:
                 setattr(st.final, field, latest[tag][2])
         self.save()
-        kind = {"completed": "completed", "timeout": "timeout"}.get(st.status, "failed")
+        kind = {"completed": "completed", "timeout": "timeout", "pruned": "pruned"}.get(st.status, "failed")
         self.emit(kind, verdict=st.final_verdict, reason=st.reason, attempts=len(st.attempts),
                   final=st.final.model_dump(), checkpoints=st.checkpoints[-1:])
         self.say(self.status_text(f"{st.status}: {st.reason}"))
@@ -539,13 +579,15 @@ def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *
               lease: gpu_lock.Lease | None = None, run_key: str | None = None,
               status_line: Callable[[str], None] = print, sweep: str | None = None, index: int | None = None,
               phase: int | None = None, should_stop: Callable[[], bool] = lambda: False,
-              smoke_only: bool = False) -> RunState:
+              smoke_only: bool = False, judge: Judge | None = None) -> RunState:
     """Run `spec` through attempts until completed / timeout / failed; the state is written on every change.
 
     A run left 'running' by a dead supervisor is adopted (trainer alive and ours) or marked interrupted
     and retried; one held by a live supervisor is refused (SupervisorBusy). `lease` is the GPU/CPU slot
     the caller holds; without one the run is not pinned to a GPU. With spec.smoke the smoke gate
-    (smoke.py) runs before the first attempt; smoke_only stops after it. Raises SupervisorError / LaunchError
+    (smoke.py) runs before the first attempt; smoke_only stops after it. `judge(state)` is asked while an
+    attempt runs; a StopRequest it returns stops the trainer gracefully with that verdict (a sweep's early
+    stopping: `pruned`, final; learning health: `nan`, ... answered by the policy). Raises SupervisorError / LaunchError
     with one sentence for user-fixable problems, never leaving a trainer behind.
     """
     root = Path(root)
@@ -572,7 +614,7 @@ def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *
                               f"{state_path.parent} writable.") from None
     try:
         run = _Run(spec, cfg, root, state_path, executor or LocalExecutor(cwd=root), lease, key, status_line,
-                   sweep, index, phase, should_stop)
+                   sweep, index, phase, should_stop, judge)
         return run.run(smoke_only)
     finally:
         lock.release()

@@ -35,7 +35,7 @@ from filelock import FileLock, Timeout
 from lights_out_dev import ledger, procs
 from lights_out_dev.command import merge_flags
 from lights_out_dev.config import ProjectConfig
-from lights_out_dev.plan import LoadedPlan, PlannedRun, check_tasks, load_plan, promoted_task
+from lights_out_dev.plan import LoadedPlan, PlannedRun, check_tasks, entry_search, load_plan, promoted_task, set_params
 from lights_out_dev.spec import RunSpec
 from lights_out_dev.state import RunState, atomic_write_text, load_state
 from lights_out_dev.verdicts import FINAL_STATUSES
@@ -98,6 +98,14 @@ class SweepPaths:
 
     def promotion(self, index: int) -> Path:
         return self.runs / f"{index:02d}.promotion.json"
+
+    @property
+    def search(self) -> Path:
+        return self.dir / "search"
+
+    @property
+    def compute(self) -> Path:
+        return self.dir / "compute.json"
 
 
 def run_key(name: str, index: int) -> str:
@@ -269,7 +277,13 @@ class Sweep:
         self._lease_blocker: str | None = None  # why the last lease was refused (e.g. a foreign process)
         self._freed = False  # set when a run thread ends (guarded by _cv)
         self._stop = threading.Event()  # Ctrl-C / SIGTERM: supervisors stop their trainers gracefully
+        from lights_out_dev.judging import ScalarCache
+
+        self._scalars = ScalarCache()  # TensorBoard series of the runs, shared by their judges
+        self._budget_said = False
+        self._on_gpu: dict[int, tuple[int, float | None]] = {}  # active run -> (its GPU, measured peak MB)
         self._load_promotions()
+        self._load_trials()
 
     # -- state -------------------------------------------------------------------------
     def states(self) -> dict[int, RunState]:
@@ -292,12 +306,22 @@ class Sweep:
     def render(self) -> str:
         rel = lambda p: os.path.relpath(p, self.root)  # noqa: E731 - ledger shows repo-relative paths
         return ledger.render(self.loaded, self.states(), started_at=self.started_at(),
-                             state_dir=rel(self.paths.runs), report=rel(self.paths.report), root=str(self.root))
+                             state_dir=rel(self.paths.runs), report=rel(self.paths.report), root=str(self.root),
+                             compute=self.compute())
+
+    def compute(self):
+        """GPU-seconds (slot-seconds without GPUs) of every run and of the sweep (compute.py)."""
+        from lights_out_dev.compute import sweep_compute
+
+        n = gpu_count()
+        return sweep_compute(self.states(), n or self.cfg.cpu_slots, time.time(), gpu=bool(n))
 
     def refresh_ledger(self) -> None:
-        """Rewrite the ledger from state (a deleted or hand-edited ledger is rebuilt here)."""
+        """Rewrite the ledger from state (a deleted or hand-edited ledger is rebuilt here), and compute.json."""
         with self._ledger_mutex:
             try:
+                if self.paths.dir.exists():
+                    atomic_write_text(self.paths.compute, json.dumps(self.compute().as_dict(), indent=2))
                 ledger.write(ledger_path(self.root, self.cfg), self.render(), ledger_lock(self.root, self.cfg))
                 self._ledger_warned = False
             except (OSError, Timeout) as e:
@@ -348,7 +372,9 @@ class Sweep:
             if path.exists() and existing == self.loaded.name:
                 self._archive(path, f"{existing}.{stamp}")
             self.paths.dir.rename(self.paths.dir.with_name(f"{self.paths.dir.name}.{stamp}"))
+            self.loaded = load_plan(self.loaded.path)  # runs without the archived sweep's trials and promotions
             self._load_promotions()
+            self._load_trials()
         self.paths.runs.mkdir(parents=True, exist_ok=True)
         if not self.paths.meta.exists():
             atomic_write_text(self.paths.meta, json.dumps({"name": self.loaded.name, "plan": str(self.loaded.path),
@@ -448,6 +474,114 @@ class Sweep:
         self._apply_promotion(run, d)
         return None
 
+    # -- search (search.py) and budget ------------------------------------------------------
+    def _trial_store(self):
+        from lights_out_dev.search import TrialStore
+
+        return TrialStore(self.paths.search)
+
+    def _load_trials(self) -> None:
+        """Put the parameters of trials already asked (Optuna) back on their runs: a resumed sweep keeps them."""
+        store = self._trial_store()
+        for run in self.loaded.runs:
+            sr = run.extra.get("search")
+            if sr and "params" not in run.extra:
+                params = store.load(sr["group"], sr["trial"])
+                if params is not None:
+                    set_params(run, params)
+
+    def _assign_trial(self, run: PlannedRun) -> None:
+        """An Optuna run about to launch without parameters: ask the study (rebuilt from the trial files and
+        the runs' states) for its trial, and write the trial file before anything starts."""
+        from lights_out_dev.search import TrialResult, ask
+
+        sr = run.extra.get("search")
+        if not sr or "params" in run.extra:
+            return
+        store = self._trial_store()
+        params = store.load(sr["group"], sr["trial"])
+        if params is None:
+            search = entry_search(self.loaded.plan, run)
+            states = self.states()
+            results = []
+            for t in range(sr["trial"]):
+                asked = store.load(sr["group"], t)
+                if asked is None:
+                    continue  # never asked (its runs were skipped): not part of the study
+                runs = [r for r in self.loaded.runs if r.extra.get("search", {}).get("group") == sr["group"]
+                        and r.extra["search"]["trial"] == t]
+                sts = [states.get(r.index) for r in runs]
+                values = [v for st in sts if st and st.status in ("completed", "timeout")
+                          and (v := self.metric_value(st, search.metric)) is not None]
+                running = any(not is_final(st) for st in sts)
+                results.append(TrialResult(t, asked, values, pruned=any(st and st.status == "pruned" for st in sts),
+                                           failed=not values and not running, running=running))
+            params = ask(search, results)
+            store.save(sr["group"], sr["trial"], params)
+            self.say(f"[sweep {self.loaded.name}] run {run.index}: optuna trial {sr['trial']}: "
+                     + ", ".join(f"{k}={v}" for k, v in params.items()))
+        for other in self.loaded.runs:  # every repeat of the trial gets the same configuration
+            o = other.extra.get("search")
+            if o and o["group"] == sr["group"] and o["trial"] == sr["trial"] and "params" not in other.extra:
+                set_params(other, params)
+
+    def _resume_best(self, indices: list[int]) -> list[int]:
+        """Plan `prune.resume_best`: once every run of a search is final, its best configuration's pruned
+        seeds (best by the mean final metric of its finished seeds) are made to continue from their
+        checkpoints, unpruned, so that configuration's mean ± std covers all its seeds. Returns them."""
+        from lights_out_dev.state import save_state
+
+        states, groups = self.states(), {}
+        for i in indices:
+            run = self.loaded.run(i)
+            sr, search = run.extra.get("search"), entry_search(self.loaded.plan, run)
+            if sr and search and search.prune and search.prune.resume_best:
+                groups.setdefault(sr["group"], (search, {}))[1].setdefault(sr["trial"], []).append(i)
+        resumed = []
+        for search, trials in groups.values():
+            if not all(is_final(states.get(i)) for runs in trials.values() for i in runs):
+                continue
+            means = {}
+            for trial, runs in trials.items():
+                values = [v for i in runs if states[i].status in ("completed", "timeout")
+                          and (v := self.metric_value(states[i], search.metric)) is not None]
+                if values:
+                    means[trial] = sum(values) / len(values)
+            if not means:
+                continue
+            best = (max if search.mode == "max" else min)(means, key=means.get)
+            for i in trials[best]:
+                st = states[i]
+                if st.status != "pruned" or not st.checkpoints or st.extra.get("resumed_after_pruning"):
+                    continue
+                st.status, st.extra["resumed_after_pruning"] = "interrupted", True
+                st.reason = f"resumed after pruning: configuration {best} is the best ({means[best]:.4g} {search.metric})"
+                save_state(st, self.paths.state(i))
+                self.paths.target(i).unlink(missing_ok=True)  # not final any more: the doit graph must agree
+                self.say(f"[sweep {self.loaded.name}] run {i}: {st.reason}; continuing from {st.checkpoints[-1]}.")
+                resumed.append(i)
+        return resumed
+
+    def _over_budget(self) -> str | None:
+        """Why no new run may start (the plan's budget is spent), or None."""
+        from lights_out_dev.compute import seconds_text
+
+        budget = self.loaded.plan.budget
+        if budget is None:
+            return None
+        c = self.compute()
+        if c.busy_s < budget:
+            return None
+        why = f"budget spent: {seconds_text(c.busy_s, c.gpu)} of {seconds_text(budget, c.gpu)}"
+        if not self._budget_said:
+            from lights_out_dev import events
+
+            self._budget_said = True
+            events.emit(self.root, self.cfg, "budget_spent", sweep=self.loaded.name, spent_s=round(c.busy_s, 1),
+                        budget_s=budget)
+            self.say(f"[sweep {self.loaded.name}] {why}; no new run starts (running ones finish).")
+        return why
+
     def _skip(self, run: PlannedRun, reason: str) -> None:
         """Record a run that cannot be started (no promotion source, too many GPUs) as final 'skipped'."""
         spec = RunSpec(task=run.task or "(promotion)", family="-", launcher="lab", prefix=[], script="-",
@@ -482,6 +616,7 @@ class Sweep:
                 run_lock.release()
                 with self._cv:
                     active.pop(run.index, None)
+                    self._on_gpu.pop(run.index, None)
                     self._freed = True  # a notify while the loop is busy must not be lost
                     self._cv.notify_all()
                 self.refresh_ledger()
@@ -491,6 +626,7 @@ class Sweep:
         t.start()
 
     def _supervise(self, run: PlannedRun, lease, smoke_only: bool = False) -> None:
+        from lights_out_dev.judging import RunJudge
         from lights_out_dev.supervisor import supervise
 
         spec = self.spec(run)
@@ -504,7 +640,8 @@ class Sweep:
                           lease=lease, run_key=run_key(self.loaded.name, run.index),
                           status_line=lambda line: self.say(f"[{run.key}] {line}"),
                           sweep=self.loaded.name, index=run.index, phase=run.phase,
-                          should_stop=self._stop.is_set, smoke_only=smoke_only)
+                          should_stop=self._stop.is_set, smoke_only=smoke_only,
+                          judge=judge if (judge := RunJudge(self, run, self._scalars)).active else None)
         if is_final(state):
             self.write_target(run.index, state)
 
@@ -523,7 +660,42 @@ class Sweep:
             return SlurmExecutor(self.cfg, self.root)  # as supervisor.run_task builds it
         return None  # the supervisor's default: LocalExecutor
 
-    def _try_lease(self, n: int, state: RunState | None):
+    @staticmethod
+    def _measured_peak(state: RunState | None) -> float | None:
+        """Peak VRAM of the run measured so far: its attempts', else its smoke gate's."""
+        if state is None:
+            return None
+        return state.peak_vram_mb or (state.extra.get("smoke") or {}).get("peak_vram_mb")
+
+    def _packed_lease(self, run: PlannedRun, state: RunState | None):
+        """Plan `runs_per_gpu`: a share of a GPU our own measured runs use, when this run's peak fits
+        (packing.decide, checked against NVML now); None otherwise."""
+        from lights_out_dev.gpu_lock import acquire_packed
+        from lights_out_dev.nvml import query_gpus
+        from lights_out_dev.packing import decide
+
+        plan = self.loaded.plan
+        peak = self._measured_peak(state)
+        if plan.runs_per_gpu == 1 or peak is None or self._needed_gpus(run) != 1:
+            return None
+        max_runs = None if plan.runs_per_gpu == "auto" else plan.runs_per_gpu
+        try:
+            gpus = {g.index: g for g in query_gpus()}
+        except Exception:  # no NVML now: no packing rather than a guess
+            return None
+        on_gpu = list(self._on_gpu.values())  # run threads remove their entry when they end
+        for index in sorted({g for g, _ in on_gpu}):
+            info = gpus.get(index)
+            if info is None:
+                continue
+            residents = [p for g, p in on_gpu if g == index]
+            d = decide(peak, residents, info.mem_total_mb, info.mem_used_mb, plan.pack_margin_mb, max_runs)
+            if d.fits and (lease := acquire_packed(index, self.cfg, self.root)) is not None:
+                self.say(f"[sweep {self.loaded.name}] run {run.index} packed onto GPU {index}: {d.reason}.")
+                return lease
+        return None
+
+    def _try_lease(self, n: int, state: RunState | None, run: PlannedRun | None = None):
         """A lease, or None when no slot is free now. A run whose trainer may still be alive (left
         'running' by a killed sweep) gets the GPUs it is on, so an adopted trainer keeps its GPU."""
         from lights_out_dev.gpu_lock import GpuLockError, acquire
@@ -537,7 +709,7 @@ class Sweep:
             return acquire(n, self.cfg, self.root, prefer=prefer, wait=False)
         except GpuLockError as e:
             self._lease_blocker = str(e)
-            return None
+            return self._packed_lease(run, state) if run is not None and prefer is None else None
 
     def schedule(self, indices: list[int], smoke_only: bool = False) -> bool:
         """Run the given runs to a final state, one per lease, work-conserving. True = none errored.
@@ -572,6 +744,12 @@ class Sweep:
                         self._skip(run, why)
                         pending.remove(run)
                         continue
+                if not _started(state):
+                    spent = self._over_budget()
+                    if spent:
+                        self._skip(run, spent)
+                        pending.remove(run)
+                        continue
                 need = self._needed_gpus(run) if n_gpu else 1  # CPU: one slot per run (ranks share it)
                 if n_gpu and need > n_gpu:
                     self._skip(run, f"it needs {need} GPUs and this machine has {n_gpu}")
@@ -585,12 +763,21 @@ class Sweep:
                 if time.monotonic() - self._busy.get(run.index, -BUSY_RECHECK_S) < BUSY_RECHECK_S:
                     run_lock.release()  # its owner is alive; look again later (adopt it if the owner died)
                     continue
-                lease = self._try_lease(need, state)
+                lease = self._try_lease(need, state, run)
                 if lease is None:
                     run_lock.release()
                     launched_blocked = True
                     break
+                try:
+                    self._assign_trial(run)
+                except Exception as e:  # noqa: BLE001 - reported; nothing was launched
+                    lease.release()
+                    run_lock.release()
+                    self._errors.append(f"run {run.index} ({run.task}): cannot ask the search for its trial: {e}")
+                    break
                 pending.remove(run)
+                if lease.gpus and len(lease.gpus) == 1:
+                    self._on_gpu[run.index] = (lease.gpus[0], self._measured_peak(state))
                 self._launch(run, run_lock, lease, active, smoke_only)
             if self._errors and not active:
                 break
@@ -661,7 +848,10 @@ class Sweep:
             indices = [r.index for r in self.loaded.runs if r.phase == phase]
             if self.loaded.plan.smoke_first and not self.schedule(indices, smoke_only=True):
                 return False  # fail fast: a config bug shows in every smoke before any long run starts
-            return self.schedule(indices)
+            if not self.schedule(indices):
+                return False
+            resumed = self._resume_best(indices)
+            return self.schedule(resumed) if resumed else True
         finally:
             if old is not None:
                 signal.signal(signal.SIGTERM, old)

@@ -1,6 +1,7 @@
 """The closed set of verdicts a run's observations can lead to (DESIGN.md §3.5)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -18,6 +19,12 @@ class Verdict(str, Enum):
     imbalance = "imbalance"
     config_error = "config_error"
     killed = "killed"
+    # decided by the sweep scheduler, not by the process: early stopping and learning health (health.py)
+    pruned = "pruned"
+    nan = "nan"
+    diverged = "diverged"
+    collapsed = "collapsed"
+    plateau = "plateau"
 
     @property
     def is_final(self) -> bool:
@@ -25,9 +32,24 @@ class Verdict(str, Enum):
 
     @property
     def is_failure(self) -> bool:
-        return self.is_final and self not in (Verdict.completed, Verdict.timeout)
+        return self.is_final and self not in (Verdict.completed, Verdict.timeout, Verdict.pruned, Verdict.plateau)
+
+
+# Learning-health verdicts: the process is fine, the learning is not (health.py judges them).
+HEALTH_VERDICTS = frozenset({Verdict.nan, Verdict.diverged, Verdict.collapsed, Verdict.plateau})
 
 
 # Run status as the ledger shows it.
-RUN_STATUSES = ("pending", "running", "completed", "timeout", "failed", "interrupted", "skipped")
-FINAL_STATUSES = frozenset({"completed", "timeout", "failed", "skipped"})
+# `pruned`: stopped early by the sweep's early-stopping rule (pruning.py); final, not a failure.
+RUN_STATUSES = ("pending", "running", "completed", "timeout", "failed", "interrupted", "skipped", "pruned")
+FINAL_STATUSES = frozenset({"completed", "timeout", "failed", "skipped", "pruned"})
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """A verdict reached on a live run from its metrics (early stopping, learning health): the
+    supervisor stops the trainer gracefully (it saves a checkpoint) and records this verdict."""
+
+    verdict: str  # 'pruned' or a HEALTH_VERDICTS value
+    reason: str
+    iteration: int | None = None  # where the learning went wrong (a reseed resumes from before it)

@@ -131,3 +131,20 @@ def test_busy_gpu_wait_policy_waits(tmp_path, three_gpus):
     got = acquire(1, cfg, tmp_path, prefer=[0], timeout=10)
     assert got.gpus == [0]
     got.release()
+
+
+def test_a_gpu_with_packed_runs_is_not_leased_whole_and_unpack_takes_a_free_one(tmp_path, three_gpus):
+    three_gpus[0].clear()
+    cfg = cfg_for(tmp_path)
+    whole = acquire(1, cfg, tmp_path, prefer=[1])
+    share = gpu_lock.acquire_packed(1, cfg, tmp_path)
+    assert share.gpus == [1] and share.packed
+    whole.release()  # the run that had GPU 1 whole ends; the packed one goes on
+    with pytest.raises(GpuLockError, match="GPU 1 is shared by packed lights-out runs"):
+        acquire(1, cfg, tmp_path, prefer=[1])
+    others = [acquire(1, cfg, tmp_path, prefer=[0]), acquire(1, cfg, tmp_path, prefer=[2])]
+    assert "stays packed on gpu1" in gpu_lock.unpack(share, cfg, tmp_path)  # nothing whole is free
+    others.pop().release()
+    assert gpu_lock.unpack(share, cfg, tmp_path) == "unpacked from gpu1 onto gpu2"
+    assert share.gpus == [2] and not share.packed
+    assert acquire(1, cfg, tmp_path, prefer=[1]).gpus == [1]  # no packed run left on GPU 1

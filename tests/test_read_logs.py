@@ -128,3 +128,22 @@ def test_export_csv(project, tmp_path):
     assert float(rows[3]["Train/mean_reward"]) == 13.0
     assert rows[1]["Loss/value_function"] == ""  # not logged at odd steps
     assert run(project, "export-csv", str(d)).returncode == 0 and (d / "metrics.csv").exists()
+
+
+def test_export_csv_keeps_time_tags_out_of_the_iteration_rows(project, tmp_path):
+    """rsl_rl's Train/mean_reward/time is stepped by seconds since the start: not an iteration."""
+    d = project / "logs" / "rsl_rl" / "cartpole" / "timed"
+    w = SummaryWriter(str(d))
+    for step in range(3):
+        w.add_scalar("Train/mean_reward", 10.0 + step, step)
+        w.add_scalar("Train/mean_reward/time", 10.0 + step, 100 + 7 * step)
+    w.close()
+    out = tmp_path / "m.csv"
+    assert run(project, "export-csv", str(d), "--out", str(out)).returncode == 0
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["step", "wall_time", "Train/mean_reward"]
+    assert [r["step"] for r in rows] == ["0", "1", "2"]
+    walls = [float(r["wall_time"]) for r in rows]
+    assert walls == sorted(walls)
+    timed = list(csv.DictReader((tmp_path / "m_time.csv").open()))
+    assert [r["seconds"] for r in timed] == ["100", "107", "114"] and timed[0]["Train/mean_reward/time"] == "10.0"

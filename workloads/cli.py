@@ -73,6 +73,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     """Parse argv; `physics=...` tokens are Isaac Lab 3 style overrides, anything else unknown is an error."""
     args, unknown = parser.parse_known_args(argv)
     args.physics = "torch"
+    args.hydra = []  # (dotted key, value) overrides of the env/agent configuration, in order
     for token in unknown:
         key, eq, value = token.partition("=")
         flag = token.split("=", 1)[0]
@@ -83,8 +84,11 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
             if value not in PHYSICS:
                 raise UsageError(f"unknown physics {value!r}; use physics=torch or physics=newton")
             args.physics = value
+        elif eq and key.split(".", 1)[0] in ("env", "agent") and "." in key:
+            args.hydra.append((key, value))
         elif eq and not key.startswith("-"):
-            raise UsageError(f"unsupported override {token!r}; only physics=torch|newton is accepted")
+            raise UsageError(f"unsupported override {token!r}; use physics=torch|newton, env.<key>=VALUE or "
+                             f"agent.<key>=VALUE")
         elif token.startswith("-"):
             raise UsageError(f"unknown flag {flag!r}; run with --help to see the accepted flags")
         else:
@@ -111,3 +115,31 @@ def resolve_device(requested: str | None) -> str:
             )
         return f"cuda:{index}"
     return requested
+
+
+def apply_hydra(env_cfg: dict, agent_cfg: dict, overrides: list[tuple[str, str]]) -> None:
+    """Isaac Lab's Hydra overrides `env.a.b=V` / `agent.algorithm.learning_rate=V` on the configuration dicts;
+    V is read as YAML (numbers, booleans, lists). Only existing keys: a typo must not pass silently."""
+    import yaml
+
+    for key, text in overrides:
+        root, _, path = key.partition(".")
+        node = env_cfg if root == "env" else agent_cfg
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                where = ".".join([root, *parts[:i]])
+                known = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
+                raise UsageError(f"unknown configuration key {key!r}: {where} has no {part!r} (its keys: {known})")
+            if i < len(parts) - 1:
+                node = node[part]
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UsageError(f"cannot read the value of {key}={text!r}; write a number, true/false or a word") from None
+        if isinstance(value, str):  # YAML 1.1 reads 1e-05 (no dot) as text; Hydra reads it as a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        node[parts[-1]] = value

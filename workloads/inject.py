@@ -15,7 +15,14 @@ import sys
 import time
 from dataclasses import dataclass
 
-KINDS = ("crash", "segfault", "oom", "stall", "hang_exit", "config_error", "exit0_early", "nccl", "slow", "nan")
+KINDS = ("crash", "segfault", "oom", "stall", "hang_exit", "config_error", "exit0_early", "nccl", "slow",
+         "nan", "diverge", "collapse")
+# Learning faults (the process stays healthy, the learning does not), done to the real optimizer and policy:
+# nan: the learning rate becomes NaN, so the next update writes NaN weights (rsl_rl's NaN check then fires,
+#      or with agent.check_for_nan=false the NaN losses and rewards go on into TensorBoard);
+# diverge: a fixed learning rate of 10 (no adaptive schedule): the value loss explodes;
+# collapse: the actor's output layer is scrambled and learning stops (learning rate 0): the reward falls and stays.
+LEARNING_FAULTS = ("nan", "diverge", "collapse")
 # hang_exit fires after training; slow applies from ITER on (default 0); the rest need @ITER.
 ITER_OPTIONAL = ("hang_exit", "slow")
 
@@ -104,3 +111,24 @@ def exit0_early(it: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def learning_fault(kind: str, it: int, alg) -> None:
+    """One of LEARNING_FAULTS on rsl_rl's PPO instance `alg`."""
+    import torch
+
+    say(f"{kind} at iteration {it}")
+    if kind == "nan":
+        lr = float("nan")
+    elif kind == "diverge":
+        lr = 10.0
+    else:  # collapse
+        lr = 0.0
+        with torch.no_grad():
+            last = [m for m in alg.actor.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.weight.copy_(torch.randn_like(last.weight) * 50.0)
+            last.bias.fill_(5.0)
+    alg.schedule = "fixed"  # the adaptive schedule would undo the change at the next update
+    alg.learning_rate = lr
+    for group in alg.optimizer.param_groups:
+        group["lr"] = lr

@@ -44,7 +44,6 @@ class Trainer:
     def __init__(self, injections):
         self.injections = injections
         self.fired: set = set()
-        self.nan_rewards = False  # --inject nan: the environment returns NaN rewards from then on
         self.runner = None
         self.learning = False
         self.steps = 0
@@ -94,10 +93,7 @@ class Trainer:
             if self.steps % steps_per_it == 0:
                 self.on_iteration_start(self.start_it + self.steps // steps_per_it)
             self.steps += 1
-            obs, rewards, dones, extras = step(actions)
-            if self.nan_rewards:
-                rewards = rewards * float("nan")
-            return obs, rewards, dones, extras
+            return step(actions)
 
         env.step = hooked_step
 
@@ -127,9 +123,8 @@ class Trainer:
             inject.config_error(it, self.runner.cfg)
         elif kind == "exit0_early":
             inject.exit0_early(it)
-        elif kind == "nan":
-            inject.say(f"nan at iteration {it}: the environment returns NaN rewards")
-            self.nan_rewards = True
+        elif kind in inject.LEARNING_FAULTS:
+            inject.learning_fault(kind, it, self.runner.alg)
         elif kind == "nccl" and self.rank == self.world_size - 1:
             inject.say(f"nccl at iteration {it}: rank {self.rank} leaves the collective")
             inject.sleep_forever(self.check_stop)
@@ -217,6 +212,10 @@ def main(argv: list[str]) -> int:
 
 
     env_cfg, agent_cfg = tasks.task_config(args.task)
+    try:
+        cli.apply_hydra(env_cfg, agent_cfg, args.hydra)
+    except cli.UsageError as e:
+        cli.fail(PROG, e)
     if args.num_envs is not None:
         env_cfg["num_envs"] = args.num_envs
     if args.seed is not None:
