@@ -7,6 +7,7 @@ budget, and one run whose learning rate turns NaN for real; SIGKILLed half-way a
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -184,8 +185,9 @@ def test_a_diverged_run_is_stopped_from_its_tensorboard_file_and_reseeded_from_b
     assert first["decision"].startswith("reseed")
     argv = second["argv"]
     assert argv[argv.index("--seed") + 1] == "1004"
-    resumed = argv[argv.index("--checkpoint") + 1]
-    assert resumed.endswith("model_0.pt") and Path(resumed).parent.name in first["tb_dir"]  # before the blow-up
+    # Isaac Lab 2.x resume (the reference trainer's profile): exact regexes for the run and the file
+    resumed, run_dir = argv[argv.index("--checkpoint") + 1], argv[argv.index("--load_run") + 1]
+    assert re.fullmatch(resumed, "model_0.pt") and re.fullmatch(run_dir, Path(first["tb_dir"]).name)  # before the blow-up
     assert st["status"] == "completed" and second["verdict"] == "completed"
 
 
