@@ -103,9 +103,9 @@ class MonitorConfig(_Strict):
 class PolicyRule(_Strict):
     """What to do for one verdict; attempts are counted per verdict within a run."""
 
-    action: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "give_up", "accept"] = "retry"
+    action: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "exclude_node", "give_up", "accept"] = "retry"
     max_attempts: int = 3
-    then: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "give_up", "accept"] | None = None
+    then: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "exclude_node", "give_up", "accept"] | None = None
     after: int = 1  # how many attempts use `action` before `then` applies
 
 
@@ -122,6 +122,9 @@ def default_policy() -> dict[str, PolicyRule]:
         "config_error": PolicyRule(action="give_up", max_attempts=0),
         "killed": PolicyRule(action="retry", max_attempts=3),
         "timeout": PolicyRule(action="accept", max_attempts=0),
+        # The cluster's doing, not the run's: resume from the checkpoint, not counted as failures.
+        "preempted": PolicyRule(action="retry", max_attempts=20),
+        "node_fail": PolicyRule(action="exclude_node", max_attempts=5),
     }
 
 

@@ -256,8 +256,13 @@ class _Run:
         env = {**os.environ, **command.trainer_env(spec), **env_over}
         stamp = time.strftime("%Y%m%d_%H%M%S")
         log_path = self.logs_dir / f"{stamp}_{self.key}{'' if n == 1 else f'_a{n}'}.log"
+        placement = {}  # only a Slurm run on several nodes or away from failed nodes needs these
+        if spec.nodes > 1:
+            placement["nodes"] = spec.nodes
+        if st.extra.get("exclude_nodes"):
+            placement["exclude_nodes"] = list(st.extra["exclude_nodes"])
         self.handle = self.executor.start(argv, env, log_path, gpus, time_limit_s=self.limit,
-                                          job_name=f"lo-{self.key}")
+                                          job_name=f"lo-{self.key}", **placement)
         attempt = Attempt(number=n, argv=argv, gpus=gpus, env_overrides=env_over, started_at=time.time(),
                           pid=self.handle.pid, pgid=self.handle.pgid, job_id=self.handle.job_id,
                           node=self.handle.node, log_path=self.handle.log_path)
@@ -322,6 +327,7 @@ class _Run:
             attempt.node = handle.node
         if exit_status is not None:
             attempt.exit_code, attempt.signal = exit_status.exit_code, exit_status.signal
+            attempt.failed_nodes = list(getattr(exit_status, "failed_nodes", None) or [])
         if result is not None:
             attempt.survivors = result.survivors
             attempt.peak_vram_mb = result.peak_vram_mb
@@ -478,6 +484,8 @@ class _Run:
             self._move_gpu()
         if d.action == "fewer_gpus" and self.lease and d.gpus:
             self.lease.shrink(d.gpus)
+        if d.action == "exclude_node" and attempt.failed_nodes:
+            st.extra["exclude_nodes"] = sorted({*st.extra.get("exclude_nodes", []), *attempt.failed_nodes})
         if d.resume and st.checkpoints:
             st.extra["resume_from"] = st.checkpoints[-1]
         st.status = "running"
@@ -609,7 +617,10 @@ def run_task(spec: RunSpec, target: Path) -> bool:
     lease = None
     old_handler = None
     try:
-        problem = command.launch_problem(spec, root, pin, gpu_lock.gpu_count())
+        from lights_out_dev.slurm_executor import placement_problem
+
+        problem = command.launch_problem(spec, root, pin, gpu_lock.gpu_count()) or \
+            placement_problem(spec, executor_name)
         if problem:
             raise SupervisorError(problem)
         executor = _executor_for(executor_name, cfg, root)

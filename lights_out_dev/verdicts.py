@@ -18,6 +18,8 @@ class Verdict(str, Enum):
     imbalance = "imbalance"
     config_error = "config_error"
     killed = "killed"
+    preempted = "preempted"  # Slurm took the job back (PREEMPTED, requeued): not the run's fault
+    node_fail = "node_fail"  # a node under the job failed (NODE_FAIL, BOOT_FAIL): not the run's fault
 
     @property
     def is_final(self) -> bool:
@@ -25,7 +27,9 @@ class Verdict(str, Enum):
 
     @property
     def is_failure(self) -> bool:
-        return self.is_final and self not in (Verdict.completed, Verdict.timeout)
+        """Counts towards max_consecutive_failures; preemption and node failure are the cluster's doing."""
+        return self.is_final and self not in (Verdict.completed, Verdict.timeout, Verdict.preempted,
+                                              Verdict.node_fail)
 
 
 # Run status as the ledger shows it.
