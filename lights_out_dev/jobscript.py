@@ -42,6 +42,7 @@ EXIT_REASONS = {
 # time-limit marker = the trainer was stopped because Slurm's time limit was near).
 BANNER = "lights-out: Slurm job"
 TIME_LIMIT_MARKER = "lights-out: Slurm time-limit signal"
+NODE_MARKER = "lights-out: node"  # one line per node of a multi-node job, as its torch.distributed.run starts
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9._:+-]")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -216,7 +217,10 @@ def multinode_command(argv: list[str]) -> str:
         i += 2 if takes_value else 1
     rdzv = ('--nnodes="$SLURM_NNODES" --node_rank="$SLURM_NODEID" --rdzv_backend=c10d '
             '--rdzv_endpoint="$LIGHTS_OUT_RDZV_HOST:$LIGHTS_OUT_RDZV_PORT" --rdzv_id="$LIGHTS_OUT_RDZV_ID"')
-    return " ".join(x for x in (shlex.join(head), rdzv, shlex.join(kept), shlex.join(tail)) if x)
+    hello = (f'echo "{NODE_MARKER} $SLURM_NODEID of $SLURM_NNODES on $(hostname): torch.distributed.run, '
+             'rendezvous $LIGHTS_OUT_RDZV_HOST:$LIGHTS_OUT_RDZV_PORT id $LIGHTS_OUT_RDZV_ID"')
+    launch = " ".join(x for x in (shlex.join(head), rdzv, shlex.join(kept), shlex.join(tail)) if x)
+    return f"{hello}; exec {launch}"
 
 
 _FREE_PORT = "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])"

@@ -88,6 +88,8 @@ CASES = [
      "PREEMPTED"),
     ("slurm requeued (the executor's word)", Observations(scheduler_state="REQUEUED", iteration=3, total=6),
      Verdict.preempted, "requeued"),
+    ("slurm NODE_FAIL after the trainer finished", Observations(scheduler_state="NODE_FAIL", **DONE), Verdict.completed,
+     "finished before the end"),
     ("slurm NODE_FAIL beats a crash in the log", Observations(exit_code=1, scheduler_state="NODE_FAIL",
                                                              exception="RuntimeError: connection reset"),
      Verdict.node_fail, "node failed"),
