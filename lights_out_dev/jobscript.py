@@ -319,10 +319,11 @@ def render(req: JobRequest, slurm: SlurmConfig) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_array(reqs: list[JobRequest], slurm: SlurmConfig, max_parallel: int) -> str:
+def render_array(reqs: list[JobRequest], slurm: SlurmConfig, max_parallel: int, name: str | None = None) -> str:
     """One job array for several single-node requests, at most `max_parallel` elements running at once.
 
-    The #SBATCH request (GPUs, time limit, job name, checks) is the first request's; element i runs
+    The #SBATCH request (GPUs, checks) is the first request's, the time limit the longest, the job name
+    `name` (default: the first request's); element i runs
     reqs[i]'s command with its environment, appending to its own log."""
     if not reqs:
         raise JobScriptError("a job array needs at least one run")
@@ -335,7 +336,7 @@ def render_array(reqs: list[JobRequest], slurm: SlurmConfig, max_parallel: int) 
                                  "submit multi-node or mixed runs as jobs of their own")
     sig = normalize_signal(slurm.signal)
     limit = max((r.time_limit_s for r in reqs if r.time_limit_s is not None), default=None)
-    shared = JobRequest(argv=first.argv, log_path="/dev/null", workdir=first.workdir, job_name=first.job_name,
+    shared = JobRequest(argv=first.argv, log_path="/dev/null", workdir=first.workdir, job_name=name or first.job_name,
                         gpus=first.gpus, time_limit_s=limit, guard_argv=first.guard_argv,
                         preflight_argv=first.preflight_argv)
     cap = f"%{max_parallel}" if max_parallel > 0 else ""

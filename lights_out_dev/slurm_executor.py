@@ -185,8 +185,9 @@ class JobArray:
     ARRAY_WINDOW_S after its first one, whichever comes first. A run joins once (by job name); its
     retries, and runs arriving after the submission, are submitted as jobs of their own."""
 
-    def __init__(self, max_parallel: int, expected: int, window_s: float = ARRAY_WINDOW_S):
-        self.max_parallel, self.expected, self.window_s = max_parallel, expected, window_s
+    def __init__(self, max_parallel: int, expected: int, name: str = "lights-out-array",
+                 window_s: float = ARRAY_WINDOW_S):
+        self.max_parallel, self.expected, self.name, self.window_s = max_parallel, expected, name, window_s
         self._cv = threading.Condition()
         self._batch: _ArrayBatch | None = None
         self._joined: set[str] = set()
@@ -213,7 +214,7 @@ class JobArray:
                 batch.submitting = leader = True
         if leader:
             try:
-                batch.job_id = executor._submit_array(batch.reqs, self.max_parallel)
+                batch.job_id = executor._submit_array(batch.reqs, self.max_parallel, self.name)
             except SlurmError as e:
                 batch.error = e
             with self._cv:
@@ -311,10 +312,10 @@ class SlurmExecutor:
             raise SlurmSubmitError(str(e)) from None
         return self._sbatch(script, Path(req.log_path).with_suffix(".sbatch"), env, req.gpus)
 
-    def _submit_array(self, reqs: list[jobscript.JobRequest], max_parallel: int) -> str:
+    def _submit_array(self, reqs: list[jobscript.JobRequest], max_parallel: int, name: str) -> str:
         """One sbatch for the whole array; the job id of the array (elements are <id>_<i>)."""
         try:
-            script = jobscript.render_array(reqs, self.slurm, max_parallel)
+            script = jobscript.render_array(reqs, self.slurm, max_parallel, name)
         except jobscript.JobScriptError as e:
             raise SlurmSubmitError(str(e)) from None
         # Secrets travel by name in the submit environment (as for single jobs): this process's own.

@@ -546,7 +546,8 @@ class Sweep:
 
         fresh = [r for r in pending if r.task is not None and r.gpus <= 1 and r.nodes == 1
                  and not _started(load_state(self.paths.state(r.index)))]
-        return JobArray(k, expected=len(fresh)) if len(fresh) > 1 else None
+        name = f"lo-sweep__{self.loaded.name}-p{fresh[0].phase}" if fresh else ""
+        return JobArray(k, expected=len(fresh), name=name) if len(fresh) > 1 else None
 
     def _try_lease(self, n: int, state: RunState | None):
         """A lease, or None when no slot is free now. A run whose trainer may still be alive (left
