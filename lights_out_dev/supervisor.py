@@ -619,8 +619,9 @@ def run_task(spec: RunSpec, target: Path) -> bool:
     try:
         from lights_out_dev.slurm_executor import placement_problem
 
-        problem = command.launch_problem(spec, root, pin, gpu_lock.gpu_count()) or \
-            placement_problem(spec, executor_name)
+        # A Slurm job's GPUs are on the cluster's nodes, not on this (login) machine.
+        gpus_here = gpu_lock.gpu_count() if executor_name != "slurm" else max(spec.gpus, gpu_lock.gpu_count())
+        problem = placement_problem(spec, executor_name) or command.launch_problem(spec, root, pin, gpus_here)
         if problem:
             raise SupervisorError(problem)
         executor = _executor_for(executor_name, cfg, root)
