@@ -278,7 +278,14 @@ class SlurmExecutor:
                 and self.array.wants(job_name):
             job_id, script_name = self.array.submit(self, req)
         else:
-            job_id, script_name = self._submit(req, env), None
+            try:
+                job_id, script_name = self._submit(req, env), None
+            except SlurmRejected as e:
+                if not req.exclude:
+                    raise
+                raise SlurmRejected(f"{str(e).rstrip('.')} (nodes {', '.join(req.exclude)} are excluded after a node "
+                                    f"failure; bring them back or set [tool.lights_out.policy.node_fail] "
+                                    f"action = \"retry\").") from None
         now = time.time()
         self._note(str(log_path), f"lights-out: submitted Slurm job {job_id} "
                                   f"({Path(script_name).name if script_name else log_path.with_suffix('.sbatch').name})")

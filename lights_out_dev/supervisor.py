@@ -486,6 +486,7 @@ class _Run:
             self.lease.shrink(d.gpus)
         if d.action == "exclude_node" and attempt.failed_nodes:
             st.extra["exclude_nodes"] = sorted({*st.extra.get("exclude_nodes", []), *attempt.failed_nodes})
+            attempt.decision += f" (excluding {', '.join(st.extra['exclude_nodes'])})"
         if d.resume and st.checkpoints:
             st.extra["resume_from"] = st.checkpoints[-1]
         st.status = "running"

@@ -514,6 +514,32 @@ def test_two_nodes_two_ranks_each_crash_resume_complete_with_rank0_logging(slurm
 
 @pytest.mark.slurm
 @pytest.mark.timeout(300)
+def test_two_node_time_limit_signal_stops_every_node_gracefully(slurm_cluster, tmp_path):
+    """Slurm's B:USR1 reaches the batch shell on the first node; the trainer's ranks on both nodes get SIGINT
+    (srun alone would not pass one on) and save a checkpoint: the run is timeout, not a failure."""
+    state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"
+
+    def signal_when_healthy():
+        job_id, _ = wait_for(lambda: healthy_job(state_path), 150, "the first iteration")
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+
+    t, errors = in_background(signal_when_healthy)
+    cfg = make_cfg(tmp_path)
+    cfg = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"stall_s": 60})})
+    st, _ = supervise_slurm(tmp_path, mgpu_spec(nodes=2, ranks=2, max_iterations=200, inject="slow=1"), cfg)
+    t.join(5)
+    assert not errors, errors
+    assert [a.verdict for a in st.attempts] == ["timeout"], [a.reason for a in st.attempts]
+    log = Path(st.attempts[0].log_path).read_text()
+    assert jobscript.TIME_LIMIT_MARKER in log
+    assert log.count("[INFO] Received SIGINT") == 4, log[-3000:]  # every rank on both nodes
+    assert log.count("saved checkpoint") == 1  # by rank 0, the one that writes
+    assert st.checkpoints
+    assert_jobs_recorded(st)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
 def test_requeue_mid_run_is_preempted_and_resumes_from_the_checkpoint(slurm_cluster, tmp_path):
     cfg = make_cfg(tmp_path)
     cfg = cfg.model_copy(update={"slurm": cfg.slurm.model_copy(update={"requeue": True})})
@@ -560,7 +586,7 @@ def test_killed_slurmd_is_node_fail_and_the_retry_excludes_the_node(slurm_cluste
     assert [a.verdict for a in st.attempts] == ["node_fail", "completed"], [a.reason for a in st.attempts]
     first, second = st.attempts
     assert first.failed_nodes == killed and first.node == killed[0]
-    assert first.decision.startswith("exclude_node")
+    assert first.decision.startswith("exclude_node") and first.decision.endswith(f"(excluding {killed[0]})")
     assert second.node != killed[0] and second.node in NODES
     assert f"#SBATCH --exclude={killed[0]}" in Path(second.log_path).with_suffix(".sbatch").read_text()
     assert "--resume" in second.argv
