@@ -145,6 +145,9 @@ def classify(obs: Observations) -> tuple[Verdict, str]:
             return Verdict.completed, f"finished before the end: {why.lower()} after training {where}"
         return verdict, f"{why} {where}"
     if state in SCHEDULER_KILLED and obs.stopped_by is None:
+        # The runner cancels a job itself the moment a fatal line appears: then that line is the verdict.
+        if any(cls in obs.hits for cls in PRECEDENCE):
+            return _failure_in_log(obs, sig)
         return Verdict.killed, f"Slurm state {obs.scheduler_state} {where}"
 
     # Evidence in the log beats the runner's own stop reasons: a stall after an OOM is an OOM.

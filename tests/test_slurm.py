@@ -474,6 +474,20 @@ def in_background(fn):
     return t, errors
 
 
+def processes_with(token: str) -> list[int]:
+    """Pids whose command line contains `token` (space-separated arguments)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if token in cmdline:
+                found.append(int(d.name))
+    return found
+
+
 def mgpu_spec(nodes: int, ranks: int, max_iterations: int, inject: str | None = None) -> RunSpec:
     return RunSpec(task="cartpole:slurm-mgpu", family="cartpole", launcher="lab_mgpu", prefix=[sys.executable],
                    script=TRAIN, trainer_task="Lo-Cartpole-v0", num_envs=16, max_iterations=max_iterations,
@@ -483,18 +497,23 @@ def mgpu_spec(nodes: int, ranks: int, max_iterations: int, inject: str | None = 
 @pytest.mark.slurm
 @pytest.mark.timeout(400)
 def test_two_nodes_two_ranks_each_crash_resume_complete_with_rank0_logging(slurm_cluster, tmp_path):
-    """2 nodes x 2 ranks of the reference trainer (gloo on the CPU): the ranks crash at iteration 2, which ends
-    every node's processes; the retry (a new 2-node job) resumes from the checkpoint and completes."""
+    """2 nodes x 2 ranks of the reference trainer (gloo on the CPU). At iteration 2 the last rank leaves the
+    collective; the others' all-reduce fails, the supervisor sees the fatal line and cancels the job, which
+    ends every node's processes. The retry (a new 2-node job) resumes from the checkpoint and completes."""
     cfg = make_cfg(tmp_path)
     # torch.distributed.run's agents wait for each other at exit (the exit barrier): allow for it.
     cfg = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"stall_s": 60})})
-    st, _ = supervise_slurm(tmp_path, mgpu_spec(nodes=2, ranks=2, max_iterations=4, inject="crash@2"), cfg)
-    # The injected crash SIGKILLs every rank; torchrun reports failed workers (the classifier's nccl verdict).
+    spec = mgpu_spec(nodes=2, ranks=2, max_iterations=4, inject="nccl@2")
+    spec = spec.model_copy(update={"env": {"LIGHTS_OUT_NCCL_TIMEOUT_S": "5"}})
+    st, _ = supervise_slurm(tmp_path, spec, cfg)
     assert [x.verdict for x in st.attempts] == ["nccl", "completed"], [x.reason for x in st.attempts]
     assert st.status == "completed", st.reason
     crashed, resumed = st.attempts
     assert all(a.node == ALL_NODES for a in st.attempts)  # each attempt one job on both nodes
-    assert squeue_state(crashed.job_id) == "FAILED"  # the whole job ended with the crash: no node kept running
+    assert "collective operation failed" in crashed.reason
+    assert squeue_state(crashed.job_id) in ("CANCELLED", "FAILED")
+    # No process of the failed attempt is left on either node (the nodes share this machine's pid space).
+    assert not processes_with(crashed.argv[crashed.argv.index("--run_name") + 1] + " ")
     assert "--resume" in resumed.argv and "--load_run" in resumed.argv
     script = Path(resumed.log_path).with_suffix(".sbatch").read_text()
     assert "#SBATCH --nodes=2" in script and "#SBATCH --gres=gpu:2" in script
