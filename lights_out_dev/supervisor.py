@@ -238,6 +238,16 @@ class _Run:
         now = time.time()
         return sum((a.ended_at or now) - a.started_at for a in self.state.attempts if a.started_at)
 
+    def placement(self, spec: RunSpec) -> dict:
+        """executor.start()'s keywords for where the run goes; only a Slurm run on several nodes or away from
+        failed nodes has any, so executors without them are called as before."""
+        placement = {}
+        if spec.nodes > 1:
+            placement["nodes"] = spec.nodes
+        if self.state.extra.get("exclude_nodes"):
+            placement["exclude_nodes"] = list(self.state.extra["exclude_nodes"])
+        return placement
+
     def _launch(self) -> Attempt:
         st = self.state
         n = len(st.attempts) + 1
@@ -256,13 +266,8 @@ class _Run:
         env = {**os.environ, **command.trainer_env(spec), **env_over}
         stamp = time.strftime("%Y%m%d_%H%M%S")
         log_path = self.logs_dir / f"{stamp}_{self.key}{'' if n == 1 else f'_a{n}'}.log"
-        placement = {}  # only a Slurm run on several nodes or away from failed nodes needs these
-        if spec.nodes > 1:
-            placement["nodes"] = spec.nodes
-        if st.extra.get("exclude_nodes"):
-            placement["exclude_nodes"] = list(st.extra["exclude_nodes"])
         self.handle = self.executor.start(argv, env, log_path, gpus, time_limit_s=self.limit,
-                                          job_name=f"lo-{self.key}", **placement)
+                                          job_name=f"lo-{self.key}", **self.placement(spec))
         attempt = Attempt(number=n, argv=argv, gpus=gpus, env_overrides=env_over, started_at=time.time(),
                           pid=self.handle.pid, pgid=self.handle.pgid, job_id=self.handle.job_id,
                           node=self.handle.node, log_path=self.handle.log_path)

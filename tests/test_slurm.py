@@ -85,6 +85,32 @@ def test_no_slurm_commands(tmp_path, monkeypatch):
     assert str(e.value) == "sbatch not found: install Slurm's client or use --executor local."
 
 
+NODES_PLAN = """\
+name: nodesplan
+runs:
+  - task: cartpole:base
+    nodes: 2
+"""
+
+
+@pytest.mark.timeout(120)
+def test_multi_node_plan_entry_needs_an_mgpu_task_and_slurm(tmp_path):
+    from test_sweep import doit_argv, env_for, make_repo
+
+    repo = make_repo(tmp_path / "repo", {"nodesplan": NODES_PLAN, "nodeslocal": NODES_PLAN.replace(
+        "nodesplan", "nodeslocal").replace("cartpole:base", "cartpole:base-mgpu")})
+    for plan, executor, fragment in [
+        ("nodesplan", "slurm", "sweeps/nodesplan.yaml line 3: cartpole:base asks for 2 nodes, but only an -mgpu"),
+        ("nodeslocal", "local", "line 3: cartpole:base-mgpu asks for 2 nodes, which needs the Slurm executor"),
+    ]:
+        p = subprocess.run(doit_argv("sweep", "--plan", f"sweeps/{plan}.yaml", "--executor", executor), cwd=repo,
+                           env=env_for(repo), capture_output=True, text=True, timeout=100)
+        assert p.returncode != 0 and fragment in p.stdout + p.stderr, p.stdout + p.stderr
+        assert "Traceback" not in p.stdout + p.stderr
+        assert not (repo / "local_experiment_logs" / "sweeps" / plan / "runs").exists() or not list(
+            (repo / "local_experiment_logs" / "sweeps" / plan / "runs").glob("*.json"))
+
+
 # -- the cluster ------------------------------------------------------------------------------------
 
 def _why_not() -> str | None:
