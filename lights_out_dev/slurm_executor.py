@@ -37,6 +37,7 @@ from lights_out_dev import jobscript
 from lights_out_dev.config import ProjectConfig
 from lights_out_dev.executor import ExitStatus, Handle
 from lights_out_dev.local_executor import LaunchError
+from lights_out_dev.spec import RunSpec
 from lights_out_dev.state import atomic_write_text
 
 # A job in one of these states still holds (or will hold) resources and may run processes.
@@ -130,7 +131,7 @@ def submit_error(stderr: str, partition: str | None, gpus: int) -> SlurmError:
                             f"named there.")
 
 
-def placement_problem(spec, executor: str) -> str | None:
+def placement_problem(spec: RunSpec, executor: str) -> str | None:
     """Why a run's node count cannot be launched (one sentence), or None. Pure."""
     if spec.nodes <= 1:
         return None
