@@ -181,19 +181,26 @@ def _check_lines(argv: list[str], what: str, exit_code: int | None, nodes: int =
     ]
 
 
-def _torchrun_split(argv: list[str]) -> tuple[list[str], list[str], list[str]] | None:
-    """argv -> (up to and including torch.distributed.run, its options, the script and after)."""
+# torch.distributed.run's options that take no value (everything else it has takes one).
+_LAUNCHER_SWITCHES = frozenset({"--standalone", "--no-python", "--no_python", "--run-path", "--run_path", "-m",
+                                "--module"})
+
+
+def _torchrun_split(argv: list[str]) -> tuple[list[str], list[list[str]], list[str]] | None:
+    """argv -> (up to and including torch.distributed.run, its options as [flag] / [flag, value] items,
+    the script and after); None when argv does not run torch.distributed.run."""
     for i, tok in enumerate(argv):
         launcher = (tok == "torch.distributed.run" and i > 0 and argv[i - 1] == "-m") or \
             tok.rsplit("/", 1)[-1] == "torchrun"
         if not launcher:
             continue
+        items: list[list[str]] = []
         j = i + 1
         while j < len(argv) and argv[j].startswith("-"):
-            takes_value = "=" not in argv[j] and argv[j] != "--standalone" and j + 1 < len(argv) \
-                and not argv[j + 1].startswith("-")
-            j += 2 if takes_value else 1
-        return argv[: i + 1], argv[i + 1: j], argv[j:]
+            takes_value = "=" not in argv[j] and argv[j] not in _LAUNCHER_SWITCHES and j + 1 < len(argv)
+            items.append(argv[j: j + (2 if takes_value else 1)])
+            j += len(items[-1])
+        return argv[: i + 1], items, argv[j:]
     return None
 
 
@@ -205,16 +212,7 @@ def multinode_command(argv: list[str]) -> str:
         raise JobScriptError("a multi-node run needs a torch.distributed.run command; use an -mgpu variant "
                              "(its launcher is torch.distributed.run) or drop --nodes")
     head, options, tail = parts
-    kept: list[str] = []
-    i = 0
-    while i < len(options):
-        tok = options[i]
-        name = tok.split("=", 1)[0]
-        takes_value = "=" not in tok and tok != "--standalone" and i + 1 < len(options) \
-            and not options[i + 1].startswith("-")
-        if name not in _RDZV_FLAGS:
-            kept += options[i: i + (2 if takes_value else 1)]
-        i += 2 if takes_value else 1
+    kept = [tok for item in options if item[0].split("=", 1)[0] not in _RDZV_FLAGS for tok in item]
     rdzv = ('--nnodes="$SLURM_NNODES" --node_rank="$SLURM_NODEID" --rdzv_backend=c10d '
             '--rdzv_endpoint="$LIGHTS_OUT_RDZV_HOST:$LIGHTS_OUT_RDZV_PORT" --rdzv_id="$LIGHTS_OUT_RDZV_ID"')
     hello = (f'echo "{NODE_MARKER} $SLURM_NODEID of $SLURM_NNODES on $(hostname): torch.distributed.run, '
