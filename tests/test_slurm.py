@@ -558,6 +558,21 @@ def test_two_nodes_two_ranks_each_crash_resume_complete_with_rank0_logging(slurm
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(60)
+def test_gpu_guard_runs_on_every_node_of_a_multi_node_job(slurm_cluster, tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.lights_out.gpu_guard]\nexpected_count = 2\n")
+    ex = SlurmExecutor(ProjectConfig(gpu_guard=GpuGuard(expected_count=2)), tmp_path)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", *fake(tmp_path, 1)[1:]]
+    h = ex.start(argv, {}, tmp_path / "guard2.log", [0, 1], nodes=2)
+    st = ex.wait(h, 30)
+    assert (st.exit_code, st.scheduler_state) == (42, "FAILED")
+    log = log_text(h)
+    assert log.count("gpu_guard: expected 2 GPUs") == 2, log  # once per node: the fake GPUs have no driver
+    assert "refusing to train" in log and "started" not in log and jobscript.NODE_MARKER not in log
+    assert h.node == ALL_NODES
+
+
+@pytest.mark.slurm
 @pytest.mark.timeout(300)
 def test_two_node_time_limit_signal_stops_every_node_gracefully(slurm_cluster, tmp_path):
     """Slurm's B:USR1 reaches the batch shell on the first node; the trainer's ranks on both nodes get SIGINT
