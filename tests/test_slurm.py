@@ -379,10 +379,7 @@ def test_supervised_time_limit_signal_ends_in_timeout_with_checkpoint(slurm_clus
     state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"
 
     def signal_when_healthy():
-        def healthy_job():
-            st = load_state(state_path) if state_path.exists() else None
-            return st and st.current and st.current.healthy_at and st.current.job_id
-        job_id = wait_for(healthy_job, 100, "the first iteration")
+        job_id = wait_for(lambda: healthy_job(state_path), 100, "the first iteration")
         subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
 
     t = threading.Thread(target=signal_when_healthy, daemon=True)
@@ -415,10 +412,7 @@ def test_restarted_supervisor_adopts_the_running_job(slurm_cluster, tmp_path):
     first = subprocess.Popen([sys.executable, "-c", script], env={**os.environ}, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        def healthy_job():
-            st = load_state(state_path) if state_path.exists() else None
-            return st and st.current and st.current.healthy_at and st.current.job_id
-        job_id = wait_for(healthy_job, 100, "the first iteration under the first supervisor")
+        job_id = wait_for(lambda: healthy_job(state_path), 100, "the first iteration under the first supervisor")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -476,13 +470,15 @@ def test_killed_sweep_readopts_its_running_jobs(slurm_cluster, tmp_path):
 # -- two nodes: multi-node runs, preemption, node failure, job arrays -------------------------------
 
 def healthy_job(state_path: Path):
-    """The current attempt's job id once it passed its first iteration (and Slurm placed it), else None."""
+    """The current attempt's job id once it passed its first iteration, else None."""
     st = load_state(state_path) if state_path.exists() else None
     a = st.current if st else None
-    return a and a.healthy_at and a.job_id and a.verdict is None and (a.job_id, a.node or "")
+    return a and a.healthy_at and a.verdict is None and a.job_id
 
 
 def job_node(job_id: str) -> str:
+    """Where Slurm runs the job (the run state learns a node only at the attempt's end if the job was
+    still pending when it was submitted)."""
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-t", "all", "-o", "%N"], capture_output=True, text=True)
     return out.stdout.strip()
 
@@ -580,7 +576,7 @@ def test_two_node_time_limit_signal_stops_every_node_gracefully(slurm_cluster, t
     state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"
 
     def signal_when_healthy():
-        job_id, _ = wait_for(lambda: healthy_job(state_path), 150, "the first iteration")
+        job_id = wait_for(lambda: healthy_job(state_path), 150, "the first iteration")
         subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
 
     t, errors = in_background(signal_when_healthy)
@@ -606,7 +602,7 @@ def test_requeue_mid_run_is_preempted_and_resumes_from_the_checkpoint(slurm_clus
     state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"
 
     def requeue_when_healthy():
-        job_id, _ = wait_for(lambda: healthy_job(state_path), 150, "the first iteration")
+        job_id = wait_for(lambda: healthy_job(state_path), 150, "the first iteration")
         subprocess.run(["scontrol", "requeue", job_id], check=True)  # what a preemption with REQUEUE does
 
     t, errors = in_background(requeue_when_healthy)
@@ -631,7 +627,9 @@ def test_killed_slurmd_is_node_fail_and_the_retry_excludes_the_node(slurm_cluste
     killed: list[str] = []
 
     def kill_the_node_when_healthy():
-        _, node = wait_for(lambda: healthy_job(state_path), 150, "the first iteration")
+        job_id = wait_for(lambda: healthy_job(state_path), 150, "the first iteration")
+        node = job_node(job_id)
+        assert node in NODES, node
         subprocess.run([CLUSTER, "kill-node", node.removeprefix("lo-n")], check=True, capture_output=True,
                        env={**os.environ, "LIGHTS_OUT_SLURM_DIR": str(SLURM_DIR)})
         killed.append(node)
