@@ -140,7 +140,7 @@ def classify(obs: Observations) -> tuple[Verdict, str]:
     state = (obs.scheduler_state or "").split(" ")[0].rstrip("+").upper()
     if state in SCHEDULER_VERDICTS:
         verdict, why = SCHEDULER_VERDICTS[state]
-        if verdict in (Verdict.preempted, Verdict.node_fail) and _finished(obs):
+        if verdict.is_cluster_fault and _finished(obs):
             # The trainer had finished (and saved) before Slurm took the job or the node went away.
             return Verdict.completed, f"finished before the end: {why.lower()} after training {where}"
         return verdict, f"{why} {where}"

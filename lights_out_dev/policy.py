@@ -32,8 +32,8 @@ def _consecutive_failures(history: list[Verdict]) -> int:
     n = 0
     for v in reversed(history):
         v = Verdict(v)
-        if v in (Verdict.preempted, Verdict.node_fail):
-            continue  # the cluster's doing: neither a failure nor a success of the run
+        if v.is_cluster_fault:
+            continue
         if not v.is_failure:
             break
         n += 1

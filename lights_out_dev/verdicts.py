@@ -26,10 +26,14 @@ class Verdict(str, Enum):
         return self not in (Verdict.running, Verdict.healthy)
 
     @property
+    def is_cluster_fault(self) -> bool:
+        """Preemption and node failure: the cluster's doing, neither a failure nor a success of the run."""
+        return self in (Verdict.preempted, Verdict.node_fail)
+
+    @property
     def is_failure(self) -> bool:
-        """Counts towards max_consecutive_failures; preemption and node failure are the cluster's doing."""
-        return self.is_final and self not in (Verdict.completed, Verdict.timeout, Verdict.preempted,
-                                              Verdict.node_fail)
+        """Counts towards max_consecutive_failures."""
+        return self.is_final and not self.is_cluster_fault and self not in (Verdict.completed, Verdict.timeout)
 
 
 # Run status as the ledger shows it.
