@@ -109,7 +109,8 @@ CONF
 
 bridge_up() {
     if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
-        ip link add "$BRIDGE" type bridge
+        ip link add "$BRIDGE" type bridge 2>/dev/null \
+            || die "cannot create the bridge $BRIDGE: the two-node cluster needs root with CAP_NET_ADMIN and CAP_SYS_ADMIN (network namespaces); run it on a machine or container that allows them."
         ip addr add "$NET.1/24" dev "$BRIDGE"
     fi
     ip link set "$BRIDGE" up
