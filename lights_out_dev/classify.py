@@ -33,11 +33,14 @@ SCHEDULER_VERDICTS = {
     "TIMEOUT": (Verdict.timeout, "Slurm ended the job at its time limit"),
     "DEADLINE": (Verdict.timeout, "Slurm ended the job at its deadline"),
     "OUT_OF_MEMORY": (Verdict.oom, "Slurm state OUT_OF_MEMORY: the job exceeded its memory allocation"),
-    "NODE_FAIL": (Verdict.crash, "Slurm state NODE_FAIL: the node failed under the job"),
-    "BOOT_FAIL": (Verdict.crash, "Slurm state BOOT_FAIL: the node failed to boot"),
+    "NODE_FAIL": (Verdict.node_fail, "Slurm state NODE_FAIL: a node failed under the job"),
+    "BOOT_FAIL": (Verdict.node_fail, "Slurm state BOOT_FAIL: a node failed to boot"),
+    "PREEMPTED": (Verdict.preempted, "Slurm state PREEMPTED: the job was preempted"),
+    # Not a Slurm end state: the Slurm executor's word for a job Slurm put back in the queue after it ran.
+    "REQUEUED": (Verdict.preempted, "Slurm requeued the job (preemption or scontrol requeue)"),
 }
-# Cancelled from outside (scancel, preemption) unless the runner stopped it itself.
-SCHEDULER_KILLED = frozenset({"CANCELLED", "PREEMPTED", "REVOKED"})
+# Cancelled from outside (scancel) unless the runner stopped it itself.
+SCHEDULER_KILLED = frozenset({"CANCELLED", "REVOKED"})
 SCHEDULER_LIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"})
 
 REASON_MAX = 200
@@ -142,8 +145,14 @@ def classify(obs: Observations) -> tuple[Verdict, str]:
     state = (obs.scheduler_state or "").split(" ")[0].rstrip("+").upper()
     if state in SCHEDULER_VERDICTS:
         verdict, why = SCHEDULER_VERDICTS[state]
+        if verdict.is_cluster_fault and _finished(obs):
+            # The trainer had finished (and saved) before Slurm took the job or the node went away.
+            return Verdict.completed, f"finished before the end: {why.lower()} after training {where}"
         return verdict, f"{why} {where}"
     if state in SCHEDULER_KILLED and obs.stopped_by is None:
+        # The runner cancels a job itself the moment a fatal line appears: then that line is the verdict.
+        if any(cls in obs.hits for cls in PRECEDENCE):
+            return _failure_in_log(obs, sig)
         return Verdict.killed, f"Slurm state {obs.scheduler_state} {where}"
 
     # Evidence in the log beats the runner's own stop reasons: a stall after an OOM is an OOM.

@@ -105,10 +105,13 @@ class MonitorConfig(_Strict):
 class PolicyRule(_Strict):
     """What to do for one verdict; attempts are counted per verdict within a run."""
 
-    # reseed: restart from the newest checkpoint saved before the learning went wrong, with a new seed
-    action: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "give_up", "accept", "reseed"] = "retry"
+    # reseed: restart from the newest checkpoint saved before the learning went wrong, with a new seed;
+    # exclude_node: resubmit without the Slurm nodes that failed under the job
+    action: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "exclude_node", "give_up", "accept",
+                    "reseed"] = "retry"
     max_attempts: int = 3
-    then: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "give_up", "accept", "reseed"] | None = None
+    then: Literal["retry", "halve_envs", "other_gpu", "fewer_gpus", "exclude_node", "give_up", "accept",
+                  "reseed"] | None = None
     after: int = 1  # how many attempts use `action` before `then` applies
 
 
@@ -130,6 +133,9 @@ def default_policy() -> dict[str, PolicyRule]:
         "diverged": PolicyRule(action="reseed", max_attempts=1),
         "collapsed": PolicyRule(action="give_up", max_attempts=0),
         "plateau": PolicyRule(action="accept", max_attempts=0),
+        # The cluster's doing, not the run's: resume from the checkpoint, not counted as failures.
+        "preempted": PolicyRule(action="retry", max_attempts=20),
+        "node_fail": PolicyRule(action="exclude_node", max_attempts=5),
     }
 
 

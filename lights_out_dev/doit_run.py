@@ -136,9 +136,18 @@ class Run(cmd_run.Run):
             return None
         from lights_out_dev.nvml import gpu_count  # only here: `doit list` and preflight-only runs skip NVML
 
+        from lights_out_dev.config import ConfigError, load_config
+        from lights_out_dev.slurm_executor import placement_problem
+
         root, gpus, gpu = project_root(), gpu_count(), overrides.current().gpu
+        try:
+            executor = overrides.current().executor or load_config(root).executor
+        except ConfigError as e:
+            return str(e)
         for spec in specs:
-            problem = launch_problem(spec, root, gpu, gpus)
+            # A Slurm job's GPUs are on the cluster's nodes, not on this (login) machine.
+            here = gpus if executor != "slurm" else max(gpus, spec.gpus)
+            problem = placement_problem(spec, executor) or launch_problem(spec, root, gpu, here)
             if problem:
                 return problem
         return None

@@ -28,6 +28,7 @@ class ExitStatus:
     signal: int | None = None
     scheduler_state: str | None = None  # Slurm: COMPLETED, FAILED, TIMEOUT, ...
     reason: str | None = None
+    failed_nodes: list[str] = field(default_factory=list)  # Slurm: the nodes that failed under the job
 
 
 class Executor(Protocol):
@@ -35,7 +36,9 @@ class Executor(Protocol):
 
     def start(self, argv: list[str], env: dict[str, str], log_path: Path, gpus: list[int] | None,
               time_limit_s: float | None = None, job_name: str = "lights-out") -> Handle:
-        """Launch detached; output (stdout+stderr) appended to log_path. Never blocks on the run."""
+        """Launch detached; output (stdout+stderr) appended to log_path. Never blocks on the run.
+        The Slurm executor also takes `nodes=N` (a multi-node run) and `exclude_nodes=[...]`; the
+        supervisor passes them only when a run needs them."""
 
     def wait(self, handle: Handle, timeout: float) -> ExitStatus | None:
         """Block up to `timeout` seconds; the exit status as soon as the run ends, else None."""

@@ -34,6 +34,7 @@ class OverrideError(ValueError):
 class Overrides:
     trainer_args: list[str] = field(default_factory=list)  # passthrough, in order
     gpu: int | None = None
+    nodes: int | None = None  # multi-node -mgpu runs (Slurm)
     time_limit_s: float | None = None
     time_limit_set: bool = False  # `--time_limit none` (no limit) differs from "not given"
     executor: str | None = None
@@ -47,11 +48,11 @@ class Overrides:
 
     def digest_fields(self) -> dict:
         """What makes an experiment task rerun (its `uptodate` digest); sweep-only options excluded."""
-        return {"trainer_args": self.trainer_args, "gpu": self.gpu, "executor": self.executor}
+        return {"trainer_args": self.trainer_args, "gpu": self.gpu, "executor": self.executor, "nodes": self.nodes}
 
 
 # lights-out's own options: name -> takes a value
-_OWN_VALUED = ("--gpu", "--time_limit", "--executor", "--plan")
+_OWN_VALUED = ("--gpu", "--nodes", "--time_limit", "--executor", "--plan")
 _OWN_SWITCHES = ("--smoke", "--continue", "--wipe")
 _SPEC_INTS = ("--num_envs", "--max_iterations", "--seed")
 
@@ -127,6 +128,8 @@ def parse(tokens: list[str]) -> Overrides:
             raw = _value(item, key)
             if key == "--gpu":
                 out["gpu"] = _int(key, raw, 0, "a GPU index as listed by nvidia-smi", 0)
+            elif key == "--nodes":
+                out["nodes"] = _int(key, raw, 1, "a positive whole number of Slurm nodes", 2)
             elif key == "--time_limit":
                 if raw is None:
                     raise OverrideError("--time_limit needs a duration; write e.g. --time_limit 1h or --time_limit none.")

@@ -51,6 +51,7 @@ class RunEntry(_Strict):
     grid: dict[Literal["num_envs", "max_iterations", "seed"], list[int]] = Field(
         default_factory=dict, description="each combination becomes one run (cartesian product, keys in order)")
     gpus: int = Field(default=1, ge=1)
+    nodes: int = Field(default=1, ge=1, description="Slurm nodes of an -mgpu run (gpus per node)")
     time_limit: float | None = Field(default=None, description="e.g. 1h; default: the plan's time_limit")
     phase: int = Field(default=1, ge=1)
     smoke: bool | None = None
@@ -119,6 +120,9 @@ class Plan(_Strict):
     time_limit: float | None = Field(default=None, description="default per-run limit; none = project monitor.time_limit")
     max_envs_per_gpu_gb: float | None = Field(
         default=None, gt=0, description="parallel mode: cap num_envs at this many envs per GB of the assigned GPU's memory")
+    slurm_array: int | None = Field(
+        default=None, ge=1, description="Slurm: submit each phase's single-GPU runs as one job array, at most "
+                                        "this many running at once (%K)")
     runs: list[RunEntry] = Field(min_length=1)
     promote: Promotion | None = None
     evaluate: Evaluation | None = None
@@ -164,6 +168,7 @@ class PlannedRun:
     time_limit_s: float | None
     smoke: bool
     line: int | None = None
+    nodes: int = 1
     notes: str = ""
     promotion: Promotion | None = None
     extra: dict = field(default_factory=dict)
@@ -312,7 +317,7 @@ def expand(plan: Plan, lines: dict[int, int] | None = None) -> list[PlannedRun]:
             out.append(PlannedRun(
                 index=0, phase=entry.phase, task=entry.task, num_envs=values["num_envs"],
                 max_iterations=values["max_iterations"], seed=values["seed"],
-                trainer_args=list(entry.overrides.trainer_args), gpus=entry.gpus,
+                trainer_args=list(entry.overrides.trainer_args), gpus=entry.gpus, nodes=entry.nodes,
                 time_limit_s=entry.time_limit if entry.time_limit is not None else plan.time_limit,
                 smoke=plan.smoke if entry.smoke is None else entry.smoke, line=lines.get(i), notes=entry.notes))
     if plan.promote:

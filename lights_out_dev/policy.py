@@ -3,7 +3,8 @@
 The table is `config.PolicyRule` per verdict (defaults in `config.default_policy()`):
 `action` is used for the first `after` occurrences of that verdict in a run, `then` afterwards;
 `max_attempts` is how many times that verdict may be retried; independently, a run gives up after
-`max_consecutive_failures` failed attempts in a row.
+`max_consecutive_failures` failed attempts in a row (preempted and node_fail attempts are not failures:
+they neither count nor break a row). `exclude_node` retries away from the nodes that failed (Slurm).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from lights_out_dev.verdicts import Verdict
 
 @dataclass
 class Decision:
-    action: str  # 'done' | 'accept' | 'retry' | 'halve_envs' | 'other_gpu' | 'fewer_gpus' | 'reseed' | 'give_up'
+    action: str  # 'done' | 'accept' | 'retry' | 'halve_envs' | 'other_gpu' | 'fewer_gpus' | 'exclude_node' | 'reseed'
+    #              | 'give_up'
     reason: str
     num_envs: int | None = None  # the new value, for halve_envs
     gpus: int | None = None  # the new GPU count, for fewer_gpus
@@ -30,7 +32,10 @@ def _ordinal(n: int) -> str:
 def _consecutive_failures(history: list[Verdict]) -> int:
     n = 0
     for v in reversed(history):
-        if not Verdict(v).is_failure:
+        v = Verdict(v)
+        if v.is_cluster_fault:
+            continue
+        if not v.is_failure:
             break
         n += 1
     return n
@@ -56,8 +61,8 @@ def decide(verdict: Verdict, history: list[Verdict], rules: dict[str, PolicyRule
     nth = _ordinal(seen + 1)
     if seen >= rule.max_attempts:
         return Decision("give_up", f"{nth} {verdict.value}: {rule.max_attempts} retries allowed, all used")
-    consecutive = _consecutive_failures(history) + 1
-    if consecutive >= max_consecutive_failures:
+    consecutive = _consecutive_failures(history) + (1 if verdict.is_failure else 0)
+    if verdict.is_failure and consecutive >= max_consecutive_failures:
         return Decision("give_up", f"{nth} {verdict.value}: {consecutive} consecutive failures "
                                    f"(limit {max_consecutive_failures})")
 
@@ -74,6 +79,8 @@ def decide(verdict: Verdict, history: list[Verdict], rules: dict[str, PolicyRule
                                        f"{num_envs if num_envs else 'not set by the run'}")
         return Decision("halve_envs", f"{nth} {verdict.value}: retry with num_envs {num_envs} -> {num_envs // 2}"
                                       f"{from_ckpt}", num_envs=num_envs // 2, resume=resume)
+    if action == "exclude_node":
+        return Decision("exclude_node", f"{nth} {verdict.value}: retry on other nodes{from_ckpt}", resume=resume)
     if action == "other_gpu":
         return Decision("other_gpu", f"{nth} {verdict.value}: retry on another GPU{from_ckpt}", resume=resume)
     if action == "fewer_gpus":

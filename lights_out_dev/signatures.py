@@ -60,8 +60,9 @@ SIGNATURES: tuple[tuple[str, str, str | None], ...] = (
     # torch (or an omni module) imported before AppLauncher started the app breaks Isaac Lab's imports.
     ("config_error", "No module named '", r"No module named '(?:omni|isaacsim|isaaclab|pxr|carb)[\w.]*'"),
     # argparse (and the reference trainer's own checks): "train.py: error: unrecognized arguments: --foo".
-    # Not Slurm's own "slurmstepd-<node>: error: *** JOB n CANCELLED ***", written on every cancel/time limit.
-    ("config_error", ": error: ", r"^(?!slurmstepd)[\w.-]+: error: "),
+    # Not Slurm's own "slurmstepd-<node>: error: *** JOB n CANCELLED ***", written on every cancel/time limit,
+    # nor srun's report of how a node's task ended ("srun: error: lo-n2: task 1: Interrupt").
+    ("config_error", ": error: ", r"^(?!slurmstepd|srun:)[\w.-]+: error: "),
     # learning blew up: rsl_rl's NaN check ("... contains NaN values"), or a NaN/inf loss or reward it printed
     ("nan", "NaN values", r"contains? NaN values"),
     ("nan", "expects all elements of std >= 0.0", None),  # torch's Normal() on NaN policy weights

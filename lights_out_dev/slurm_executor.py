@@ -8,6 +8,17 @@ the supervisor tails like a local log. Scheduler-side facts the trainer cannot p
 pending and why, the final Slurm state) are appended to that log as `lights-out:` lines, so the
 ledger's log tail shows them too.
 
+Preemption and node failure: a job that Slurm requeues (preemption with PreemptMode=REQUEUE,
+`scontrol requeue`, a node failure of a --requeue job) is seen going back to PENDING after it ran;
+the executor cancels it and ends the attempt with state REQUEUED (or NODE_FAIL when one of the
+job's nodes is down), so the supervisor's retry resumes from the checkpoint as a new job instead of
+Slurm restarting the trainer from scratch. The nodes found down are reported in
+`ExitStatus.failed_nodes`, for the retry's --exclude.
+
+Job arrays: `JobArray` gathers the first launches of several runs (a sweep phase) into one
+`sbatch --array=0-<n-1>%K`; each run keeps its own handle (job id `<array>_<i>`), log, state and
+retries (a retry is a job of its own).
+
 All Slurm commands are argv lists; user values reach Slurm only through the generated script
 (lights_out_dev/jobscript.py) with every value quoted.
 """
@@ -17,14 +28,16 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lights_out_dev import jobscript
 from lights_out_dev.config import ProjectConfig
 from lights_out_dev.executor import ExitStatus, Handle
 from lights_out_dev.local_executor import LaunchError
+from lights_out_dev.spec import RunSpec
 from lights_out_dev.state import atomic_write_text
 
 # A job in one of these states still holds (or will hold) resources and may run processes.
@@ -36,6 +49,13 @@ COMMAND_TIMEOUT_S = 30.0
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 START_WAIT_S = 3.0  # start() waits this long for the job to run, to report its node at once
 PENDING_NOTE_EVERY_S = 60.0  # a "still pending" line in the log so the stall watch sees a live job
+# A job that ran and is back in one of these states was requeued by Slurm (preemption, node failure).
+REQUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
+# Node states (scontrol show node) of a node that failed under a job.
+_NODE_DOWN_RE = re.compile(r"DOWN|FAIL|NOT_RESPONDING")
+# An array element waiting for the array's %K cap is not stuck: the pending timeout leaves it alone.
+ARRAY_LIMIT_REASON = "JobArrayTaskLimit"
+ARRAY_WINDOW_S = 5.0  # how long the first launch of an array waits for the other runs to join
 
 
 class SlurmError(LaunchError):
@@ -111,6 +131,19 @@ def submit_error(stderr: str, partition: str | None, gpus: int) -> SlurmError:
                             f"named there.")
 
 
+def placement_problem(spec: RunSpec, executor: str) -> str | None:
+    """Why a run's node count cannot be launched (one sentence), or None. Pure."""
+    if spec.nodes <= 1:
+        return None
+    if not spec.multi_gpu:
+        return (f"{spec.task} asks for {spec.nodes} nodes, but only an -mgpu variant (torch.distributed.run) "
+                f"runs on several nodes; use {spec.task}-mgpu or drop --nodes.")
+    if executor != "slurm":
+        return (f"{spec.task} asks for {spec.nodes} nodes, which needs the Slurm executor; add --executor slurm "
+                f"or drop --nodes.")
+    return None
+
+
 def exit_from_code(code: str) -> tuple[int | None, int | None]:
     """Slurm's ExitCode 'rc:signal' -> (exit_code, signal). Pure."""
     m = re.fullmatch(r"(\d+):(\d+)", code.strip())
@@ -136,6 +169,70 @@ def _controller_down(stderr: str) -> bool:
     return "unable to contact slurm controller" in low or "connect failure" in low
 
 
+@dataclass
+class _ArrayBatch:
+    opened: float
+    reqs: list[jobscript.JobRequest] = field(default_factory=list)  # in array index order
+    job_id: str | None = None
+    error: Exception | None = None
+    submitting: bool = False
+    submitted: bool = False
+
+
+class JobArray:
+    """Gathers the first launch of up to `expected` runs into one Slurm job array of at most
+    `max_parallel` running elements. Shared by the executors of one sweep phase (one per run thread):
+    each start() joins the open batch; the batch is submitted when all expected runs joined or
+    ARRAY_WINDOW_S after its first one, whichever comes first. A run joins once (by job name); its
+    retries, and runs arriving after the submission, are submitted as jobs of their own."""
+
+    def __init__(self, max_parallel: int, expected: int, name: str = "lights-out-array",
+                 window_s: float = ARRAY_WINDOW_S):
+        self.max_parallel, self.expected, self.name, self.window_s = max_parallel, expected, name, window_s
+        self._cv = threading.Condition()
+        self._batch: _ArrayBatch | None = None
+        self._joined: set[str] = set()
+
+    def wants(self, job_name: str) -> bool:
+        with self._cv:
+            return job_name not in self._joined and len(self._joined) < self.expected
+
+    def submit(self, executor: "SlurmExecutor", req: jobscript.JobRequest) -> tuple[str, str]:
+        """(job id of this element, the array's script path), once the batch is submitted."""
+        leader = False
+        with self._cv:
+            self._joined.add(req.job_name)
+            batch = self._batch
+            if batch is None or batch.submitting:
+                batch = self._batch = _ArrayBatch(opened=time.monotonic())
+            index = len(batch.reqs)
+            batch.reqs.append(req)
+            self._cv.notify_all()
+            deadline = batch.opened + self.window_s
+            while not batch.submitting and len(self._joined) < self.expected and time.monotonic() < deadline:
+                self._cv.wait(max(0.01, deadline - time.monotonic()))
+            if not batch.submitting:
+                batch.submitting = leader = True
+        if leader:
+            try:
+                batch.job_id = executor._submit_array(batch.reqs, self.max_parallel, self.name)
+            except SlurmError as e:
+                batch.error = e
+            with self._cv:
+                batch.submitted = True
+                self._cv.notify_all()
+        with self._cv:
+            while not batch.submitted:
+                self._cv.wait(1.0)
+        if batch.error is not None:
+            raise batch.error
+        return f"{batch.job_id}_{index}", array_script_path(batch.reqs[0])
+
+
+def array_script_path(first: jobscript.JobRequest) -> str:
+    return str(Path(first.log_path).with_suffix(".array.sbatch"))
+
+
 class SlurmExecutor:
     """executor.Executor for Slurm. `runtime_check` adds `python -m lights_out_dev.preflight
     runtime_check` before the trainer inside each job."""
@@ -143,19 +240,24 @@ class SlurmExecutor:
     kind = "slurm"
     poll_interval_s = 0.5  # how often squeue is asked while a job runs (and monitor's tick)
 
-    def __init__(self, cfg: ProjectConfig, root: Path, *, runtime_check: bool = False):
+    def __init__(self, cfg: ProjectConfig, root: Path, *, runtime_check: bool = False,
+                 array: JobArray | None = None):
         self.cfg, self.root = cfg, Path(root)
         self.slurm = cfg.slurm
         self.runtime_check = runtime_check
+        self.array = array
         self._seen: dict[str, tuple[float, JobInfo | None]] = {}
         self._accounting: bool | None = None
         self._ended: dict[str, ExitStatus] = {}
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, argv: list[str], env: dict[str, str], log_path: Path, gpus: list[int] | None,
-              time_limit_s: float | None = None, job_name: str = "lights-out") -> Handle:
+              time_limit_s: float | None = None, job_name: str = "lights-out", *, nodes: int = 1,
+              exclude_nodes: list[str] | tuple[str, ...] = ()) -> Handle:
         """Write the batch script beside the log and submit it; gpus: how many GPUs the job asks
-        for (their indexes are Slurm's choice; the trainer sees them as cuda:0..N-1)."""
+        for on each node (their indexes are Slurm's choice; the trainer sees them as cuda:0..N-1);
+        nodes > 1: one job of that many nodes (a torch.distributed.run command); exclude_nodes:
+        nodes the job must avoid."""
         log_path = Path(log_path)
         if not log_path.is_absolute():
             log_path = self.root / log_path
@@ -171,26 +273,27 @@ class SlurmExecutor:
             argv=list(argv), log_path=str(log_path), workdir=str(self.root), job_name=job_name, gpus=n_gpus,
             time_limit_s=time_limit_s, env=literal, secret_names=secrets,
             guard_argv=python + ["gpu_guard"] if n_gpus and (guard.allowed_models or guard.expected_count) else None,
-            preflight_argv=python + ["runtime_check"] if self.runtime_check else None)
-        try:
-            script = jobscript.render(req, self.slurm)
-        except jobscript.JobScriptError as e:
-            raise SlurmSubmitError(str(e)) from None
-        script_path = log_path.with_suffix(".sbatch")
-        atomic_write_text(script_path, script)
-        proc = _run(["sbatch", "--parsable", str(script_path)], env={**os.environ, **env}, cwd=self.root)
-        if proc.returncode != 0:
-            raise submit_error(proc.stderr, self.slurm.partition, n_gpus)
-        job_id = proc.stdout.strip().split(";")[0]
-        if not job_id.isdigit():
-            raise SlurmSubmitError(f"sbatch answered {proc.stdout.strip()!r} instead of a job id; check the Slurm "
-                                   f"client (`sbatch --version`).")
+            preflight_argv=python + ["runtime_check"] if self.runtime_check else None,
+            nodes=max(1, nodes), exclude=tuple(exclude_nodes), python=sys.executable)
+        if self.array is not None and req.nodes == 1 and not req.exclude and n_gpus <= 1 \
+                and self.array.wants(job_name):
+            job_id, script_name = self.array.submit(self, req)
+        else:
+            try:
+                job_id, script_name = self._submit(req, env), None
+            except SlurmRejected as e:
+                if not req.exclude:
+                    raise
+                raise SlurmRejected(f"{str(e).rstrip('.')} (nodes {', '.join(req.exclude)} are excluded after a node "
+                                    f"failure; bring them back or set [tool.lights_out.policy.node_fail] "
+                                    f"action = \"retry\").") from None
         now = time.time()
-        self._note(str(log_path), f"lights-out: submitted Slurm job {job_id} ({script_path.name})")
+        self._note(str(log_path), f"lights-out: submitted Slurm job {job_id} "
+                                  f"({Path(script_name).name if script_name else log_path.with_suffix('.sbatch').name})")
         # start_time stays None: it means a local process start time (procs.alive), not a wall time.
         handle = Handle(kind="slurm", log_path=str(log_path), job_id=job_id,
-                        extra={"script": str(script_path), "submitted_at": now, "pending_since": now,
-                               "gpus": n_gpus})
+                        extra={"script": script_name or str(log_path.with_suffix(".sbatch")), "submitted_at": now,
+                               "pending_since": now, "gpus": n_gpus, "nodes": req.nodes})
         deadline = time.monotonic() + START_WAIT_S
         while time.monotonic() < deadline:
             info = self._poll(handle, fresh=True)
@@ -198,6 +301,33 @@ class SlurmExecutor:
                 break
             time.sleep(0.1)
         return handle
+
+    def _sbatch(self, script: str, script_path: Path, env: dict[str, str] | None, gpus: int) -> str:
+        atomic_write_text(script_path, script)
+        proc = _run(["sbatch", "--parsable", str(script_path)], env={**os.environ, **(env or {})}, cwd=self.root)
+        if proc.returncode != 0:
+            raise submit_error(proc.stderr, self.slurm.partition, gpus)
+        job_id = proc.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise SlurmSubmitError(f"sbatch answered {proc.stdout.strip()!r} instead of a job id; check the Slurm "
+                                   f"client (`sbatch --version`).")
+        return job_id
+
+    def _submit(self, req: jobscript.JobRequest, env: dict[str, str]) -> str:
+        try:
+            script = jobscript.render(req, self.slurm)
+        except jobscript.JobScriptError as e:
+            raise SlurmSubmitError(str(e)) from None
+        return self._sbatch(script, Path(req.log_path).with_suffix(".sbatch"), env, req.gpus)
+
+    def _submit_array(self, reqs: list[jobscript.JobRequest], max_parallel: int, name: str) -> str:
+        """One sbatch for the whole array; the job id of the array (elements are <id>_<i>)."""
+        try:
+            script = jobscript.render_array(reqs, self.slurm, max_parallel, name)
+        except jobscript.JobScriptError as e:
+            raise SlurmSubmitError(str(e)) from None
+        # Secrets travel by name in the submit environment (as for single jobs): this process's own.
+        return self._sbatch(script, Path(array_script_path(reqs[0])), None, reqs[0].gpus)
 
     # -- observe -------------------------------------------------------------------------------
     def _query(self, job_id: str) -> JobInfo | None:
@@ -242,6 +372,8 @@ class SlurmExecutor:
         if info is not None:
             if info.node and info.state != "PENDING":
                 handle.node = info.node
+            if info.state == "RUNNING":
+                handle.extra["ran"] = True  # back to PENDING after this = requeued
             handle.extra["state"] = info.state
         return info
 
@@ -258,6 +390,8 @@ class SlurmExecutor:
             info = self._poll(handle)
             if info is None or (info.state not in ACTIVE_STATES and info.state != "UNKNOWN"):
                 return self._finish(handle, info)
+            if info.state in REQUEUED_STATES and handle.extra.get("ran"):
+                return self._requeued(handle, info)
             if info.state == "PENDING":
                 status = self._pending(handle, info)
                 if status is not None:
@@ -279,7 +413,7 @@ class SlurmExecutor:
             handle.extra["pending_reason"], handle.extra["pending_noted_at"] = info.reason, time.time()
         handle.extra["pending"] = sentence
         limit = self.slurm.pending_timeout_s
-        if limit is None or limit <= 0 or waited < limit:
+        if limit is None or limit <= 0 or waited < limit or ARRAY_LIMIT_REASON in info.reason:
             return None
         self._cancel(handle.job_id)
         self._gone(handle, 30.0)
@@ -288,6 +422,39 @@ class SlurmExecutor:
                f"timeout or free/choose other resources")
         return self._record(handle, ExitStatus(exit_code=None, scheduler_state="CANCELLED (pending timeout)",
                                                reason=why))
+
+    def job_nodes(self, nodelist: str | None) -> list[str]:
+        """Slurm's compressed node list ('lo-n[1-2]') -> host names."""
+        if not nodelist:
+            return []
+        proc = _run(["scontrol", "show", "hostnames", nodelist])
+        return proc.stdout.split() if proc.returncode == 0 else [nodelist]
+
+    def failed_nodes(self, handle: Handle) -> list[str]:
+        """The job's nodes that Slurm now sees down, failed or not responding."""
+        failed = []
+        for node in self.job_nodes(handle.node):
+            proc = _run(["scontrol", "show", "node", "-o", node])
+            m = re.search(r"\bState=(\S+)", proc.stdout)
+            if m and _NODE_DOWN_RE.search(m[1]):
+                failed.append(node)
+        return failed
+
+    def _requeued(self, handle: Handle, info: JobInfo) -> ExitStatus:
+        """Slurm put the job that ran back in the queue: end the attempt (the retry resumes from the
+        checkpoint as a job of its own) instead of letting Slurm start the same command from scratch."""
+        failed = self.failed_nodes(handle)
+        self._cancel(handle.job_id)
+        self._gone(handle, 60.0)
+        where = f" on {handle.node}" if handle.node else ""
+        if failed:
+            why = (f"Slurm requeued job {handle.job_id} after node {', '.join(failed)} failed{where}; "
+                   f"cancelled it to resume from the checkpoint elsewhere")
+            return self._record(handle, ExitStatus(exit_code=None, scheduler_state="NODE_FAIL", reason=why,
+                                                   failed_nodes=failed))
+        why = (f"Slurm requeued job {handle.job_id}{where} (preemption or scontrol requeue; reason "
+               f"{info.reason.strip('()') or 'none'}); cancelled it to resume from the checkpoint")
+        return self._record(handle, ExitStatus(exit_code=None, scheduler_state="REQUEUED", reason=why))
 
     def _finish(self, handle: Handle, info: JobInfo | None) -> ExitStatus:
         if info is None:
@@ -301,11 +468,15 @@ class SlurmExecutor:
             state = "TIMEOUT"
             reason = (f"Slurm's {jobscript.normalize_signal(self.slurm.signal)} warned of the time limit and the "
                       f"trainer was stopped gracefully")
+        failed: list[str] = []
+        if state in ("NODE_FAIL", "BOOT_FAIL"):
+            failed = self.failed_nodes(handle) or self.job_nodes(handle.node)
+            reason = f"node {', '.join(failed) or handle.node or '?'} failed under the job"
         where = f" on {handle.node}" if handle.node else ""
         how = f"signal {sig}" if sig else f"exit {exit_code}"
         text = f"Slurm job {handle.job_id} ended {state} ({how}){where}" + (f": {reason}" if reason else "")
         return self._record(handle, ExitStatus(exit_code=exit_code, signal=sig, scheduler_state=state,
-                                               reason=reason or text))
+                                               reason=reason or text, failed_nodes=failed))
 
     def _record(self, handle: Handle, status: ExitStatus) -> ExitStatus:
         self._ended[handle.job_id] = status

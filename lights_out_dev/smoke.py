@@ -153,7 +153,8 @@ def gate(run) -> bool:
     record = {"argv": argv, "argv_hash": digest, "started_at": time.time(), "limit_s": limit}
     st.status = "running"
     try:
-        run.handle = run.executor.start(argv, env, log_path, gpus, time_limit_s=limit, job_name=f"lo-{run.key}-smoke")
+        run.handle = run.executor.start(argv, env, log_path, gpus, time_limit_s=limit, job_name=f"lo-{run.key}-smoke",
+                                        **run.placement(spec))
         record.update(log_path=run.handle.log_path, pid=run.handle.pid, handle=dict(run.handle.__dict__))
         st.extra["smoke"] = record
         run.save()

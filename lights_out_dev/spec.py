@@ -31,7 +31,8 @@ class RunSpec(BaseModel):
     seed: int | None = None
     headless: bool = True
     newton_selector: str | None = None
-    gpus: int = Field(default=1, ge=1, description="GPUs the run needs (nproc_per_node for mgpu)")
+    gpus: int = Field(default=1, ge=1, description="GPUs the run needs (nproc_per_node for mgpu; per node)")
+    nodes: int = Field(default=1, ge=1, description="nodes of a multi-GPU run (Slurm): one torch.distributed.run each")
     time_limit_s: float | None = None
     extra_args: list[str] = Field(default_factory=list, description="trainer flags in order; last flag wins")
     env: dict[str, str] = Field(default_factory=dict, description="literal env vars for the trainer")

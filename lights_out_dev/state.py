@@ -35,6 +35,7 @@ class Attempt(BaseModel):
     pgid: int | None = None
     job_id: str | None = None  # Slurm
     node: str | None = None
+    failed_nodes: list[str] = Field(default_factory=list)  # Slurm: nodes that failed under the job
     log_path: str | None = None
     tb_dir: str | None = None
     exit_code: int | None = None

@@ -260,6 +260,16 @@ class _Run:
         now = time.time()
         return sum((a.ended_at or now) - a.started_at for a in self.state.attempts if a.started_at)
 
+    def placement(self, spec: RunSpec) -> dict:
+        """executor.start()'s keywords for where the run goes; only a Slurm run on several nodes or away from
+        failed nodes has any, so executors without them are called as before."""
+        placement = {}
+        if spec.nodes > 1:
+            placement["nodes"] = spec.nodes
+        if self.state.extra.get("exclude_nodes"):
+            placement["exclude_nodes"] = list(self.state.extra["exclude_nodes"])
+        return placement
+
     def _launch(self) -> Attempt:
         st = self.state
         n = len(st.attempts) + 1
@@ -279,7 +289,7 @@ class _Run:
         stamp = time.strftime("%Y%m%d_%H%M%S")
         log_path = self.logs_dir / f"{stamp}_{self.key}{'' if n == 1 else f'_a{n}'}.log"
         self.handle = self.executor.start(argv, env, log_path, gpus, time_limit_s=self.limit,
-                                          job_name=f"lo-{self.key}")
+                                          job_name=f"lo-{self.key}", **self.placement(spec))
         attempt = Attempt(number=n, argv=argv, gpus=gpus, env_overrides=env_over, started_at=time.time(),
                           pid=self.handle.pid, pgid=self.handle.pgid, job_id=self.handle.job_id,
                           node=self.handle.node, log_path=self.handle.log_path)
@@ -344,6 +354,7 @@ class _Run:
             attempt.node = handle.node
         if exit_status is not None:
             attempt.exit_code, attempt.signal = exit_status.exit_code, exit_status.signal
+            attempt.failed_nodes = list(getattr(exit_status, "failed_nodes", None) or [])
         if result is not None:
             attempt.survivors = result.survivors
             attempt.peak_vram_mb = result.peak_vram_mb
@@ -529,6 +540,9 @@ class _Run:
                      f"{gpu_lock.unpack(self.lease, self.cfg, self.root)}.")
         if d.action == "fewer_gpus" and self.lease and d.gpus:
             self.lease.shrink(d.gpus)
+        if d.action == "exclude_node" and attempt.failed_nodes:
+            st.extra["exclude_nodes"] = sorted({*st.extra.get("exclude_nodes", []), *attempt.failed_nodes})
+            attempt.decision += f" (excluding {', '.join(st.extra['exclude_nodes'])})"
         if d.action == "reseed":
             eff["seed"] = (spec.seed or 0) + RESEED_STEP * (len(st.attempts))
             good = _checkpoints_before(st.checkpoints, st.extra.get("bad_iteration"), self.spec.trainer.checkpoint_pattern)
@@ -668,7 +682,11 @@ def run_task(spec: RunSpec, target: Path) -> bool:
     lease = None
     old_handler = None
     try:
-        problem = command.launch_problem(spec, root, pin, gpu_lock.gpu_count())
+        from lights_out_dev.slurm_executor import placement_problem
+
+        # A Slurm job's GPUs are on the cluster's nodes, not on this (login) machine.
+        gpus_here = gpu_lock.gpu_count() if executor_name != "slurm" else max(spec.gpus, gpu_lock.gpu_count())
+        problem = placement_problem(spec, executor_name) or command.launch_problem(spec, root, pin, gpus_here)
         if problem:
             raise SupervisorError(problem)
         executor = _executor_for(executor_name, cfg, root)

@@ -203,7 +203,21 @@ def spec_for(run: PlannedRun, root: Path, cfg: ProjectConfig) -> RunSpec:
     update["time_limit_s"] = run.time_limit_s if run.time_limit_s is not None else cfg.monitor.time_limit
     if run.gpus and spec.multi_gpu:
         update["gpus"] = run.gpus
+    if run.nodes > 1:
+        update["nodes"] = run.nodes
     return spec.model_copy(update=update)
+
+
+def check_placement(loaded: "LoadedPlan", root: Path, cfg: ProjectConfig, executor: str | None) -> None:
+    """Every multi-node entry must be an -mgpu task run on Slurm (one sentence with the line, else)."""
+    from lights_out_dev.slurm_executor import placement_problem
+
+    for run in loaded.runs:
+        if run.nodes > 1 and run.task is not None:
+            problem = placement_problem(spec_for(run, root, cfg), executor or cfg.executor)
+            if problem:
+                where = f" line {run.line}" if run.line else ""
+                raise SweepError(f"{loaded.path}{where}: {problem}")
 
 
 def gpu_count() -> int:
@@ -263,6 +277,7 @@ class Sweep:
         self.loaded, self.cfg, self.root = loaded, cfg, root
         self.paths = paths_for(root, cfg, loaded.name)
         self.executor_kind = executor
+        self._array = None  # the running phase's Slurm job array (plan slurm_array), see _job_array
         say_lock = threading.Lock()
 
         def say(line: str) -> None:  # one whole line at a time from many run threads
@@ -657,7 +672,8 @@ class Sweep:
         if kind == "slurm":
             from lights_out_dev.slurm_executor import SlurmExecutor
 
-            return SlurmExecutor(self.cfg, self.root)  # as supervisor.run_task builds it
+            # as supervisor.run_task builds it; with the plan's slurm_array, sharing the phase's job array
+            return SlurmExecutor(self.cfg, self.root, array=self._array)
         return None  # the supervisor's default: LocalExecutor
 
     @staticmethod
@@ -695,6 +711,19 @@ class Sweep:
                 return lease
         return None
 
+    def _job_array(self, pending: list[PlannedRun], smoke_only: bool):
+        """The phase's Slurm job array (plan `slurm_array: K`): the first launches of its single-GPU runs
+        that have not started yet join it; None when the plan has none or runs locally."""
+        k = self.loaded.plan.slurm_array
+        if not k or smoke_only or (self.executor_kind or self.cfg.executor) != "slurm":
+            return None
+        from lights_out_dev.slurm_executor import JobArray
+
+        fresh = [r for r in pending if r.task is not None and r.gpus <= 1 and r.nodes == 1
+                 and not _started(load_state(self.paths.state(r.index)))]
+        name = f"lo-sweep__{self.loaded.name}-p{fresh[0].phase}" if fresh else ""
+        return JobArray(k, expected=len(fresh), name=name) if len(fresh) > 1 else None
+
     def _try_lease(self, n: int, state: RunState | None, run: PlannedRun | None = None):
         """A lease, or None when no slot is free now. A run whose trainer may still be alive (left
         'running' by a killed sweep) gets the GPUs it is on, so an adopted trainer keeps its GPU."""
@@ -719,6 +748,7 @@ class Sweep:
         _warm_imports()
         runs = [self.loaded.run(i) for i in indices]
         pending = [r for r in runs if not is_final(load_state(self.paths.state(r.index)))]
+        self._array = self._job_array(pending, smoke_only)
         if smoke_only:
             pending = [r for r in pending if r.smoke and r.task is not None
                        and not _started(load_state(self.paths.state(r.index)))]
@@ -907,6 +937,7 @@ def open_sweep(root: Path, cfg: ProjectConfig, plan: str | None, *, executor: st
     loaded = load_plan(plan_path(root, cfg, plan))
     if check:
         check_tasks(loaded, known_tasks(root))
+        check_placement(loaded, root, cfg, executor)
     return Sweep(loaded, cfg, root, executor=executor, status_line=status_line)
 
 

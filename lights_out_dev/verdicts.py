@@ -25,14 +25,23 @@ class Verdict(str, Enum):
     diverged = "diverged"
     collapsed = "collapsed"
     plateau = "plateau"
+    preempted = "preempted"  # Slurm took the job back (PREEMPTED, requeued): not the run's fault
+    node_fail = "node_fail"  # a node under the job failed (NODE_FAIL, BOOT_FAIL): not the run's fault
 
     @property
     def is_final(self) -> bool:
         return self not in (Verdict.running, Verdict.healthy)
 
     @property
+    def is_cluster_fault(self) -> bool:
+        """Preemption and node failure: the cluster's doing, neither a failure nor a success of the run."""
+        return self in (Verdict.preempted, Verdict.node_fail)
+
+    @property
     def is_failure(self) -> bool:
-        return self.is_final and self not in (Verdict.completed, Verdict.timeout, Verdict.pruned, Verdict.plateau)
+        """Counts towards max_consecutive_failures."""
+        return self.is_final and not self.is_cluster_fault and self not in (
+            Verdict.completed, Verdict.timeout, Verdict.pruned, Verdict.plateau)
 
 
 # Learning-health verdicts: the process is fine, the learning is not (health.py judges them).

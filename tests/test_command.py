@@ -46,6 +46,8 @@ def test_merge_flags_last_wins_in_place(base, over, expected):
     (["--time_limit", "1h30m"], "time_limit_s", 5400.0),
     (["--time_limit", "none"], "time_limit_s", None),
     (["--executor", "slurm"], "executor", "slurm"),
+    (["--nodes", "2"], "nodes", 2),
+    (["--nodes=4", "--foo"], "nodes", 4),
     (["--smoke"], "smoke", True),
     (["--continue"], "continue_", True),
     (["--wipe"], "wipe", True),
@@ -67,6 +69,7 @@ def test_overrides_parse(tokens, field, value):
     (["--gpu", "x"], "--gpu x is not valid"),
     (["--time_limit", "soon"], "'soon' is not a duration"),
     (["--executor", "k8s"], "--executor k8s is not known"),
+    (["--nodes", "0"], "--nodes 0 is not valid; give a positive whole number of Slurm nodes"),
 ])
 def test_overrides_reject_bad_values(tokens, fragment):
     with pytest.raises(overrides.OverrideError) as e:

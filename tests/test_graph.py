@@ -108,6 +108,19 @@ def test_bad_input_is_one_sentence_and_launches_nothing(repo: Path, args, fragme
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("args, fragment", [
+    (["cartpole:base-mgpu", "--nodes", "2"], "cartpole:base-mgpu asks for 2 nodes, which needs the Slurm executor"),
+    (["cartpole:base", "--nodes", "2", "--executor", "slurm"], "only an -mgpu variant (torch.distributed.run)"),
+])
+def test_nodes_without_slurm_or_torchrun_is_one_sentence(repo: Path, args, fragment):
+    p = doit(repo, *args)
+    assert p.returncode != 0
+    assert fragment in out(p)
+    assert "Traceback" not in out(p)
+    assert nothing_launched(repo)
+
+
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("toml, args, fragment", [
     ('[tool.lights_out]\nlogs_dirr = "x"', ["list"], "'logs_dirr' is not a known setting"),
     ('[tool.lights_out]\ncpu_slots = 0', ["cartpole:base"], "cpu_slots"),
@@ -156,7 +169,7 @@ def test_changed_overrides_rerun_and_unchanged_ones_do_not(repo: Path):
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("tokens", [["--num_envs", "32"], ["--max_iterations", "3"], ["--seed", "1"],
                                     ["--foo", "bar"], ["physics=newton"], ["--smoke"], ["--time_limit", "5m"],
-                                    ["--gpu", "0"], ["--executor", "slurm"]])
+                                    ["--gpu", "0"], ["--executor", "slurm"], ["--nodes", "2"]])
 def test_every_override_changes_the_up_to_date_digest(monkeypatch, tokens):
     from doit.tools import config_changed
 

@@ -1,5 +1,6 @@
 """Table-driven tests of the pure Slurm batch-script generation (no Slurm needed)."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -166,3 +167,86 @@ def test_checks_refuse_to_train(tmp_path, guard_rc, preflight_rc, expected):
     assert ("TRAINING" in proc.stdout) == (expected == 0)
     if expected:
         assert "refusing to train" in proc.stderr
+
+
+# -- multi-node jobs and job arrays -----------------------------------------------------------------
+
+TORCHRUN = ["/py", "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_port=29123",
+            "workloads/train.py", "--task", "Lo-Cartpole-v0", "--distributed", "--run_name", "a b"]
+
+
+def test_multinode_directives():
+    opts = directives(req(argv=TORCHRUN, nodes=2, gpus=2, exclude=("lo-n2", "gpu-[01-03]")), SlurmConfig())
+    assert {"--nodes=2", "--ntasks-per-node=1", "--gres=gpu:2", "--exclude=lo-n2,gpu-[01-03]"} <= set(opts)
+    assert "--ntasks=1" not in opts
+    assert "--nodes=1" in directives(req(), SlurmConfig()) and "--ntasks=1" in directives(req(), SlurmConfig())
+
+
+def test_bad_excluded_node_names_the_value():
+    with pytest.raises(JobScriptError) as e:
+        render(req(exclude=("lo-n1; rm -rf /",)), SlurmConfig())
+    assert "lo-n1; rm -rf /" in str(e.value)
+
+
+@pytest.mark.parametrize("argv,kept,dropped", [
+    (TORCHRUN, ["--nproc_per_node=2"], ["--nnodes=1", "--master_port"]),
+    (["torchrun", "--standalone", "--nnodes", "1", "--nproc_per_node", "4", "--master_addr", "h", "t.py", "--x"],
+     ["--nproc_per_node 4"], ["--standalone", "--nnodes 1", "--master_addr"]),
+])
+def test_multinode_command_rewrites_the_rendezvous(argv, kept, dropped):
+    line = jobscript.multinode_command(argv)
+    launch = line.split("; exec ", 1)[1]
+    head, rest = launch.split(" --nnodes=", 1)
+    assert head.endswith("torch.distributed.run") or head.endswith("torchrun")
+    assert rest.startswith('"$SLURM_NNODES" --node_rank="$SLURM_NODEID" --rdzv_backend=c10d '
+                           '--rdzv_endpoint="$LIGHTS_OUT_RDZV_HOST:$LIGHTS_OUT_RDZV_PORT" --rdzv_id="$LIGHTS_OUT_RDZV_ID"')
+    for k in kept:
+        assert k in rest
+    for d in dropped:
+        assert d not in rest
+    script = "t.py" if "t.py" in argv else "workloads/train.py"
+    assert rest.index(kept[0]) < rest.index(script)  # launcher options stay before the script
+    assert rest.endswith(" ".join(shlex.quote(a) for a in argv[argv.index(script):]))
+
+
+def test_multinode_needs_torchrun():
+    with pytest.raises(JobScriptError) as e:
+        render(req(nodes=2), SlurmConfig())
+    assert "-mgpu" in str(e.value)
+
+
+def test_multinode_script_runs_checks_and_trainer_on_every_node(tmp_path):
+    script = render(req(argv=TORCHRUN, nodes=2, gpus=2, guard_argv=["guard"], python="/py"), SlurmConfig())
+    assert "srun --ntasks-per-node=1 --kill-on-bad-exit=0 guard ||" in script
+    assert "srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c " in script
+    assert 'LIGHTS_OUT_RDZV_ID="${SLURM_JOB_ID}-${SLURM_RESTART_COUNT:-0}"' in script
+    assert 'scancel --signal=INT "$SLURM_JOB_ID"' in script  # srun does not forward a single SIGINT
+    path = tmp_path / "job.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+
+
+def test_array_script_selects_each_element(tmp_path):
+    reqs = [req(log_path=f"/logs/run {i}.log", env={"SEED": str(i)}, argv=["python", "t.py", "--seed", str(i)],
+                time_limit_s=60 * (i + 1)) for i in range(3)]
+    script = jobscript.render_array(reqs, SlurmConfig(), 2)
+    assert "#SBATCH --array=0-2%2" in script and "#SBATCH --output=/dev/null" in script
+    assert "#SBATCH --time=00:04:00" in script  # the longest element's limit plus the signal lead
+    for i in range(3):
+        assert f"exec >>'/logs/run {i}.log' 2>&1" in script and f"--seed {i})" in script
+    path = tmp_path / "array.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    # Element 1 runs its own command with its own environment, into its own log.
+    body = script.replace("/logs/", str(tmp_path) + "/").replace("python t.py", "echo trainer")
+    path.write_text(body.replace('"${trainer[@]}" &', 'env | grep ^SEED= ; "${trainer[@]}" &'))
+    done = subprocess.run(["bash", str(path)], env={**os.environ, "SLURM_ARRAY_TASK_ID": "1"}, timeout=20)
+    assert done.returncode == 0
+    out = (tmp_path / "run 1.log").read_text()
+    assert "SEED=1" in out and "trainer --seed 1" in out
+    assert not (tmp_path / "run 0.log").exists()
+
+
+def test_array_refuses_multinode_or_mixed_gpus():
+    with pytest.raises(JobScriptError):
+        jobscript.render_array([req(gpus=1), req(gpus=2)], SlurmConfig(), 2)

@@ -40,6 +40,8 @@ BAD = [
     ("bad name", "name: 'a b'\nruns:\n  - task: a\n", ["line 1", "name"]),
     ("promote order", "name: t\nruns:\n  - task: a\npromote: {from_phase: 2, phase: 2}\n", ["line 4", "must come after"]),
     ("promote no source", "name: t\nruns:\n  - task: a\npromote: {from_phase: 3, phase: 4}\n", ["from_phase 3 has no runs"]),
+    ("zero nodes", "name: t\nruns:\n  - task: a-mgpu\n    nodes: 0\n", ["line 4", "runs.0.nodes"]),
+    ("zero array cap", "name: t\nslurm_array: 0\nruns:\n  - task: a\n", ["line 2", "slurm_array"]),
     ("promote before runs", "name: t\nruns:\n  - {task: a, phase: 3}\npromote: {from_phase: 3, phase: 2}\n",
      ["must come after"]),
 ]
@@ -73,6 +75,14 @@ def test_expansion_order_grid_and_defaults():
     assert runs[0].line == 4 and runs[4].line == 7
     assert runs[5].promotion.metric == "Train/mean_reward" and runs[5].promotion.suffix == "-mgpu"
     assert [r.key for r in runs][:2] == ["01", "02"]
+
+
+def test_multi_node_entry_and_array_cap():
+    plan, lines = parse_plan("name: t\nslurm_array: 3\nruns:\n  - {task: top_dog:base-mgpu, gpus: 4, nodes: 2}\n"
+                             "  - {task: cartpole:base}\n", "p.yaml")
+    runs = expand(plan, lines)
+    assert plan.slurm_array == 3
+    assert [(r.task, r.gpus, r.nodes) for r in runs] == [("top_dog:base-mgpu", 4, 2), ("cartpole:base", 1, 1)]
 
 
 def test_phases_sorted_even_when_written_out_of_order():

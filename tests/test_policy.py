@@ -15,6 +15,16 @@ CASES = [
     # (id, verdict, history, num_envs, gpus, has_checkpoint, action, new num_envs, new gpus, reason words)
     ("completed", V.completed, [], 4096, 1, True, "done", None, None, "completed"),
     ("timeout is accepted", V.timeout, [], 4096, 1, True, "accept", None, None, "not a failure"),
+    ("preempted: resume", V.preempted, [], 4096, 1, True, "retry", None, None, "resuming from the last checkpoint"),
+    ("preempted after 2 crashes is not the 3rd failure", V.preempted, [V.crash, V.crash], 4096, 1, True, "retry",
+     None, None, "1st preempted"),
+    ("crash after crash, preempted, crash: the preemption does not break the row", V.crash,
+     [V.crash, V.preempted, V.crash], 4096, 1, False, "give_up", None, None, "3 consecutive failures"),
+    ("preempted 21st: give up", V.preempted, [V.preempted] * 20, 4096, 1, True, "give_up", None, None,
+     "20 retries allowed"),
+    ("node_fail: other nodes", V.node_fail, [], 4096, 2, True, "exclude_node", None, None, "retry on other nodes"),
+    ("node_fail with 2 crashes before: not counted", V.node_fail, [V.crash, V.crash], 4096, 2, False, "exclude_node",
+     None, None, "1st node_fail"),
     ("config_error never retried", V.config_error, [], 4096, 1, True, "give_up", None, None, "never retries"),
     ("crash 1st: retry", V.crash, [], 4096, 1, False, "retry", None, None, "1st crash: retry as-is"),
     ("crash 2nd: retry", V.crash, [V.crash], 4096, 1, False, "retry", None, None, "2nd crash"),
@@ -55,11 +65,11 @@ def test_default_policy(verdict, history, envs, gpus, ckpt, action, new_envs, ne
     d = decide(verdict, history, RULES, 3, envs, gpus, ckpt)
     assert (d.action, d.num_envs, d.gpus) == (action, new_envs, new_gpus), d.reason
     assert words in d.reason
-    assert d.resume is False
+    assert d.resume is (ckpt and action not in ("done", "accept", "give_up"))
 
 
 @pytest.mark.parametrize("verdict,history", [(V.crash, []), (V.oom, [V.oom]), (V.cuda_error, [V.cuda_error]),
-                                             (V.imbalance, [V.imbalance])])
+                                             (V.imbalance, [V.imbalance]), (V.preempted, []), (V.node_fail, [])])
 def test_retries_resume_from_a_checkpoint(verdict, history):
     d = decide(verdict, history, RULES, 3, 4096, 4, True)
     assert d.resume and "resuming from the last checkpoint" in d.reason

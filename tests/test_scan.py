@@ -58,6 +58,7 @@ SIGNATURE_CASES = [
     ("ModuleNotFoundError: No module named 'omni.isaac.core'", ["config_error"]),
     ("train.py: error: unrecognized arguments: --foo", ["config_error"]),
     ("slurmstepd-localhost: error: *** JOB 38 ON localhost CANCELLED AT 2026-11-22T05:00:00 ***", []),
+    ("srun: error: lo-n2: task 1: Interrupt", []),
     ("PhysX error: Patch buffer overflow detected, please increase its size to at least 219258", ["warning"]),
     # near misses: ordinary output that mentions the same words
     ("[W ProcessGroupGloo.cpp:723] Warning: Unable to resolve hostname to a (local) address. Using the loopback.", []),

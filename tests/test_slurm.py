@@ -1,4 +1,5 @@
-"""The Slurm executor on a real one-node Slurm (tests/slurm/cluster.sh: localhost, 4 fake GPUs).
+"""The Slurm executor on a real two-node Slurm (tests/slurm/cluster.sh: lo-n1 and lo-n2, each in its own
+network namespace with 4 fake GPUs).
 
 Marker `slurm`. The session fixture starts the cluster (installing Debian's packages if needed) and
 stops it at the end if it started it. Without root or apt the tests are skipped with the reason,
@@ -7,6 +8,7 @@ unless CI=true, where that is a failure. Pure helpers are tested first, without 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 SLURM_DIR = Path(os.environ.get("LIGHTS_OUT_SLURM_DIR", "/tmp/lights-out-slurm"))
 TRAIN = str(ROOT / "workloads" / "train.py")
+NODES = ("lo-n1", "lo-n2")
+ALL_NODES = "lo-n[1-2]"
 
 
 # -- pure helpers (no Slurm) ------------------------------------------------------------------------
@@ -79,6 +83,32 @@ def test_no_slurm_commands(tmp_path, monkeypatch):
     with pytest.raises(SlurmNotInstalled) as e:
         ex.start(["true"], {}, tmp_path / "a.log", None)
     assert str(e.value) == "sbatch not found: install Slurm's client or use --executor local."
+
+
+NODES_PLAN = """\
+name: nodesplan
+runs:
+  - task: cartpole:base
+    nodes: 2
+"""
+
+
+@pytest.mark.timeout(120)
+def test_multi_node_plan_entry_needs_an_mgpu_task_and_slurm(tmp_path):
+    from test_sweep import doit_argv, env_for, make_repo
+
+    repo = make_repo(tmp_path / "repo", {"nodesplan": NODES_PLAN, "nodeslocal": NODES_PLAN.replace(
+        "nodesplan", "nodeslocal").replace("cartpole:base", "cartpole:base-mgpu")})
+    for plan, executor, fragment in [
+        ("nodesplan", "slurm", "sweeps/nodesplan.yaml line 3: cartpole:base asks for 2 nodes, but only an -mgpu"),
+        ("nodeslocal", "local", "line 3: cartpole:base-mgpu asks for 2 nodes, which needs the Slurm executor"),
+    ]:
+        p = subprocess.run(doit_argv("sweep", "--plan", f"sweeps/{plan}.yaml", "--executor", executor), cwd=repo,
+                           env=env_for(repo), capture_output=True, text=True, timeout=100)
+        assert p.returncode != 0 and fragment in p.stdout + p.stderr, p.stdout + p.stderr
+        assert "Traceback" not in p.stdout + p.stderr
+        assert not (repo / "local_experiment_logs" / "sweeps" / plan / "runs").exists() or not list(
+            (repo / "local_experiment_logs" / "sweeps" / plan / "runs").glob("*.json"))
 
 
 # -- the cluster ------------------------------------------------------------------------------------
@@ -173,11 +203,13 @@ def test_two_jobs_get_distinct_gpus_and_complete(slurm_cluster, tmp_path):
     statuses = [ex.wait(h, 30) for h in handles]
     for h, st in zip(handles, statuses):
         assert (st.scheduler_state, st.exit_code, st.signal) == ("COMPLETED", 0, None), log_text(h)
-        assert h.node == "localhost"
+        assert h.node in NODES
         assert not ex.alive(h)
         assert Path(h.extra["script"]).read_text().startswith("#!/bin/bash")
     cvd = [log_text(h).split("started CVD=")[1].split()[0] for h in handles]
-    assert "unset" not in cvd and cvd[0] != cvd[1]
+    assert "unset" not in cvd
+    if handles[0].node == handles[1].node:
+        assert cvd[0] != cvd[1]
 
 
 @pytest.mark.slurm
@@ -211,12 +243,12 @@ def test_trainer_ignoring_sigint_is_cancelled(slurm_cluster, tmp_path):
 def test_drained_node_pending_timeout(slurm_cluster, tmp_path):
     cfg = ProjectConfig(slurm=SlurmConfig(pending_timeout_s=3))
     ex = SlurmExecutor(cfg, tmp_path)
-    subprocess.run(["scontrol", "update", "nodename=localhost", "state=drain", "reason=lights-out-test"], check=True)
+    subprocess.run(["scontrol", "update", f"nodename={ALL_NODES}", "state=drain", "reason=lights-out-test"], check=True)
     try:
         h = ex.start(fake(tmp_path, 1), {}, tmp_path / "p.log", [0])
         st = wait_for(lambda: ex.wait(h, 0.5), 20, "the pending timeout")
     finally:
-        subprocess.run(["scontrol", "update", "nodename=localhost", "state=resume"], check=True)
+        subprocess.run(["scontrol", "update", f"nodename={ALL_NODES}", "state=resume"], check=True)
     assert st.scheduler_state.startswith("CANCELLED") and st.exit_code is None
     assert "pending_timeout_s=3" in st.reason
     log = log_text(h)
@@ -303,7 +335,7 @@ def supervise_slurm(tmp_path: Path, spec: RunSpec, cfg: ProjectConfig | None = N
 def assert_jobs_recorded(st):
     ids = [a.job_id for a in st.attempts]
     assert all(ids) and len(set(ids)) == len(ids), ids
-    assert all(a.node == "localhost" for a in st.attempts)
+    assert all(a.node in (*NODES, ALL_NODES) for a in st.attempts)
     for a in st.attempts:
         assert squeue_state(a.job_id) not in ("PENDING", "RUNNING", "COMPLETING")
 
@@ -347,10 +379,7 @@ def test_supervised_time_limit_signal_ends_in_timeout_with_checkpoint(slurm_clus
     state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"
 
     def signal_when_healthy():
-        def healthy_job():
-            st = load_state(state_path) if state_path.exists() else None
-            return st and st.current and st.current.healthy_at and st.current.job_id
-        job_id = wait_for(healthy_job, 100, "the first iteration")
+        job_id = wait_for(lambda: healthy_job(state_path), 100, "the first iteration")
         subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
 
     t = threading.Thread(target=signal_when_healthy, daemon=True)
@@ -383,10 +412,7 @@ def test_restarted_supervisor_adopts_the_running_job(slurm_cluster, tmp_path):
     first = subprocess.Popen([sys.executable, "-c", script], env={**os.environ}, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        def healthy_job():
-            st = load_state(state_path) if state_path.exists() else None
-            return st and st.current and st.current.healthy_at and st.current.job_id
-        job_id = wait_for(healthy_job, 100, "the first iteration under the first supervisor")
+        job_id = wait_for(lambda: healthy_job(state_path), 100, "the first iteration under the first supervisor")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -439,3 +465,244 @@ def test_killed_sweep_readopts_its_running_jobs(slurm_cluster, tmp_path):
     for i, job_id in jobs.items():
         assert [a["job_id"] for a in after[i]["attempts"]] == [job_id], after[i]["attempts"]
         assert after[i]["status"] == "completed"
+
+
+# -- two nodes: multi-node runs, preemption, node failure, job arrays -------------------------------
+
+def healthy_job(state_path: Path):
+    """The current attempt's job id once it passed its first iteration, else None."""
+    st = load_state(state_path) if state_path.exists() else None
+    a = st.current if st else None
+    return a and a.healthy_at and a.verdict is None and a.job_id
+
+
+def job_node(job_id: str) -> str:
+    """Where Slurm runs the job (the run state learns a node only at the attempt's end if the job was
+    still pending when it was submitted)."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-t", "all", "-o", "%N"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def in_background(fn):
+    errors: list[BaseException] = []
+
+    def body():
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(e)
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    return t, errors
+
+
+def processes_with(token: str) -> list[int]:
+    """Pids whose command line contains `token` (space-separated arguments)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if token in cmdline:
+                found.append(int(d.name))
+    return found
+
+
+def mgpu_spec(nodes: int, ranks: int, max_iterations: int, inject: str | None = None) -> RunSpec:
+    return RunSpec(task="cartpole:slurm-mgpu", family="cartpole", launcher="lab_mgpu", prefix=[sys.executable],
+                   script=TRAIN, trainer_task="Lo-Cartpole-v0", num_envs=16, max_iterations=max_iterations,
+                   gpus=ranks, nodes=nodes, extra_args=["--inject", inject] if inject else [])
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(400)
+def test_two_nodes_two_ranks_each_crash_resume_complete_with_rank0_logging(slurm_cluster, tmp_path):
+    """2 nodes x 2 ranks of the reference trainer (gloo on the CPU). At iteration 2 the last rank leaves the
+    collective; the others' all-reduce fails, the supervisor sees the fatal line and cancels the job, which
+    ends every node's processes. The retry (a new 2-node job) resumes from the checkpoint and completes."""
+    cfg = make_cfg(tmp_path)
+    # torch.distributed.run's agents wait for each other at exit (the exit barrier): allow for it.
+    cfg = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"stall_s": 60})})
+    spec = mgpu_spec(nodes=2, ranks=2, max_iterations=4, inject="nccl@2")
+    spec = spec.model_copy(update={"env": {"LIGHTS_OUT_NCCL_TIMEOUT_S": "5"}})
+    st, _ = supervise_slurm(tmp_path, spec, cfg)
+    assert [x.verdict for x in st.attempts] == ["nccl", "completed"], [x.reason for x in st.attempts]
+    assert st.status == "completed", st.reason
+    crashed, resumed = st.attempts
+    assert all(a.node == ALL_NODES for a in st.attempts)  # each attempt one job on both nodes
+    assert "collective operation failed" in crashed.reason
+    assert squeue_state(crashed.job_id) in ("CANCELLED", "FAILED")
+    # No process of the failed attempt is left on either node (the nodes share this machine's pid space).
+    assert not processes_with(crashed.argv[crashed.argv.index("--run_name") + 1] + " ")
+    assert "--resume" in resumed.argv and "--load_run" in resumed.argv
+    script = Path(resumed.log_path).with_suffix(".sbatch").read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --gres=gpu:2" in script
+    log = Path(resumed.log_path).read_text()
+    # One torch.distributed.run per node, meeting in a c10d rendezvous on the first node, 4 ranks in all.
+    for k, node in enumerate(NODES):
+        assert f"{jobscript.NODE_MARKER} {k} of 2 on {node}: torch.distributed.run, rendezvous lo-n1:" in log
+    assert f"id {resumed.job_id}-0" in log  # a rendezvous of its own per attempt
+    assert "Synchronizing parameters for rank 3" in log
+    # Rank 0 logs: every iteration once, in one TensorBoard run.
+    iterations = re.findall(r"Learning iteration (\d+)/", log)
+    assert iterations and len(iterations) == len(set(iterations)), iterations
+    assert resumed.tb_dir and len(list(Path(resumed.tb_dir).glob("events.out.tfevents.*"))) == 1
+    assert st.final.iteration == 4 and st.final.mean_reward is not None
+    assert_jobs_recorded(st)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(60)
+def test_gpu_guard_runs_on_every_node_of_a_multi_node_job(slurm_cluster, tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.lights_out.gpu_guard]\nexpected_count = 2\n")
+    ex = SlurmExecutor(ProjectConfig(gpu_guard=GpuGuard(expected_count=2)), tmp_path)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", *fake(tmp_path, 1)[1:]]
+    h = ex.start(argv, {}, tmp_path / "guard2.log", [0, 1], nodes=2)
+    st = ex.wait(h, 30)
+    assert (st.exit_code, st.scheduler_state) == (42, "FAILED")
+    log = log_text(h)
+    assert log.count("gpu_guard: expected 2 GPUs") == 2, log  # once per node: the fake GPUs have no driver
+    assert "refusing to train" in log and "started" not in log and jobscript.NODE_MARKER not in log
+    assert h.node == ALL_NODES
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_two_node_time_limit_signal_stops_every_node_gracefully(slurm_cluster, tmp_path):
+    """Slurm's B:USR1 reaches the batch shell on the first node; the trainer's ranks on both nodes get SIGINT
+    (srun alone would not pass one on) and save a checkpoint: the run is timeout, not a failure."""
+    state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"
+
+    def signal_when_healthy():
+        job_id = wait_for(lambda: healthy_job(state_path), 150, "the first iteration")
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+
+    t, errors = in_background(signal_when_healthy)
+    cfg = make_cfg(tmp_path)
+    cfg = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"stall_s": 60})})
+    st, _ = supervise_slurm(tmp_path, mgpu_spec(nodes=2, ranks=2, max_iterations=200, inject="slow=1"), cfg)
+    t.join(5)
+    assert not errors, errors
+    assert [a.verdict for a in st.attempts] == ["timeout"], [a.reason for a in st.attempts]
+    log = Path(st.attempts[0].log_path).read_text()
+    assert jobscript.TIME_LIMIT_MARKER in log
+    assert log.count("[INFO] Received SIGINT") == 4, log[-3000:]  # every rank on both nodes
+    assert log.count("saved checkpoint") == 1  # by rank 0, the one that writes
+    assert st.checkpoints
+    assert_jobs_recorded(st)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_requeue_mid_run_is_preempted_and_resumes_from_the_checkpoint(slurm_cluster, tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg = cfg.model_copy(update={"slurm": cfg.slurm.model_copy(update={"requeue": True})})
+    state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"
+
+    def requeue_when_healthy():
+        job_id = wait_for(lambda: healthy_job(state_path), 150, "the first iteration")
+        subprocess.run(["scontrol", "requeue", job_id], check=True)  # what a preemption with REQUEUE does
+
+    t, errors = in_background(requeue_when_healthy)
+    st, _ = supervise_slurm(tmp_path, make_spec("slow=0.5", max_iterations=12), cfg)
+    t.join(5)
+    assert not errors, errors
+    assert [a.verdict for a in st.attempts] == ["preempted", "completed"], [a.reason for a in st.attempts]
+    assert st.status == "completed"
+    first, second = st.attempts
+    assert "requeued" in first.reason.lower() and first.decision.startswith("retry")
+    # Slurm's TERM reached the batch shell, which stopped the trainer gracefully: it saved a checkpoint.
+    assert "saved checkpoint" in Path(first.log_path).read_text()
+    assert second.argv[second.argv.index("--resume") + 1:][:2] == ["--load_run", Path(first.tb_dir).name]
+    assert squeue_state(first.job_id) == "CANCELLED"  # the requeued job never restarts from scratch
+    assert_jobs_recorded(st)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(360)
+def test_killed_slurmd_is_node_fail_and_the_retry_excludes_the_node(slurm_cluster, tmp_path):
+    state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"
+    killed: list[str] = []
+
+    def kill_the_node_when_healthy():
+        job_id = wait_for(lambda: healthy_job(state_path), 150, "the first iteration")
+        node = job_node(job_id)
+        assert node in NODES, node
+        subprocess.run([CLUSTER, "kill-node", node.removeprefix("lo-n")], check=True, capture_output=True,
+                       env={**os.environ, "LIGHTS_OUT_SLURM_DIR": str(SLURM_DIR)})
+        killed.append(node)
+
+    t, errors = in_background(kill_the_node_when_healthy)
+    try:
+        # Slow on the first attempt only (the injection's rule): Slurm notices the node is gone (SlurmdTimeout)
+        # long before that attempt could finish on it; the retry runs at full speed.
+        st, _ = supervise_slurm(tmp_path, make_spec("slow=0.5", max_iterations=100))
+        t.join(5)
+    finally:
+        restore_cluster()
+    assert not errors, errors
+    assert [a.verdict for a in st.attempts] == ["node_fail", "completed"], [a.reason for a in st.attempts]
+    first, second = st.attempts
+    assert first.failed_nodes == killed and first.node == killed[0]
+    assert first.decision.startswith("exclude_node") and first.decision.endswith(f"(excluding {killed[0]})")
+    assert second.node != killed[0] and second.node in NODES
+    assert f"#SBATCH --exclude={killed[0]}" in Path(second.log_path).with_suffix(".sbatch").read_text()
+    assert "--resume" in second.argv
+    assert st.status == "completed"
+
+
+def restore_cluster():
+    """Bring a killed node back (its slurmd restarted; ReturnToService=2) and wait until both are usable."""
+    env = {**os.environ, "LIGHTS_OUT_SLURM_DIR": str(SLURM_DIR)}
+    subprocess.run([CLUSTER, "start"], capture_output=True, env=env, timeout=120, check=True)
+
+
+ARRAY_PLAN = """\
+name: arraysweep
+mode: parallel
+slurm_array: 2
+runs:
+  - task: cartpole:base
+    overrides: {num_envs: 16, max_iterations: 2, trainer_args: [--inject, "slow=1"]}
+    grid: {seed: [1, 2, 3, 4, 5, 6]}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(420)
+def test_array_sweep_of_six_runs_never_runs_more_than_two(slurm_cluster, tmp_path):
+    from test_sweep import doit_argv, env_for, make_repo, states
+
+    repo = make_repo(tmp_path / "repo", {"arraysweep": ARRAY_PLAN})
+    overlay = tmp_path / "fake_gpus.toml"
+    overlay.write_text('[slurm]\ntrainer_device = "cpu"\n')
+    env = {**env_for(repo), "LIGHTS_OUT_CONFIG": str(overlay)}
+    running_at_once: list[int] = []
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            out = subprocess.run(["squeue", "-h", "-t", "R", "-n", "lo-sweep__arraysweep-p1", "-o", "%i"],
+                                 capture_output=True, text=True).stdout.split()
+            running_at_once.append(len(out))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        proc = subprocess.run(doit_argv("sweep", "--plan", "sweeps/arraysweep.yaml", "--executor", "slurm"),
+                              cwd=repo, env=env, capture_output=True, text=True, timeout=400)
+    finally:
+        done.set()
+        sampler.join(5)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    after = states(repo, "arraysweep")
+    assert len(after) == 6 and all(s["status"] == "completed" for s in after.values())
+    ids = [s["attempts"][0]["job_id"] for _, s in sorted(after.items())]
+    array_id = ids[0].split("_")[0]
+    assert sorted(ids) == [f"{array_id}_{i}" for i in range(6)]  # one array; each run its own element and state
+    assert max(running_at_once) == 2, running_at_once  # the cap held, and two did run at once
+    scripts = list((repo / "local_experiment_logs").glob("*.array.sbatch"))
+    assert len(scripts) == 1 and "#SBATCH --array=0-5%2" in scripts[0].read_text()
