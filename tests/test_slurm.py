@@ -615,7 +615,7 @@ def test_requeue_mid_run_is_preempted_and_resumes_from_the_checkpoint(slurm_clus
     assert "requeued" in first.reason.lower() and first.decision.startswith("retry")
     # Slurm's TERM reached the batch shell, which stopped the trainer gracefully: it saved a checkpoint.
     assert "saved checkpoint" in Path(first.log_path).read_text()
-    assert second.argv[second.argv.index("--resume") + 1:][:2] == ["--load_run", Path(first.tb_dir).name]
+    assert second.argv[second.argv.index("--resume") + 1:][:2] == ["--load_run", f"^{re.escape(Path(first.tb_dir).name)}$"]
     assert squeue_state(first.job_id) == "CANCELLED"  # the requeued job never restarts from scratch
     assert_jobs_recorded(st)
 
