@@ -70,7 +70,7 @@ def run_pids(handle: Handle) -> list[int]:
     """Every live process of the run: its group, its session, and descendants that left both."""
     pgid = handle.pgid or handle.pid
     return procs.run_pids(pgid, handle.extra.get("sid", pgid), token=handle.extra.get("token"),
-                          since_ticks=handle.start_time)
+                          since_ticks=handle.start_time, boot=handle.extra.get("boot"))
 
 
 class LocalExecutor:
@@ -92,7 +92,7 @@ class LocalExecutor:
         except OSError as e:
             raise LaunchError(f"cannot write the run log {log_path} ({e.strerror}); make its directory writable "
                               f"or set [tool.lights_out] logs_dir to a writable path.") from None
-        token = uuid.uuid4().hex
+        token = env.get(procs.RUN_TOKEN_VAR) or uuid.uuid4().hex  # the caller may have recorded it first
         try:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                      env={**env, procs.RUN_TOKEN_VAR: token}, cwd=self.cwd,
@@ -112,7 +112,8 @@ class LocalExecutor:
         with self._lock:
             self._children[popen.pid] = _Child(popen, pidfd)
         return Handle(kind=self.kind, log_path=str(log_path), pid=popen.pid, pgid=popen.pid,
-                      start_time=float(procs.start_ticks(popen.pid) or 0), extra={"sid": popen.pid, "gpus": gpus, "token": token})
+                      start_time=float(procs.start_ticks(popen.pid) or 0),
+                      extra={"sid": popen.pid, "gpus": gpus, "token": token, "boot": procs.boot_id()})
 
     # -- wait --------------------------------------------------------------------------------
     def _child(self, handle: Handle) -> _Child:
@@ -155,14 +156,14 @@ class LocalExecutor:
         return child.exit
 
     def alive(self, handle: Handle) -> bool:
-        if procs.alive(handle.pid, handle.start_time):
+        if procs.same_process(handle.pid, handle.start_time, handle.extra.get("boot")):
             return True
         return bool(handle.pgid and run_pids(handle))
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self, handle: Handle, graceful: bool, grace_s: float) -> list[int]:
         pgid, sid = handle.pgid or handle.pid, handle.extra.get("sid", handle.pgid or handle.pid)
-        mark = {"token": handle.extra.get("token"), "since_ticks": handle.start_time}
+        mark = {"token": handle.extra.get("token"), "since_ticks": handle.start_time, "boot": handle.extra.get("boot")}
         child = self._child(handle)
         seen = set(run_pids(handle))
 

@@ -153,9 +153,11 @@ def gate(run) -> bool:
     record = {"argv": argv, "argv_hash": digest, "started_at": time.time(), "limit_s": limit}
     st.status = "running"
     try:
-        run.handle = run.executor.start(argv, env, log_path, gpus, time_limit_s=limit, job_name=f"lo-{run.key}-smoke")
+        run.start_trainer(argv, env, log_path, gpus, purpose="smoke", env_overrides=env_over,
+                          job_name=f"lo-{run.key}-smoke", time_limit_s=limit)
         record.update(log_path=run.handle.log_path, pid=run.handle.pid, handle=dict(run.handle.__dict__))
         st.extra["smoke"] = record
+        st.extra.pop("intent", None)
         run.save()
         run.say(f"[{st.task}] smoke: running the full command up to its first iteration "
                 f"(start-up limit {format_duration(limit)}); log {run.handle.log_path}")

@@ -60,6 +60,7 @@ def run_phase(plan: str | None, phase: int) -> bool:
         sweep = _open(plan, ov.executor)
         if phase == sweep.loaded.phases()[0]:
             sweep.prepare(continue_=ov.continue_, wipe=ov.wipe)
+        sweep.continue_ = ov.continue_
         ok = sweep.run_phase(phase)
     except SweepBusy as e:  # the sweep goes on in the other process: no event, just say so
         return _fail(str(e))
