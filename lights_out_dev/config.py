@@ -147,6 +147,8 @@ class ProjectConfig(_Strict):
     default_plan: str = "sweeps/default.yaml"
     trainer_logs_dir: str = "logs/rsl_rl"
     cpu_slots: int = Field(default=2, ge=1)
+    locks_dir: str | None = Field(default=None, description="GPU / CPU-slot leases, shared by every checkout on the "
+                                  "machine; default $LIGHTS_OUT_LOCKS_DIR, else <tmp>/lights-out-<uid>/locks")
     executor: Literal["local", "slurm"] = "local"
     launchers: dict[str, LauncherConfig] = Field(default_factory=dict)
     power: PowerPolicy = Field(default_factory=PowerPolicy)

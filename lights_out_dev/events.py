@@ -2,12 +2,12 @@
 
 An agent or a person waits on this file (or on `events_command`, e.g. a notifier) instead of polling
 runs. Kinds: started, healthy, retry, gave_up, completed, timeout, failed, sweep_finished,
-preflight_failed. A failing hook is logged to stderr and never stops a run.
+preflight_failed. Hooks run in the background (hooks.py); a failing one is logged to stderr and never
+stops or delays a run.
 """
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,8 +15,6 @@ from pathlib import Path
 from filelock import FileLock
 
 from lights_out_dev.config import ProjectConfig
-
-HOOK_TIMEOUT_S = 10.0
 
 KINDS = ("started", "healthy", "retry", "gave_up", "completed", "timeout", "failed", "sweep_finished",
          "preflight_failed")
@@ -38,14 +36,8 @@ def emit(root: Path, cfg: ProjectConfig, kind: str, **data) -> dict:
                 f.write(line + "\n")
     except OSError as e:  # e.g. disk full: the run state is the truth, the event stream is a convenience
         print(f"lights-out: could not append event {kind!r} to {path}: {e}", file=sys.stderr)
-    if cfg.events_command:
-        try:
-            proc = subprocess.run(cfg.events_command, input=line + "\n", text=True, capture_output=True,
-                                  timeout=HOOK_TIMEOUT_S)
-            if proc.returncode != 0:
-                print(f"lights-out: events_command {cfg.events_command[0]!r} exited {proc.returncode} for "
-                      f"event {kind!r}: {proc.stderr.strip()[-300:]}", file=sys.stderr)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            print(f"lights-out: events_command {cfg.events_command[0]!r} failed for event {kind!r}: {e}",
-                  file=sys.stderr)
+    if cfg.events_command:  # asynchronous and bounded: a slow hook never delays supervision
+        from lights_out_dev import hooks
+
+        hooks.submit(cfg.events_command, line + "\n", kind)
     return event
