@@ -583,6 +583,7 @@ class Sweep:
         if smoke_only:
             pending = [r for r in pending if r.smoke and r.task is not None
                        and not _started(read_state(self.paths.state(r.index)))]
+        self.check_launchable(pending)
         active: dict[int, threading.Thread] = {}
         waiting_on: dict[int, int | None] = {}
         last_line = 0.0
@@ -658,6 +659,19 @@ class Sweep:
                      f"- finished runs are kept.")
             return False
         return True
+
+    def check_launchable(self, runs: list[PlannedRun]) -> None:
+        """Refuse (one sentence, nothing launched) when a run's launcher prefix or trainer script is missing:
+        every attempt of it would fail the same way. Too few GPUs is not checked here: such a run is skipped."""
+        from lights_out_dev.command import launch_problem
+
+        for run in runs:
+            if run.task is None:
+                continue
+            spec = self.spec(run)
+            problem = launch_problem(spec, self.root, None, max(spec.gpus, gpu_count()))
+            if problem:
+                raise SweepError(f"run {run.index}: {problem}")
 
     def _stop_all(self, active: dict) -> None:
         """Ask every supervisor to stop its trainer (graceful) and wait for them: no orphan."""
