@@ -165,13 +165,24 @@ class LocalExecutor:
         pgid, sid = handle.pgid or handle.pid, handle.extra.get("sid", handle.pgid or handle.pid)
         mark = {"token": handle.extra.get("token"), "since_ticks": handle.start_time, "boot": handle.extra.get("boot")}
         child = self._child(handle)
-        seen = set(run_pids(handle))
+        # pid -> start time of every process seen as the run's: one that only its parent tied to the run
+        # (own session, no token) is no longer found once that parent is dead, but it is still ours
+        seen: dict[int, int | None] = {}
+
+        def note(pids: list[int]) -> list[int]:
+            for pid in pids:
+                seen.setdefault(pid, procs.start_ticks(pid))
+            return pids
+
+        note(run_pids(handle))
+
+        def escaped() -> list[int]:
+            now = set(run_pids(handle))
+            return [p for p, t in seen.items() if p not in now and t is not None and procs.alive(p, t)]
 
         def gone() -> bool:
             self._reap(handle, child)  # a zombie leader of ours must be reaped, or it never leaves
-            now = run_pids(handle)
-            seen.update(now)
-            return not now
+            return not note(run_pids(handle)) and not escaped()
 
         if graceful:
             for sig, grace in ((signal.SIGINT, grace_s), (signal.SIGTERM, min(grace_s, TERM_GRACE_S))):
@@ -179,12 +190,21 @@ class LocalExecutor:
                 if procs.wait_until(gone, grace):
                     break
         procs.signal_run(pgid, signal.SIGKILL, sid, **mark)
-        procs.wait_until(gone, GONE_TIMEOUT_S)
-        survivors = set(run_pids(handle))
+
+        def kill_escaped() -> bool:
+            for pid in escaped():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            return gone()
+
+        procs.wait_until(kill_escaped, GONE_TIMEOUT_S)
+        survivors = set(run_pids(handle)) | set(escaped())
         gpus = handle.extra.get("gpus")
         if gpus:  # the driver frees memory after the process table entry goes; wait for NVML too
-            procs.wait_until(lambda: not (_gpu_pids(gpus) & seen), GONE_TIMEOUT_S, max_sleep=0.25)
-            survivors |= _gpu_pids(gpus) & seen
+            procs.wait_until(lambda: not (_gpu_pids(gpus) & set(seen)), GONE_TIMEOUT_S, max_sleep=0.25)
+            survivors |= _gpu_pids(gpus) & set(seen)
         self._reap(handle, child)
         return sorted(survivors)
 

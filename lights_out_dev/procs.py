@@ -187,13 +187,14 @@ def signal_run(pgid: int, sig: int, sid: int | None = None, token: str | None = 
     if since_ticks is None:  # no recorded start time: the group id alone is all the caller knows
         leader_ok = True
     hit: list[int] = []
-    if leader_ok:
+    members = run_pids(pgid, sid, token=token, since_ticks=since_ticks, boot=boot)  # before the group dies:
+    if leader_ok:  # a descendant known only by its parent pid is found while that parent lives
         try:
             os.killpg(pgid, sig)
             hit.append(pgid)
         except (ProcessLookupError, PermissionError):
             pass
-    for pid in run_pids(pgid, sid, token=token, since_ticks=since_ticks, boot=boot):
+    for pid in members:
         s = stat(pid)
         if s is None or (leader_ok and s.pgid == pgid):  # gone, or signalled through its group already
             continue

@@ -15,9 +15,14 @@ import sys
 import time
 from dataclasses import dataclass
 
-KINDS = ("crash", "segfault", "oom", "stall", "hang_exit", "config_error", "exit0_early", "nccl", "slow")
+KINDS = ("crash", "segfault", "oom", "stall", "hang_exit", "config_error", "exit0_early", "nccl", "slow",
+         "progress_cr", "detached_child", "print_secret")
 # hang_exit fires after training; slow applies from ITER on (default 0); the rest need @ITER.
+# progress_cr=SECONDS@ITER: a progress bar redrawn with '\r' (no newline) for SECONDS; detached_child@ITER:
+# a child that leaves the session and clears its environment, then sleeps; print_secret@ITER: prints
+# $WANDB_API_KEY as a careless trainer would.
 ITER_OPTIONAL = ("hang_exit", "slow")
+TAKES_SECONDS = ("slow", "progress_cr")
 
 _SPEC = re.compile(r"(?P<kind>[a-z0-9_]+)(=(?P<arg>[0-9.]+))?(@(?P<iter>\d+))?(?P<always>:always)?")
 
@@ -37,8 +42,8 @@ def parse_injection(text: str) -> Injection:
     if not m or m["kind"] not in KINDS:
         raise ValueError(f"invalid --inject {text!r}; {hint}")
     kind = m["kind"]
-    if (kind == "slow") != (m["arg"] is not None):
-        raise ValueError(f"invalid --inject {text!r}; only slow takes =SECONDS, e.g. slow=0.5@1")
+    if (kind in TAKES_SECONDS) != (m["arg"] is not None):
+        raise ValueError(f"invalid --inject {text!r}; only slow and progress_cr take =SECONDS, e.g. slow=0.5@1")
     if m["iter"] is None and kind not in ITER_OPTIONAL:
         raise ValueError(f"invalid --inject {text!r}; {kind} needs the iteration, e.g. {kind}@2")
     return Injection(kind, int(m["iter"] or 0), bool(m["always"]), float(m["arg"] or 0.0))
@@ -104,3 +109,31 @@ def exit0_early(it: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def progress_cr(it: int, seconds: float) -> None:
+    say(f"progress_cr at iteration {it}: {seconds:.0f}s of a '\\r' progress bar")
+    deadline = time.monotonic() + seconds
+    k = 0
+    while time.monotonic() < deadline:
+        k += 1
+        sys.stdout.write(f"\rpreparing assets {k}")
+        sys.stdout.flush()
+        time.sleep(0.1)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def detached_child(it: int) -> int:
+    """A descendant only its parent pid ties to the run: new session, empty environment."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env={},
+                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    say(f"detached_child at iteration {it}: pid {child.pid}")
+    return child.pid
+
+
+def print_secret(it: int) -> None:
+    say(f"print_secret at iteration {it}: wandb key {os.environ.get('WANDB_API_KEY', '')}")
