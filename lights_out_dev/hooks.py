@@ -35,8 +35,10 @@ def _warn(text: str) -> None:
     print(f"lights-out: {text}", file=sys.stderr)
 
 
-def run_hook(command: list[str], line: str, timeout: float = HOOK_TIMEOUT_S) -> str | None:
-    """Run one hook with the event line on stdin; None when it exited 0, else what went wrong."""
+def run_hook(command: list[str], line: str, timeout: float | None = None) -> str | None:
+    """Run one hook with the event line on stdin (at most `timeout`, default HOOK_TIMEOUT_S); None when it
+    exited 0, else what went wrong."""
+    timeout = HOOK_TIMEOUT_S if timeout is None else timeout
     with tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,

@@ -121,10 +121,22 @@ def report(plan: str | None) -> bool:
     return True
 
 
-def _final_target(path: str):
+def _final_target(path: str, state: str):
+    """Up to date while the run's target exists, unless its run state is damaged: then the run is done
+    again (its supervisor keeps the damaged file aside and says so)."""
     from pathlib import Path
 
-    return lambda: Path(path).exists()
+    from lights_out_dev.state import DamagedState, load_state
+
+    def done() -> bool:
+        if not Path(path).exists():
+            return False
+        try:
+            load_state(Path(state))
+        except (DamagedState, OSError):
+            return False
+        return True
+    return done
 
 
 def task_sweep():
@@ -152,7 +164,7 @@ def task_sweep():
             "doc": f"phase {phase} of sweep {name}: {len(runs)} run(s), one per GPU/CPU slot",
             "actions": [(run_phase, [plan, phase])],
             "task_dep": ([f"sweep:{previous_phase}"] if previous_phase else []) + preflight,
-            "uptodate": [_final_target(str(paths.target(r.index))) for r in runs],
+            "uptodate": [_final_target(str(paths.target(r.index)), str(paths.state(r.index))) for r in runs],
             "verbosity": 2,
         }
         for r in runs:
@@ -165,7 +177,7 @@ def task_sweep():
                 # doit runs a group's tasks in its own order, not the order yielded: without this dep
                 # it would run the per-run tasks one by one before the parallel phase scheduler.
                 "task_dep": [f"sweep:{phase_task}"],
-                "uptodate": [_final_target(target)],
+                "uptodate": [_final_target(target, str(paths.state(r.index)))],
                 "verbosity": 2,
             }
             all_runs.append(f"sweep:{name}-{r.key}")
