@@ -19,8 +19,8 @@ KINDS = ("crash", "segfault", "oom", "stall", "hang_exit", "config_error", "exit
          "progress_cr", "detached_child", "print_secret")
 # hang_exit fires after training; slow applies from ITER on (default 0); the rest need @ITER.
 # progress_cr=SECONDS@ITER: a progress bar redrawn with '\r' (no newline) for SECONDS; detached_child@ITER:
-# a child that leaves the session and clears its environment, then sleeps; print_secret@ITER: prints
-# $WANDB_API_KEY as a careless trainer would.
+# starts a child that leaves the session and clears its environment, then the trainer stalls;
+# print_secret@ITER: prints $WANDB_API_KEY in an error, as a failed logger login does, and exits 1.
 ITER_OPTIONAL = ("hang_exit", "slow")
 TAKES_SECONDS = ("slow", "progress_cr")
 
@@ -136,4 +136,6 @@ def detached_child(it: int) -> int:
 
 
 def print_secret(it: int) -> None:
-    say(f"print_secret at iteration {it}: wandb key {os.environ.get('WANDB_API_KEY', '')}")
+    say(f"print_secret at iteration {it}")
+    print(f"wandb: ERROR the API key {os.environ.get('WANDB_API_KEY', '')} was rejected", flush=True)
+    sys.exit(1)

@@ -127,6 +127,7 @@ class Trainer:
             inject.progress_cr(it, inj.seconds)
         elif kind == "detached_child":
             self.detached = inject.detached_child(it)  # kept referenced: never reaped by this process
+            inject.sleep_forever(self.check_stop)
         elif kind == "print_secret":
             inject.print_secret(it)
         elif kind == "nccl" and self.rank == self.world_size - 1:
