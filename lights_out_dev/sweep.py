@@ -371,20 +371,27 @@ class Sweep:
 
     def changed_runs(self) -> list[tuple[int, str]]:
         """(index, what differs) for every recorded run whose spec is not what the plan now asks for."""
-        from lights_out_dev.supervisor import spec_difference
-
         out = []
         for index, state in self.states().items():
-            run = self.loaded.run(index)
-            if state.status == "skipped" or run.task is None:
-                continue
-            try:
-                spec = self.spec(run)
-            except SweepError:
-                continue  # an unknown task is reported by the task check, in its own sentence
-            if state.extra.get("fingerprint", spec_fingerprint(state.spec)) != spec_fingerprint(spec):
-                out.append((index, spec_difference(state.spec, spec) or "another plan entry"))
+            what = self.spec_change(index, state)
+            if what:
+                out.append((index, what))
         return out
+
+    def spec_change(self, index: int, state: RunState) -> str | None:
+        """What differs between run `index`'s recorded spec and the plan's, None when it is the same run."""
+        from lights_out_dev.supervisor import spec_difference
+
+        run = self.loaded.run(index)
+        if state.status == "skipped" or run.task is None:
+            return None
+        try:
+            spec = self.spec(run)
+        except SweepError:
+            return None  # an unknown task is reported by the task check, in its own sentence
+        if state.extra.get("fingerprint", spec_fingerprint(state.spec)) == spec_fingerprint(spec):
+            return None
+        return spec_difference(state.spec, spec) or "another plan entry"
 
     def _archive(self, ledger_file: Path, suffix: str) -> None:
         if ledger_file.exists():
