@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock, Timeout
-from pydantic import ValidationError
 
 from lights_out_dev import command, events, gpu_lock, procs, stopping
 from lights_out_dev.config import ConfigError, ProjectConfig, load_project_or_report
@@ -47,7 +46,6 @@ _MODEL_RE = re.compile(r"model_(\d+)\.pt$")
 STATE_VAR = "LIGHTS_OUT_STATE"
 # Fields that say how a run is launched or stopped, not what it trains: changing them keeps the run.
 _OPERATIONAL_FIELDS = {"time_limit_s", "smoke", "secret_env", "prefix"}
-SPEC_CHANGE_ACTIONS = ("refuse", "continue", "wipe")
 
 
 class SupervisorError(Exception):
@@ -238,6 +236,9 @@ class _Run:
                      f"{f', its trainer (pid {stray[0]}) was stopped' if stray else ''} and the run starts "
                      f"over (copy {bad.name} back to {self.path.name} to recover it by hand).")
             old = None
+        if old is not None and self.on_spec_change == "wipe" and old.status not in FINAL_STATUSES:
+            self._archive_state()  # --wipe: start afresh even with the same spec (its trainer is stopped first)
+            old = None
         if old is not None and (old.extra.get("fingerprint") or spec_fingerprint(old.spec)) != self.fingerprint:
             changed = spec_difference(old.spec, self.spec) or "the plan entry"
             if self.on_spec_change == "continue":
@@ -263,6 +264,9 @@ class _Run:
                         extra={"fingerprint": self.fingerprint}, **self.where)
 
     def _archive_state(self) -> None:
+        """Move the state to runs/archive/. A trainer a dead supervisor left running would be nobody's once
+        its record is gone: it is stopped first (found by the state path it carries)."""
+        procs.kill_marked(STATE_VAR, str(self.path))
         archive = self.path.parent / "archive" / f"{self.key}_{time.strftime('%Y%m%d_%H%M%S')}.json"
         archive.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, archive)

@@ -348,7 +348,7 @@ class Sweep:
                                  f"archive its ledger and state first.")
             self._archive(path, f"{existing}.{stamp}")
             if wipe and other.dir.exists():
-                other.dir.rename(other.dir.with_name(f"{other.dir.name}.{stamp}"))
+                self._archive_dir(other, stamp)
         changed = [] if continue_ or wipe else self.changed_runs()
         if changed:
             listed = "; ".join(f"run {i}: {what}" for i, what in changed[:3]) + ("; ..." if len(changed) > 3 else "")
@@ -361,7 +361,7 @@ class Sweep:
                 raise SweepError(f"sweep '{self.loaded.name}' is being run by process {live}; stop it before --wipe.")
             if path.exists() and existing == self.loaded.name:
                 self._archive(path, f"{existing}.{stamp}")
-            self.paths.dir.rename(self.paths.dir.with_name(f"{self.paths.dir.name}.{stamp}"))
+            self._archive_dir(self.paths, stamp)
             self._load_promotions()
         self.paths.runs.mkdir(parents=True, exist_ok=True)
         if not self.paths.meta.exists():
@@ -392,6 +392,16 @@ class Sweep:
         if state.extra.get("fingerprint", spec_fingerprint(state.spec)) == spec_fingerprint(spec):
             return None
         return spec_difference(state.spec, spec) or "another plan entry"
+
+    @staticmethod
+    def _archive_dir(p: SweepPaths, stamp: str) -> None:
+        """Archive a sweep's directory (--wipe). Trainers its dead supervisors left running would be nobody's
+        once their states move: they are stopped first (each carries its state path)."""
+        from lights_out_dev.supervisor import STATE_VAR
+
+        for state in p.runs.glob("[0-9][0-9].json"):
+            procs.kill_marked(STATE_VAR, str(state))
+        p.dir.rename(p.dir.with_name(f"{p.dir.name}.{stamp}"))
 
     def _archive(self, ledger_file: Path, suffix: str) -> None:
         if ledger_file.exists():
