@@ -255,7 +255,6 @@ class Campaign:
                   "wrong final states": self.counts["wrong final states"],
                   "hung after a stop": self.counts["hung after a stop"], "disruptions": dict(self.actions),
                   "machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.platform()}"}
-        os.killpg(self.canary.pid, signal.SIGKILL)
         return result
 
     def summary(self, trials: int) -> str:
@@ -278,7 +277,11 @@ def main() -> int:
     campaign = Campaign(args)
     print(f"chaos campaign: seed {args.seed}, up to {args.trials} trials / {args.minutes:.0f} min, "
           f"work dir {campaign.work}", flush=True)
-    result = campaign.run()
+    try:
+        result = campaign.run()
+    finally:  # interrupted or not, the campaign's own canary does not outlive it
+        if campaign.canary.poll() is None:
+            os.killpg(campaign.canary.pid, signal.SIGKILL)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -358,6 +358,7 @@ class _Run:
         spec = self._effective_spec()
         extra: list[str] = []
         resume_from = st.extra.pop("resume_from", None)
+        st.extra.pop("stopping", None)
         if resume_from:
             extra = resume_flags(spec.flavour, resume_from, spec)
             left = remaining_iterations(self._target_iteration(), resume_from)
@@ -420,7 +421,12 @@ class _Run:
             self.tail.close()
             self.tail = None
         verdict, reason = _classify(self.scanner, None, None)
-        if verdict in (Verdict.crash, Verdict.killed):
+        if st.extra.pop("stopping", None) == "user" and verdict not in (Verdict.completed, Verdict.timeout):
+            # a stop was under way when its supervisor died: what the trainer printed while being stopped
+            # (an import cut short, say) is not its failure
+            verdict, reason = Verdict.killed, f"stopped on request; its supervisor ended before the stop did ({reason})"
+            attempt.interrupted = True
+        elif verdict in (Verdict.crash, Verdict.killed):
             verdict, reason = Verdict.killed, f"trainer ended while no supervisor watched it ({reason})"
             attempt.interrupted = True  # no evidence against the trainer: not one of its failures
         self._record_end(attempt, verdict, reason, None, None)
@@ -529,11 +535,16 @@ class _Run:
                 limits = Limits.from_config(self.cfg.monitor, time_left,
                                             tick_s=getattr(self.executor, "poll_interval_s", 0.1))
                 result = watch(self.executor, self.handle, self.scanner, limits, self.tail, gpus=attempt.gpus,
-                               notify=self._notify, should_stop=self.should_stop)
+                               notify=self._notify, should_stop=self._stop_requested)
             except BaseException:
                 self._abort()
                 raise
             verdict, reason = _classify(self.scanner, result.exit, result.stopped_by)
+            if (st.extra.pop("stopping", None) == "user" and result.stopped_by is None
+                    and verdict not in (Verdict.completed, Verdict.timeout)):
+                # adopted while an earlier supervisor's stop was under way: the trainer was ending on request
+                verdict, reason = Verdict.killed, f"stopped on request by an earlier supervisor ({reason})"
+                attempt.interrupted = True
             self._record_end(attempt, verdict, reason, result, result.exit)
             self.tail.close()
             self.tail = None
@@ -549,6 +560,16 @@ class _Run:
             if self._decide(attempt):
                 return self._finish()
             self.save()
+
+    def _stop_requested(self) -> bool:
+        """should_stop(), with the stop written ahead: a supervisor that dies while its trainer is being
+        stopped leaves the next one knowing that what the trainer did meanwhile was on request."""
+        if not self.should_stop():
+            return False
+        if self.state.extra.get("stopping") != "user":
+            self.state.extra["stopping"] = "user"
+            self.save()
+        return True
 
     def _abort(self) -> None:
         """The supervisor itself is going down (error, Ctrl-C, SIGTERM): leave no trainer behind."""

@@ -76,6 +76,52 @@ def test_01_supervisor_killed_between_start_and_record_adopts_the_trainer(tmp_pa
     assert_nothing_left(st)
 
 
+# A supervisor asked to stop (Ctrl-C) that is SIGKILLed as its graceful stop begins (SIGTERM, then SIGKILL
+# from an impatient user or an init system): its trainer ends while nobody watches.
+DIES_IN_STOP = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from lights_out_dev.config import ProjectConfig
+    from lights_out_dev.local_executor import LocalExecutor
+    from lights_out_dev.spec import RunSpec
+    from lights_out_dev.state import load_state
+    from lights_out_dev.supervisor import supervise
+
+    spec, cfg, root, path = sys.argv[1:5]
+
+    class DiesInStop(LocalExecutor):
+        def stop(self, handle, graceful, grace_s):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def healthy():
+        st = load_state(Path(path))
+        return bool(st and st.current and st.current.healthy_at)
+
+    supervise(RunSpec.model_validate_json(spec), ProjectConfig.model_validate_json(cfg), Path(root), Path(path),
+              executor=DiesInStop(cwd=root), status_line=lambda s: None, should_stop=healthy)
+""")
+
+
+@pytest.mark.timeout(300)
+def test_03_what_a_trainer_does_after_a_stop_began_is_not_its_failure(tmp_path):
+    """The stop was written ahead; the rerun finds the trainer ended with an error while being stopped
+    (here a config error, in the field an import cut short by the SIGINT) and retries, counting nothing."""
+    spec = make_spec("config_error@2", max_iterations=4)
+    cfg = make_cfg(tmp_path)
+    path = state_path(tmp_path)
+    argv = [sys.executable, "-c", DIES_IN_STOP, spec.model_dump_json(), cfg.model_dump_json(), str(tmp_path), str(path)]
+    first = subprocess.run(argv, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, timeout=200)
+    assert first.returncode == -signal.SIGKILL, first.stderr.decode()[-2000:]
+    trainer = load_state(path).current.pid
+    assert procs.wait_until(lambda: not procs.alive(trainer), 120)  # it met its config error unwatched
+
+    st, _ = run(tmp_path, spec)
+    assert verdicts(st) == ["killed", "completed"] and st.attempts[0].interrupted, [a.reason for a in st.attempts]
+    assert "stopped on request" in st.attempts[0].reason
+    assert st.status == "completed"
+    assert_nothing_left(st)
+
+
 def fabricated_running_state(tmp_path: Path, spec, pid: int, start_ticks: int, boot: str | None) -> Path:
     """A run left 'running' by a dead supervisor whose recorded trainer pid is now `pid`."""
     log = tmp_path / "logs" / "old.log"
