@@ -266,7 +266,11 @@ class _Run:
     def _archive_state(self) -> None:
         """Move the state to runs/archive/. A trainer a dead supervisor left running would be nobody's once
         its record is gone: it is stopped first (found by the state path it carries)."""
-        procs.kill_marked(STATE_VAR, str(self.path))
+        left = procs.pids_with_env(STATE_VAR, str(self.path))
+        if left:
+            procs.kill_marked(STATE_VAR, str(self.path))
+            self.say(f"[{self.spec.task}] stopped the trainer (pid {', '.join(map(str, left))}) left running by a "
+                     f"dead supervisor of this run before archiving its state.")
         archive = self.path.parent / "archive" / f"{self.key}_{time.strftime('%Y%m%d_%H%M%S')}.json"
         archive.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, archive)
