@@ -169,9 +169,9 @@ def test_06_user_stops_do_not_count_as_failures(tmp_path):
         st = supervise(spec, cfg, tmp_path, path, status_line=lambda s: None, should_stop=stop_after_launch)
         assert st.status == "interrupted"
     st = supervise(spec, cfg, tmp_path, path, status_line=lambda s: None)
-    assert [a.interrupted for a in st.attempts] == [True, True, False, False]
     assert verdicts(st)[2:] == ["crash", "crash"]
     assert st.attempts[2].decision.startswith("retry")  # 1 failure, not 3: the stops were not failures
+    assert [a.interrupted for a in st.attempts] == [True, True, False, False]
     assert st.status == "failed" and "2 consecutive failures" in st.reason
     assert_nothing_left(st)
 
