@@ -234,7 +234,8 @@ class Campaign:
         self.counts["foreign signals"] = foreign
         bad = lost or wrong or orphans
         if bad or self.args.verbose:
-            print(f"  trial {n} ({name}): rc {rc}, lost {lost}, wrong {wrong}, orphans {orphans}; log {log}", flush=True)
+            print(f"  trial {n} ({name}): rc {rc}, lost {lost}, wrong {wrong}, orphans {orphans}; log {log}",
+                  flush=True)
         if bad:
             tail = log.read_text(errors="replace").splitlines()[-25:]
             print("    " + "\n    ".join(tail), flush=True)
