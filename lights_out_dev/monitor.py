@@ -182,7 +182,8 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
             try:
                 # torchrun's ranks leave the session: the run token finds them (and their VRAM) too
                 pids = set(procs.run_pids(handle.pgid or handle.pid, handle.extra.get("sid"),
-                                          token=handle.extra.get("token"), since_ticks=handle.start_time))
+                                          token=handle.extra.get("token"), since_ticks=handle.start_time,
+                                          boot=handle.extra.get("boot")))
                 used, util, unbalanced = _gpu_sample(gpus, pids, limits)
             except Exception:  # NVML hiccups must not end a healthy run
                 used, util, unbalanced, pids = 0.0, 1.0, None, set()

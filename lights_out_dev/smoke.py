@@ -110,7 +110,8 @@ def _stop_leftover(run) -> None:
     if not rec.get("handle") or rec.get("ended_at"):
         return
     handle = Handle(**rec["handle"])
-    if run.executor.alive(handle) and (handle.kind != "local" or procs.alive(handle.pid, handle.start_time)):
+    if run.executor.alive(handle) and (handle.kind != "local" or
+                                       procs.same_process(handle.pid, handle.start_time, handle.extra.get("boot"))):
         run.executor.stop(handle, graceful=False, grace_s=0)
         run.say(f"[{run.state.task}] stopped the smoke trainer (pid {handle.pid}) left running by a dead supervisor.")
 
