@@ -161,6 +161,8 @@ class ProjectConfig(_Strict):
     default_plan: str = "sweeps/default.yaml"
     trainer_logs_dir: str = "logs/rsl_rl"
     cpu_slots: int = Field(default=2, ge=1)
+    locks_dir: str | None = Field(default=None, description="GPU / CPU-slot leases, shared by every checkout on the "
+                                  "machine; default $LIGHTS_OUT_LOCKS_DIR, else <tmp>/lights-out-<uid>/locks")
     executor: Literal["local", "slurm"] = "local"
     launchers: dict[str, LauncherConfig] = Field(default_factory=dict)
     trainers: dict[str, dict] = Field(default_factory=dict, description="name -> trainer profile table "
@@ -244,7 +246,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 def _read_table(path: Path) -> dict:
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode())
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                          f"save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML ({e}); fix the file.") from None
     except OSError as e:

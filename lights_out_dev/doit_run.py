@@ -29,8 +29,7 @@ import sys
 from doit import cmd_run, doit_cmd
 from doit.cmdparse import CmdParseError
 
-from lights_out_dev import overrides
-from lights_out_dev.local_executor import let_children_take_sigint
+from lights_out_dev import overrides, stopping
 from lights_out_dev.tasks_index import closure, spec_of
 
 
@@ -103,11 +102,12 @@ class Run(cmd_run.Run):
         if problem:
             sys.stderr.write(f"ERROR: {problem}\n")
             return 3
-        let_children_take_sigint()
-        return super()._execute(outfile, verbosity=verbosity, always=always, continue_=continue_,
-                                reporter=reporter, num_process=num_process, par_type=par_type, single=single,
-                                auto_delayed_regex=auto_delayed_regex, force_verbosity=force_verbosity,
-                                failure_verbosity=failure_verbosity, pdb=pdb)
+        with stopping.handling():  # SIGINT / SIGTERM stop the trainers and end with 128 + signal, no traceback
+            rc = super()._execute(outfile, verbosity=verbosity, always=always, continue_=continue_,
+                                  reporter=reporter, num_process=num_process, par_type=par_type, single=single,
+                                  auto_delayed_regex=auto_delayed_regex, force_verbosity=force_verbosity,
+                                  failure_verbosity=failure_verbosity, pdb=pdb)
+            return stopping.exit_status() or rc
 
     def selection_problem(self) -> str | None:
         """One sentence if this selection must not start, else None; nothing has run yet."""

@@ -2,8 +2,9 @@
 
 An agent or a person waits on this file (or on `events_command`, e.g. a notifier) instead of polling
 runs. Kinds: started, healthy, retry, gave_up, completed, timeout, failed, stopped (a run stopped by
-the user), refused (a sweep launch refused because another process runs that plan), sweep_finished,
-preflight_failed. A failing hook is logged to stderr and never stops a run.
+the user), refused (a sweep launch refused because another process runs that plan), pruned,
+budget_spent, sweep_finished, preflight_failed. Hooks run in the background (hooks.py); a failing one
+is logged to stderr and never stops or delays a run.
 
 The file is append-only, so a byte offset into it is a cursor: `cursor()` before launching
 something, then read every event after that offset (watch.py --cursor, the MCP server's
@@ -12,7 +13,6 @@ wait_for_event), and no event written in between is missed.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,10 +21,8 @@ from filelock import FileLock
 
 from lights_out_dev.config import ProjectConfig
 
-HOOK_TIMEOUT_S = 10.0
-
 KINDS = ("started", "healthy", "retry", "gave_up", "completed", "timeout", "failed", "stopped", "refused",
-         "sweep_finished", "preflight_failed")
+         "pruned", "budget_spent", "sweep_finished", "preflight_failed")
 
 
 def events_path(root: Path, cfg: ProjectConfig) -> Path:
@@ -51,14 +49,8 @@ def emit(root: Path, cfg: ProjectConfig, kind: str, **data) -> dict:
                 f.write(line + "\n")
     except OSError as e:  # e.g. disk full: the run state is the truth, the event stream is a convenience
         print(f"lights-out: could not append event {kind!r} to {path}: {e}", file=sys.stderr)
-    if cfg.events_command:
-        try:
-            proc = subprocess.run(cfg.events_command, input=line + "\n", text=True, capture_output=True,
-                                  timeout=HOOK_TIMEOUT_S)
-            if proc.returncode != 0:
-                print(f"lights-out: events_command {cfg.events_command[0]!r} exited {proc.returncode} for "
-                      f"event {kind!r}: {proc.stderr.strip()[-300:]}", file=sys.stderr)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            print(f"lights-out: events_command {cfg.events_command[0]!r} failed for event {kind!r}: {e}",
-                  file=sys.stderr)
+    if cfg.events_command:  # asynchronous and bounded: a slow hook never delays supervision
+        from lights_out_dev import hooks
+
+        hooks.submit(cfg.events_command, line + "\n", kind)
     return event

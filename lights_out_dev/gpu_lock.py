@@ -1,13 +1,17 @@
 """Per-GPU (and per-CPU-slot) file locks shared by every sweep and every `doit <task>` on the machine.
 
-Locks are flock()s on <logs_dir>/locks/gpu<N>.lock (cpu<K>.lock on a machine without GPUs, with
-cfg.cpu_slots slots): the kernel drops them when the holder dies, so a crashed supervisor never leaves
+Locks are flock()s on <locks dir>/gpu<N>.lock (cpu<K>.lock on a machine without GPUs, with
+cfg.cpu_slots slots). The locks dir is one per machine, not per checkout (two clones of the project
+must not double-book a GPU or the CPU): [tool.lights_out] locks_dir, else $LIGHTS_OUT_LOCKS_DIR, else
+<tmp>/lights-out-<uid>/locks. The kernel drops a lock when its holder dies, so a crashed supervisor never leaves
 a GPU reserved. A free lock is not enough: a GPU whose NVML process list shows a process (someone
 else's: our own runs hold the lock) above cfg.monitor.busy_gpu_mem_mb is skipped; then we refuse with
 one sentence or wait, per cfg.monitor.busy_gpu_action.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +40,13 @@ def gpu_count() -> int:
 
 
 def locks_dir(root: Path, cfg: ProjectConfig) -> Path:
-    return cfg.path(root, cfg.logs_dir) / "locks"
+    """The machine-wide lease directory (see the module docstring)."""
+    if cfg.locks_dir:
+        return cfg.path(root, cfg.locks_dir)
+    env = os.environ.get("LIGHTS_OUT_LOCKS_DIR")
+    if env:
+        return Path(env)
+    return Path(tempfile.gettempdir()) / f"lights-out-{os.getuid()}" / "locks"
 
 
 @dataclass
@@ -192,6 +202,11 @@ def acquire(n: int, cfg: ProjectConfig, root: Path, prefer: list[int] | None = N
         lease, why = _try_once(n, cfg, ldir, candidates, cfg.cpu_slots)
         if lease:
             return lease
+        from lights_out_dev import stopping
+
+        if stopping.requested():  # Ctrl-C while waiting for a slot: nothing was launched
+            raise GpuLockError(f"stopped by {stopping.signal_name()} while waiting for a free slot; "
+                               f"nothing was launched.")
         only_locked = all("lights-out run" in w or "CPU slots" in w for w in why)  # incl. packed runs
         if not (wait if only_locked else may_wait_busy) or (deadline and time.monotonic() > deadline):
             what = "free CPU slot" if candidates is None else f"{n} free GPU(s)"

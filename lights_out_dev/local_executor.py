@@ -70,7 +70,7 @@ def run_pids(handle: Handle) -> list[int]:
     """Every live process of the run: its group, its session, and descendants that left both."""
     pgid = handle.pgid or handle.pid
     return procs.run_pids(pgid, handle.extra.get("sid", pgid), token=handle.extra.get("token"),
-                          since_ticks=handle.start_time)
+                          since_ticks=handle.start_time, boot=handle.extra.get("boot"))
 
 
 class LocalExecutor:
@@ -92,7 +92,7 @@ class LocalExecutor:
         except OSError as e:
             raise LaunchError(f"cannot write the run log {log_path} ({e.strerror}); make its directory writable "
                               f"or set [tool.lights_out] logs_dir to a writable path.") from None
-        token = uuid.uuid4().hex
+        token = env.get(procs.RUN_TOKEN_VAR) or uuid.uuid4().hex  # the caller may have recorded it first
         try:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                      env={**env, procs.RUN_TOKEN_VAR: token}, cwd=self.cwd,
@@ -112,7 +112,8 @@ class LocalExecutor:
         with self._lock:
             self._children[popen.pid] = _Child(popen, pidfd)
         return Handle(kind=self.kind, log_path=str(log_path), pid=popen.pid, pgid=popen.pid,
-                      start_time=float(procs.start_ticks(popen.pid) or 0), extra={"sid": popen.pid, "gpus": gpus, "token": token})
+                      start_time=float(procs.start_ticks(popen.pid) or 0),
+                      extra={"sid": popen.pid, "gpus": gpus, "token": token, "boot": procs.boot_id()})
 
     # -- wait --------------------------------------------------------------------------------
     def _child(self, handle: Handle) -> _Child:
@@ -155,22 +156,33 @@ class LocalExecutor:
         return child.exit
 
     def alive(self, handle: Handle) -> bool:
-        if procs.alive(handle.pid, handle.start_time):
+        if procs.same_process(handle.pid, handle.start_time, handle.extra.get("boot")):
             return True
         return bool(handle.pgid and run_pids(handle))
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self, handle: Handle, graceful: bool, grace_s: float) -> list[int]:
         pgid, sid = handle.pgid or handle.pid, handle.extra.get("sid", handle.pgid or handle.pid)
-        mark = {"token": handle.extra.get("token"), "since_ticks": handle.start_time}
+        mark = {"token": handle.extra.get("token"), "since_ticks": handle.start_time, "boot": handle.extra.get("boot")}
         child = self._child(handle)
-        seen = set(run_pids(handle))
+        # pid -> start time of every process seen as the run's: one that only its parent tied to the run
+        # (own session, no token) is no longer found once that parent is dead, but it is still ours
+        seen: dict[int, int | None] = {}
+
+        def note(pids: list[int]) -> list[int]:
+            for pid in pids:
+                seen.setdefault(pid, procs.start_ticks(pid))
+            return pids
+
+        note(run_pids(handle))
+
+        def escaped() -> list[int]:
+            now = set(run_pids(handle))
+            return [p for p, t in seen.items() if p not in now and t is not None and procs.alive(p, t)]
 
         def gone() -> bool:
             self._reap(handle, child)  # a zombie leader of ours must be reaped, or it never leaves
-            now = run_pids(handle)
-            seen.update(now)
-            return not now
+            return not note(run_pids(handle)) and not escaped()
 
         if graceful:
             for sig, grace in ((signal.SIGINT, grace_s), (signal.SIGTERM, min(grace_s, TERM_GRACE_S))):
@@ -178,12 +190,21 @@ class LocalExecutor:
                 if procs.wait_until(gone, grace):
                     break
         procs.signal_run(pgid, signal.SIGKILL, sid, **mark)
-        procs.wait_until(gone, GONE_TIMEOUT_S)
-        survivors = set(run_pids(handle))
+
+        def kill_escaped() -> bool:
+            for pid in escaped():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            return gone()
+
+        procs.wait_until(kill_escaped, GONE_TIMEOUT_S)
+        survivors = set(run_pids(handle)) | set(escaped())
         gpus = handle.extra.get("gpus")
         if gpus:  # the driver frees memory after the process table entry goes; wait for NVML too
-            procs.wait_until(lambda: not (_gpu_pids(gpus) & seen), GONE_TIMEOUT_S, max_sleep=0.25)
-            survivors |= _gpu_pids(gpus) & seen
+            procs.wait_until(lambda: not (_gpu_pids(gpus) & set(seen)), GONE_TIMEOUT_S, max_sleep=0.25)
+            survivors |= _gpu_pids(gpus) & set(seen)
         self._reap(handle, child)
         return sorted(survivors)
 

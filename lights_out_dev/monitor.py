@@ -8,7 +8,8 @@ offset and any partial last line) and feeds them to the LogScanner. Decisions th
 - a fatal signature line (oom, segfault, nccl, cuda_error) while the process lives on -> SIGKILL now
 - time limit                       -> graceful stop (SIGINT, grace, SIGTERM, SIGKILL), stopped_by='timeout';
   for a trainer that saves nothing when interrupted, right after its last checkpoint before the limit
-- stall: no new output for startup_stall_s before the first iteration, for stall_s after it, or
+- stall: no new output bytes (a `\r` progress bar counts, a newline is not needed) for
+  startup_stall_s before the first iteration, for stall_s after it, or
   (with a GPU) all processes asleep at 0 % GPU for idle_gpu_stall_s -> SIGKILL, stopped_by='stall'
 - multi-GPU load imbalance (gpu_check.imbalance) lasting idle_gpu_stall_s -> SIGKILL, stopped_by='imbalance'
 - silent for stall_s after the end marker ('Training time:'): a hang at exit -> graceful stop,
@@ -29,6 +30,9 @@ from lights_out_dev.executor import Executor, ExitStatus, Handle
 from lights_out_dev.signatures import FATAL_CLASSES  # the run is lost even if its process lives on
 GPU_POLL_S = 2.0  # NVML per-process memory / utilisation sampling period
 READ_CHUNK = 1 << 20
+# A line ends at \n, and also at a lone \r: a progress bar redrawn with \r is read as it goes, not kept
+# in memory until a newline that may never come.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class LogTail:
@@ -37,6 +41,7 @@ class LogTail:
     def __init__(self, path: Path | str, offset: int = 0):
         self.path = Path(path)
         self.offset = offset  # bytes consumed up to the end of the last complete line
+        self.received = 0  # bytes read so far, complete lines or not: what liveness is judged on
         self._fd: int | None = None
         self._partial = b""
 
@@ -59,15 +64,17 @@ class LogTail:
             if not data:
                 break
             chunks.append(data)
-        data = self._partial + b"".join(chunks)
+        new = b"".join(chunks)
+        self.received += len(new)
+        data = self._partial + new
         if not data:
             return []
-        *complete, self._partial = data.split(b"\n")
+        *complete, self._partial = _LINE_END.split(data)
         if final and self._partial:
             complete.append(self._partial)
             self._partial = b""
         self.offset += len(data) - len(self._partial)
-        return [c.decode(errors="replace").rstrip("\r") for c in complete]
+        return [c.decode(errors="replace") for c in complete]
 
     def close(self) -> None:
         if self._fd is not None:
@@ -207,6 +214,7 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
     next_gpu = start
     tb_dir = scanner.tb_dir
     last_progress = scanner.progress.model_dump()
+    received = tail.received
     use_gpu = bool(gpus)
     clock = CheckpointClock(limits.checkpoint_pattern) if (limits.checkpoint_pattern and deadline) else None
     stop: tuple[str, str | None, bool] | None = None  # (trigger, stopped_by, graceful)
@@ -216,8 +224,10 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
         exit_status = executor.wait(handle, limits.tick_s)
         now = time.monotonic()
         lines = tail.read_lines(final=exit_status is not None)
-        if lines:
+        if tail.received != received:  # any byte is a sign of life, newline or not
+            received = tail.received
             last_output = now
+        if lines:
             for line in lines:
                 scanner.feed(line)
             if scanner.tb_dir != tb_dir:
@@ -260,7 +270,8 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
             try:
                 # torchrun's ranks leave the session: the run token finds them (and their VRAM) too
                 pids = set(procs.run_pids(handle.pgid or handle.pid, handle.extra.get("sid"),
-                                          token=handle.extra.get("token"), since_ticks=handle.start_time))
+                                          token=handle.extra.get("token"), since_ticks=handle.start_time,
+                                          boot=handle.extra.get("boot")))
                 used, util, unbalanced = _gpu_sample(gpus, pids, limits)
             except Exception:  # NVML hiccups must not end a healthy run
                 used, util, unbalanced, pids = 0.0, 1.0, None, set()

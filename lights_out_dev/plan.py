@@ -13,10 +13,10 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Annotated, Iterable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from lights_out_dev.compute import budget_seconds
 from lights_out_dev.config import format_duration, parse_duration
@@ -34,26 +34,46 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# YAML reads `true` as a boolean, which pydantic would take as the number 1: counts must be written as numbers
+Int = Annotated[int, Strict()]
+
+
 def _duration(v):
+    if isinstance(v, bool) or not isinstance(v, (str, int, float, type(None))):
+        raise ValueError(f"{v!r} is not a duration; write e.g. 90s, 15m, 1h or none")
     return parse_duration(v)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise PlanError(f"line {key_node.start_mark.line + 1}: key '{key}' is given twice in one entry "
+                                f"(first on line {seen[key]}); keep one of them.")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 class RunOverrides(_Strict):
-    num_envs: int | None = Field(default=None, ge=1)
-    max_iterations: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    num_envs: Int | None = Field(default=None, ge=1)
+    max_iterations: Int | None = Field(default=None, ge=1)
+    seed: Int | None = None
     trainer_args: list[str] = Field(default_factory=list, description="extra trainer flags, last flag wins")
 
 
 class RunEntry(_Strict):
     task: str = Field(min_length=1, description="doit task name, e.g. cartpole:base")
     overrides: RunOverrides = Field(default_factory=RunOverrides)
-    grid: dict[Literal["num_envs", "max_iterations", "seed"], list[int]] = Field(
+    grid: dict[Literal["num_envs", "max_iterations", "seed"], list[Int]] = Field(
         default_factory=dict, description="each combination becomes one run (cartesian product, keys in order)")
-    gpus: int = Field(default=1, ge=1)
-    nodes: int = Field(default=1, ge=1, description="Slurm nodes of an -mgpu run (gpus per node)")
+    gpus: Int = Field(default=1, ge=1)
+    nodes: Int = Field(default=1, ge=1, description="Slurm nodes of an -mgpu run (gpus per node)")
     time_limit: float | None = Field(default=None, description="e.g. 1h; default: the plan's time_limit")
-    phase: int = Field(default=1, ge=1)
+    phase: Int = Field(default=1, ge=1)
     smoke: bool | None = None
     notes: str = ""
     search: Search | None = Field(default=None, description="grid / random / optuna over trainer inputs (search.py)")
@@ -80,11 +100,11 @@ class Promotion(_Strict):
 
     metric: str = "Train/mean_reward"
     mode: Literal["max", "min"] = "max"
-    from_phase: int = Field(default=1, ge=1)
-    phase: int = Field(default=2, ge=2)
+    from_phase: Int = Field(default=1, ge=1)
+    phase: Int = Field(default=2, ge=2)
     suffix: str = Field(default="-mgpu", description="task name suffix of the multi-GPU variant")
-    gpus: int | Literal["all"] = "all"
-    cpu_ranks: int = Field(default=2, ge=1, description="ranks (CPU slots) when the machine has no GPU")
+    gpus: Int | Literal["all"] = "all"
+    cpu_ranks: Int = Field(default=2, ge=1, description="ranks (CPU slots) when the machine has no GPU")
     scale_envs: bool = Field(default=True, description="num_envs of the promoted run = best run's num_envs x GPUs")
     time_limit: float | None = None
     overrides: RunOverrides = Field(default_factory=RunOverrides)
@@ -102,10 +122,10 @@ class Promotion(_Strict):
 class Evaluation(_Strict):
     """After the last phase: evaluate the final checkpoints of the best finished runs (evaluate.py)."""
 
-    best: int = Field(default=1, ge=1, description="how many runs, best first")
+    best: Int = Field(default=1, ge=1, description="how many runs, best first")
     metric: str = "Train/mean_reward"
     mode: Literal["max", "min"] = "max"
-    num_episodes: int = Field(default=20, ge=1)
+    num_episodes: Int = Field(default=20, ge=1)
     args: list[str] = Field(default_factory=list, description="more play flags, e.g. ['--video']")
 
 
@@ -231,7 +251,9 @@ def parse_plan(text: str, source: str = "<plan>") -> tuple[Plan, dict[int, int]]
     """YAML text -> (plan, {run entry index: line number})."""
     try:
         root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except PlanError as e:
+        raise PlanError(f"{source} {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -359,11 +381,20 @@ def varied_text(run: PlannedRun, skip: tuple[str, ...] = ()) -> str:
 def load_plan(path: Path | str) -> LoadedPlan:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode()
     except FileNotFoundError:
         here = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         hint = f" (plans in {path.parent}: {', '.join(here)})" if here else ""
         raise PlanError(f"plan file {path} does not exist{hint}; pass an existing file with --plan.") from None
+    except IsADirectoryError:
+        raise PlanError(f"plan {path} is a directory, not a file; pass a plan file such as "
+                        f"{path / 'default.yaml'} with --plan.") from None
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise PlanError(f"{path} line {line} is not UTF-8 text (byte {e.object[e.start]:#04x}); save the plan "
+                        f"as UTF-8.") from None
+    except OSError as e:
+        raise PlanError(f"cannot read the plan {path} ({e.strerror or e}); check the path and its permissions.") from None
     plan, lines = parse_plan(text, str(path))
     return LoadedPlan(plan=plan, path=path, runs=expand(plan, lines))
 

@@ -6,16 +6,35 @@ start_new_session, and when torchrun is killed its ranks are re-parented to init
 carries a unique token in its environment (RUN_TOKEN_VAR), which every descendant inherits whatever
 its group or session: a run's processes are "group or session or token". Zombies count as gone: they
 hold no memory and only wait to be reaped by their parent.
+
+Identity before any signal: a recorded group or session id is trusted only while it is provably still
+the run's. Its leader (pid == pgid == sid) alive with the recorded start time proves it (a pid in use as
+a group or session id is never handed out again). Once the leader is gone, a process of that group is
+the run's only if it started after the leader, on the same boot, and no other live process now owns
+the leader's pid; on another boot (after a reboot the start times begin again) only the token counts.
+Processes that left both group and session and cleared their environment are still found while their
+parent is one of the run's (by parent pid).
 """
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 PROC = "/proc"
 RUN_TOKEN_VAR = "LIGHTS_OUT_RUN_TOKEN"
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str | None:
+    """This boot's id: start times (clock ticks after boot) only compare within one boot."""
+    try:
+        with open(BOOT_ID_FILE) as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,27 @@ def alive(pid: int | None, start: float | int | None = None) -> bool:
     return start is None or int(start) == s.start_ticks
 
 
+def same_process(pid: int | None, start: float | int | None, boot: str | None = None) -> bool:
+    """alive(pid, start), and on the boot it was recorded on (start times restart with every boot)."""
+    return alive(pid, start) and (boot is None or boot == boot_id())
+
+
+def kill_marked(name: str, value: str, timeout: float = 15.0) -> list[int]:
+    """SIGKILL every process whose environment holds name=value until none is left; returns survivors.
+    Each pid is proven by its own environment right before it is signalled."""
+    def gone() -> bool:
+        pids = pids_with_env(name, value)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return not pids
+
+    wait_until(gone, timeout)
+    return pids_with_env(name, value)
+
+
 def _all_stats() -> Iterable[ProcStat]:
     for name in os.listdir(PROC):
         if name.isdigit():
@@ -80,25 +120,65 @@ def _all_stats() -> Iterable[ProcStat]:
                 yield s
 
 
-def _has_token(pid: int, token: str) -> bool:
+def _has_env(pid: int, name: str, value: str) -> bool:
     try:
         with open(f"{PROC}/{pid}/environ", "rb") as f:
-            return f"{RUN_TOKEN_VAR}={token}".encode() in f.read().split(b"\0")
+            return f"{name}={value}".encode() in f.read().split(b"\0")
     except OSError:  # gone, or another user's process
         return False
 
 
+def _has_token(pid: int, token: str) -> bool:
+    return _has_env(pid, RUN_TOKEN_VAR, token)
+
+
+def _proven_group(pgid: int, leader_ticks: int | None, boot: str | None,
+                  stats: dict[int, ProcStat]) -> tuple[bool, bool]:
+    """(leader proven alive, group/session members may be trusted) for a recorded group id."""
+    if leader_ticks is None:  # caller without a recorded start time: plain group/session match
+        return False, True
+    if boot is not None and boot != boot_id():
+        return False, False
+    leader = stats.get(pgid)
+    if leader is None:
+        return False, True
+    return leader.start_ticks == int(leader_ticks), leader.start_ticks == int(leader_ticks)
+
+
 def run_pids(pgid: int, sid: int | None = None, include_zombies: bool = False, token: str | None = None,
-             since_ticks: float | int | None = None) -> list[int]:
-    """Pids in process group `pgid` or session `sid` (default: same id, as for a session leader), or
-    carrying the run's environment `token`. Only processes started at or after `since_ticks` (the
-    leader's start) can be descendants, so only their environments are read."""
+             since_ticks: float | int | None = None, boot: str | None = None) -> list[int]:
+    """Pids of the run whose leader is `pgid` (the session id is the same unless `sid` says otherwise):
+    members of its group or session, processes carrying its environment `token`, and descendants of any
+    of those by parent pid. With `since_ticks` (the leader's start) and `boot` (boot_id() at launch),
+    group and session members count only as the module docstring says; only processes started at or
+    after the leader can be descendants, so only their environments are read."""
     sid = pgid if sid is None else sid
     floor = int(since_ticks or 0)
-    return sorted(s.pid for s in _all_stats()
-                  if (include_zombies or s.state not in ("Z", "X"))
-                  and (s.pgid == pgid or s.sid == sid
-                       or (token is not None and s.start_ticks >= floor and _has_token(s.pid, token))))
+    stats = {s.pid: s for s in _all_stats()}
+    _, trust_ids = _proven_group(pgid, since_ticks, boot, stats)
+    same_boot = boot is None or boot == boot_id()
+    found: set[int] = set()
+    for s in stats.values():
+        if since_ticks is not None and same_boot and s.start_ticks < floor:
+            continue
+        if (trust_ids and (s.pgid == pgid or s.sid == sid)) or (token is not None and _has_token(s.pid, token)):
+            found.add(s.pid)
+    if since_ticks is not None and found:  # descendants that left group and session and cleared the token
+        children: dict[int, list[ProcStat]] = {}
+        for s in stats.values():
+            children.setdefault(s.ppid, []).append(s)
+        todo = list(found)
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child.pid not in found and child.start_ticks >= floor:
+                    found.add(child.pid)
+                    todo.append(child.pid)
+    return sorted(p for p in found if include_zombies or stats[p].state not in ("Z", "X"))
+
+
+def pids_with_env(name: str, value: str) -> list[int]:
+    """Live pids whose environment holds name=value (a marker only our own launches carry)."""
+    return sorted(s.pid for s in _all_stats() if s.state not in ("Z", "X") and _has_env(s.pid, name, value))
 
 
 def sleeping(pids: Iterable[int]) -> bool:
@@ -108,22 +188,35 @@ def sleeping(pids: Iterable[int]) -> bool:
 
 
 def signal_run(pgid: int, sig: int, sid: int | None = None, token: str | None = None,
-               since_ticks: float | int | None = None) -> None:
-    """Send `sig` once to every process of the run: to the process group, then to the run's processes
-    outside it (session members that left the group, descendants that left the session). A second SIGINT
-    would turn a trainer's graceful shutdown (saving its checkpoint) into an abort."""
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for pid in run_pids(pgid, sid, token=token, since_ticks=since_ticks):
+               since_ticks: float | int | None = None, boot: str | None = None) -> list[int]:
+    """Send `sig` once to every process proven to be the run's (see run_pids); returns the pids signalled.
+
+    The whole group gets one killpg only while its leader is proven alive (pid and start time), which
+    also reaches a child forked a moment ago; a recorded group whose leader is gone or not ours is never
+    signalled as a group. A second SIGINT would turn a trainer's graceful shutdown into an abort, so
+    members of the signalled group are not signalled again."""
+    stats = {s.pid: s for s in _all_stats()}
+    leader_ok, _ = _proven_group(pgid, since_ticks, boot, stats)
+    if since_ticks is None:  # no recorded start time: the group id alone is all the caller knows
+        leader_ok = True
+    hit: list[int] = []
+    members = run_pids(pgid, sid, token=token, since_ticks=since_ticks, boot=boot)  # before the group dies:
+    if leader_ok:  # a descendant known only by its parent pid is found while that parent lives
+        try:
+            os.killpg(pgid, sig)
+            hit.append(pgid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for pid in members:
         s = stat(pid)
-        if s is None or s.pgid == pgid:  # gone, or signalled through its group already
+        if s is None or (leader_ok and s.pgid == pgid):  # gone, or signalled through its group already
             continue
         try:
             os.kill(pid, sig)
+            hit.append(pid)
         except (ProcessLookupError, PermissionError):
             pass
+    return hit
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, first_sleep: float = 0.005,

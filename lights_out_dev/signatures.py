@@ -29,7 +29,11 @@ SIGNATURES: tuple[tuple[str, str, str | None], ...] = (
     ("oom", "ERROR_OUT_OF_DEVICE_MEMORY", None),  # Vulkan (RTX renderer)
     ("oom", "CUBLAS_STATUS_ALLOC_FAILED", None),
     ("oom", "RESOURCE_EXHAUSTED: Out of memory", None),  # JAX / XLA
-    ("oom", "malloc(): ", None),  # glibc heap failures; the seed treats them as transient memory pressure
+    ("oom", "malloc(): ", None),
+    # host memory (a CPU run, or pinned buffers on a GPU run): torch's allocator, Python's, C++'s
+    ("oom", "DefaultCPUAllocator: can't allocate memory", None),
+    ("oom", "MemoryError", r"^(?:\w+\.)*MemoryError\b"),
+    ("oom", "std::bad_alloc", None),  # glibc heap failures; the seed treats them as transient memory pressure
     ("segfault", "Segmentation fault", None),  # also "Fatal Python error: ...", "(core dumped)"
     ("segfault", "Illegal instruction", None),
     ("segfault", "Signal 11 (SIGSEGV)", None),  # torchrun's summary of a worker killed by SIGSEGV

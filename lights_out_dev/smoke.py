@@ -110,7 +110,8 @@ def _stop_leftover(run) -> None:
     if not rec.get("handle") or rec.get("ended_at"):
         return
     handle = Handle(**rec["handle"])
-    if run.executor.alive(handle) and (handle.kind != "local" or procs.alive(handle.pid, handle.start_time)):
+    if run.executor.alive(handle) and (handle.kind != "local" or
+                                       procs.same_process(handle.pid, handle.start_time, handle.extra.get("boot"))):
         run.executor.stop(handle, graceful=False, grace_s=0)
         run.say(f"[{run.state.task}] stopped the smoke trainer (pid {handle.pid}) left running by a dead supervisor.")
 
@@ -153,10 +154,11 @@ def gate(run) -> bool:
     record = {"argv": argv, "argv_hash": digest, "started_at": time.time(), "limit_s": limit}
     st.status = "running"
     try:
-        run.handle = run.executor.start(argv, env, log_path, gpus, time_limit_s=limit, job_name=f"lo-{run.key}-smoke",
-                                        **run.placement(spec))
+        run.start_trainer(argv, env, log_path, gpus, purpose="smoke", env_overrides=env_over,
+                          job_name=f"lo-{run.key}-smoke", time_limit_s=limit, **run.placement(spec))
         record.update(log_path=run.handle.log_path, pid=run.handle.pid, handle=dict(run.handle.__dict__))
         st.extra["smoke"] = record
+        st.extra.pop("intent", None)
         run.save()
         run.say(f"[{st.task}] smoke: running the full command up to its first iteration "
                 f"(start-up limit {format_duration(limit)}); log {run.handle.log_path}")

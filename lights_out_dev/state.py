@@ -1,6 +1,9 @@
 """Durable run state: one JSON file per run, written atomically (tmp + fsync + rename).
 
-This file is the truth; the markdown ledger is rendered from it.
+This file is the truth; the markdown ledger is rendered from it. A file damaged anyway (a filesystem
+crash, a hand edit) raises DamagedState naming it; the supervisor moves it aside (quarantine) and the
+run starts over, readers treat it as not started. A writer killed mid-write leaves a temporary file
+that names its pid; the next write beside it removes it once that pid is gone.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from lights_out_dev.spec import RunSpec
 
@@ -51,6 +54,7 @@ class Attempt(BaseModel):
     survivors: list[int] = Field(default_factory=list)
     cleanup_s: float | None = None  # kill -> processes gone from the process table (and NVML)
     imbalance: str | None = None  # multi-GPU imbalance seen while running
+    interrupted: bool = False  # ended by a user's stop or the supervisor's own end: not a trainer failure
 
 
 class RunState(BaseModel):
@@ -90,7 +94,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_dead_writers_tmp(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; states, ledger and report are for the group, like params/
         with os.fdopen(fd, "w") as f:
@@ -106,13 +111,66 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def _remove_dead_writers_tmp(path: Path) -> None:
+    """Temporary files of `path` left by writers that were killed (their pid is in the name, and gone)."""
+    from lights_out_dev.procs import alive
+
+    prefix = f".{path.name}."
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
+            try:
+                os.unlink(path.parent / name)
+            except OSError:
+                pass
+
+
+class DamagedState(ValueError):
+    """A run-state file that exists but cannot be read as one; `why` says how it is damaged."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"the run state {path} is damaged ({why})")
+        self.path, self.why = Path(path), why
+
+
+def quarantine(path: Path) -> Path:
+    """Move a damaged state aside (kept, never deleted) so the run can start over; returns the new path."""
+    bad = Path(path).with_name(f"{Path(path).name}.damaged-{time.strftime('%Y%m%d_%H%M%S')}")
+    os.replace(path, bad)
+    return bad
+
+
 def save_state(state: RunState, path: Path) -> None:
     state.updated_at = time.time()
     atomic_write_text(path, state.model_dump_json(indent=2))
 
 
 def load_state(path: Path) -> RunState | None:
+    """The run state, None when there is none; DamagedState when the file is not a readable one."""
     try:
-        return RunState.model_validate(json.loads(Path(path).read_text()))
-    except FileNotFoundError:
+        raw = Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    try:
+        return RunState.model_validate(json.loads(raw.decode()))
+    except UnicodeDecodeError:
+        raise DamagedState(path, "not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise DamagedState(path, f"not valid JSON: {e.msg} at byte {e.pos}") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the top level"
+        raise DamagedState(path, f"not a run state: {where}: {first['msg']}") from None
+
+
+def read_state(path: Path) -> RunState | None:
+    """load_state for readers (schedulers, status screens): a damaged file reads as no state; only the
+    supervisor of that run, holding its lock, quarantines it."""
+    try:
+        return load_state(path)
+    except DamagedState:
         return None

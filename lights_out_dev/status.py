@@ -118,7 +118,9 @@ def gpu_summary(root: Path, cfg: ProjectConfig) -> tuple[str, list[dict]]:
 def _cpu_slots_in_use(root: Path, cfg: ProjectConfig) -> int:
     from filelock import FileLock, Timeout
 
-    ldir = cfg.path(root, cfg.logs_dir) / "locks"
+    from lights_out_dev.gpu_lock import locks_dir
+
+    ldir = locks_dir(root, cfg)
     used = 0
     for k in range(cfg.cpu_slots):
         path = ldir / f"cpu{k}.lock"

@@ -7,31 +7,37 @@ change, so a supervisor that dies at any moment loses nothing: a restarted one a
 is still running (same pid *and* same process start time) and keeps reading its log from the
 recorded offset, or marks a dead one interrupted and retries it by policy. A file lock beside the
 state file keeps two supervisors off one run; the trainer never inherits it (close-on-exec).
+
+Every launch is written ahead: the state records the launch's run token (which every process of the
+launch carries in its environment) before the process exists, so a supervisor killed between starting
+the trainer and recording it leaves a trainer the rerun finds and adopts (or stops), never a second one.
+Stops by the user or of the supervisor itself are not the trainer's failures: they never count towards
+`max_consecutive_failures`. A run state is reused only for the same spec (its fingerprint is stored).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import sys
-import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock, Timeout
-from pydantic import ValidationError
 
-from lights_out_dev import command, events, gpu_lock, procs, run_requests
+from lights_out_dev import command, events, gpu_lock, procs, run_requests, stopping
 from lights_out_dev.config import ConfigError, ProjectConfig, load_project_or_report
 from lights_out_dev.executor import Executor, Handle
 from lights_out_dev.local_executor import LaunchError, LocalExecutor
 from lights_out_dev.monitor import Limits, LogTail, WatchResult, watch
 from lights_out_dev.profiles import TrainerProfile, checkpoint_values, fill
 from lights_out_dev.spec import RunSpec
-from lights_out_dev.state import Attempt, Progress, RunState, atomic_write_text, load_state, save_state
+from lights_out_dev.state import (Attempt, DamagedState, Progress, RunState, atomic_write_text, load_state,
+                                  quarantine, save_state)
 from lights_out_dev.verdicts import FINAL_STATUSES, StopRequest, Verdict
 
 PROGRESS_SAVE_S = 1.0  # progress-only changes are persisted at most this often (start/health/end at once)
@@ -39,6 +45,10 @@ LOG_TAIL_LINES = 20
 DEFAULT_CHECKPOINT_PATTERN = TrainerProfile.model_fields["checkpoint_pattern"].default
 RESEED_STEP = 1000  # a reseeded attempt n runs with seed + RESEED_STEP * (n - 1): never a seed of its siblings
 Judge = Callable[[RunState], StopRequest | None]
+# Every trainer carries the path of its run state: a trainer whose state file was damaged is still found.
+STATE_VAR = "LIGHTS_OUT_STATE"
+# Fields that say how a run is launched or stopped, not what it trains: changing them keeps the run.
+_OPERATIONAL_FIELDS = {"time_limit_s", "smoke", "secret_env", "prefix"}
 
 
 class SupervisorError(Exception):
@@ -51,6 +61,32 @@ class SupervisorBusy(SupervisorError):
 
 def run_key(task: str) -> str:
     return task.replace(":", "__")
+
+
+def spec_fingerprint(spec: RunSpec) -> str:
+    """Hash of what a run trains (task, script, envs, iterations, seed, trainer flags, env, GPUs...)."""
+    data = spec.model_dump(mode="json", exclude=_OPERATIONAL_FIELDS)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def spec_difference(old: RunSpec, new: RunSpec) -> str:
+    """'max_iterations 300 -> 4, seed 77 -> 11': the fields that make two specs different runs."""
+    a = old.model_dump(mode="json", exclude=_OPERATIONAL_FIELDS)
+    b = new.model_dump(mode="json", exclude=_OPERATIONAL_FIELDS)
+    return ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
+def redact(lines: list[str], secrets: list[str]) -> list[str]:
+    """The lines with the values of the configured secret environment variables shown as ***."""
+    values = sorted({v for name in secrets if len(v := os.environ.get(name, "")) >= 4}, key=len, reverse=True)
+    if not values:
+        return lines
+    out = []
+    for line in lines:
+        for v in values:
+            line = line.replace(v, "***")
+        out.append(line)
+    return out
 
 
 def lock_path(state_path: Path) -> Path:
@@ -166,8 +202,11 @@ class _Run:
     def __init__(self, spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, executor: Executor,
                  lease: gpu_lock.Lease | None, key: str, status_line: Callable[[str], None],
                  sweep: str | None, index: int | None, phase: int | None,
-                 should_stop: Callable[[], bool], judge: Judge | None = None):
+                 should_stop: Callable[[], bool], judge: Judge | None = None, on_spec_change: str = "refuse",
+                 fingerprint: str | None = None):
         self.spec, self.cfg, self.root, self.path = spec, cfg, root, state_path
+        self.on_spec_change = on_spec_change
+        self.fingerprint = fingerprint or spec_fingerprint(spec)
         self.executor, self.lease, self.key = executor, lease, key
         self.say, self.judge = status_line, judge
         self.should_stop = lambda: should_stop() or run_requests.stop_requested(state_path)
@@ -203,24 +242,104 @@ class _Run:
     def _load_or_new(self) -> RunState:
         try:
             old = load_state(self.path)
-        except (json.JSONDecodeError, ValidationError, UnicodeDecodeError):
-            bad = self.path.with_name(self.path.name + f".unreadable-{int(time.time())}")
-            os.replace(self.path, bad)
-            self.say(f"lights-out: {self.path} was unreadable; moved it to {bad.name} and started a fresh run.")
+        except DamagedState as e:
+            bad = quarantine(self.path)
+            # its trainer, if one still runs, is found by the state path it carries; it cannot be adopted
+            stray = procs.kill_marked(STATE_VAR, str(self.path))
+            self.say(f"lights-out: the run state {self.path} is damaged ({e.why}); it was kept as {bad.name}"
+                     f"{f', its trainer (pid {stray[0]}) was stopped' if stray else ''} and the run starts "
+                     f"over (copy {bad.name} back to {self.path.name} to recover it by hand).")
             old = None
-        if old is not None and old.status not in FINAL_STATUSES and old.attempts:
+        if old is not None and self.on_spec_change == "wipe" and old.status not in FINAL_STATUSES:
+            self._archive_state()  # --wipe: start afresh even with the same spec (its trainer is stopped first)
+            old = None
+        if old is not None and (old.extra.get("fingerprint") or spec_fingerprint(old.spec)) != self.fingerprint:
+            changed = spec_difference(old.spec, self.spec) or "the plan entry"
+            if self.on_spec_change == "continue":
+                self.spec = old.spec  # continue the recorded run as it was started
+                self.fingerprint = old.extra.get("fingerprint") or spec_fingerprint(old.spec)
+            elif self.on_spec_change == "wipe" or old.status in FINAL_STATUSES:
+                self._archive_state()  # a finished run is kept in the archive; a new spec is a new run
+                old = None
+            else:
+                raise SupervisorError(f"the unfinished run in {self.path} was started with a different spec "
+                                      f"({changed}); pass --continue to finish it as it was started, or --wipe to "
+                                      f"archive it and start this spec afresh.")
+        if old is not None and old.status not in FINAL_STATUSES and (old.attempts or old.extra.get("intent")):
             if old.status == "running" and old.supervisor_host not in (None, socket.gethostname()):
                 raise SupervisorBusy(f"{self.spec.task} is being supervised on host {old.supervisor_host} "
                                      f"(pid {old.supervisor_pid}); stop it there or wait for it to finish.")
             return old  # continue it: adopt or retry
         if old is not None:  # a finished run: keep its record beside the new one
-            archive = self.path.parent / "archive" / f"{self.key}_{time.strftime('%Y%m%d_%H%M%S')}.json"
-            archive.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.path, archive)
+            self._archive_state()
         rid = command.new_rid()
         return RunState(run_key=self.key, rid=rid, task=self.spec.task, spec=self.spec,
                         run_name=command.default_run_name(self.spec, self.lease.gpus if self.lease else None, rid),
-                        **self.where)
+                        extra={"fingerprint": self.fingerprint}, **self.where)
+
+    def _archive_state(self) -> None:
+        """Move the state to runs/archive/. A trainer a dead supervisor left running would be nobody's once
+        its record is gone: it is stopped first (found by the state path it carries)."""
+        left = procs.pids_with_env(STATE_VAR, str(self.path))
+        if left:
+            procs.kill_marked(STATE_VAR, str(self.path))
+            self.say(f"[{self.spec.task}] stopped the trainer (pid {', '.join(map(str, left))}) left running by a "
+                     f"dead supervisor of this run before archiving its state.")
+        archive = self.path.parent / "archive" / f"{self.key}_{time.strftime('%Y%m%d_%H%M%S')}.json"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, archive)
+
+    def start_trainer(self, argv: list[str], env: dict[str, str], log_path: Path, gpus: list[int] | None, *,
+                      purpose: str, env_overrides: dict[str, str] | None = None, job_name: str,
+                      time_limit_s: float | None = None, **placement) -> Handle:
+        """executor.start() behind a write-ahead record (`placement`: the executor's nodes/exclusions). The state names the launch (its token, argv and log)
+        before the process exists; the caller records the handle and drops state.extra['intent'] in its
+        next save. A supervisor that dies in between leaves a trainer that _recover_intent() finds."""
+        token = uuid.uuid4().hex
+        env = {**env, procs.RUN_TOKEN_VAR: token, STATE_VAR: str(self.path)}
+        self.state.extra["intent"] = {"purpose": purpose, "token": token, "argv": argv, "log_path": str(log_path),
+                                      "gpus": gpus, "env_overrides": env_overrides or {}, "at": time.time(),
+                                      "boot": procs.boot_id()}
+        self.save()
+        try:
+            self.handle = self.executor.start(argv, env, log_path, gpus, job_name=job_name,
+                                              time_limit_s=self.limit if time_limit_s is None else time_limit_s,
+                                              **placement)
+        except Exception:  # nothing was started: the record must not send a rerun looking for it
+            self.state.extra.pop("intent", None)
+            self.save()
+            raise
+        return self.handle
+
+    def _recover_intent(self) -> None:
+        """A launch was written ahead but never recorded (the supervisor died in between): adopt its trainer
+        as the attempt it was meant to be, or stop what is left of it. Its processes are proven ours by the
+        launch's token, never by a pid or a group id alone."""
+        st = self.state
+        intent = st.extra.pop("intent", None)
+        if not intent or self.executor.kind != "local":
+            return
+        token = intent["token"]
+        same_boot = intent.get("boot") in (None, procs.boot_id())
+        pids = procs.pids_with_env(procs.RUN_TOKEN_VAR, token) if same_boot else []
+        leader = next((p for p in pids if (ps := procs.stat(p)) and ps.sid == p and ps.pgid == p), None)
+        if intent["purpose"] == "attempt" and leader is not None:
+            ticks = procs.start_ticks(leader)
+            handle = Handle(kind="local", log_path=intent["log_path"], pid=leader, pgid=leader,
+                            start_time=float(ticks or 0),
+                            extra={"sid": leader, "gpus": intent["gpus"], "token": token, "boot": procs.boot_id()})
+            st.attempts.append(Attempt(number=len(st.attempts) + 1, argv=intent["argv"], gpus=intent["gpus"],
+                                       env_overrides=intent["env_overrides"], started_at=intent["at"], pid=leader,
+                                       pgid=leader, log_path=intent["log_path"]))
+            st.status = "running"
+            st.extra["handle"], st.extra["log_offset"] = handle.__dict__, 0
+            self.say(f"lights-out: found {st.task}'s trainer (pid {leader}) started by a supervisor that died "
+                     f"before recording it; adopting it as attempt {len(st.attempts)}.")
+        elif pids:
+            left = procs.kill_marked(procs.RUN_TOKEN_VAR, token)
+            self.say(f"lights-out: stopped {len(pids)} process(es) of a launch of {st.task} that its supervisor "
+                     f"never recorded" + (f"; pids {left} survive" if left else "") + ".")
+        self.save()
 
     # -- attempts ------------------------------------------------------------------------------
     def _gpus(self) -> list[int] | None:
@@ -277,6 +396,7 @@ class _Run:
         spec = self._effective_spec()
         extra: list[str] = []
         resume_from = st.extra.pop("resume_from", None)
+        st.extra.pop("stopping", None)
         if resume_from:
             extra = resume_flags(spec, resume_from)
             left = remaining_iterations(self._target_iteration(), resume_from, spec.trainer.checkpoint_pattern)
@@ -288,14 +408,15 @@ class _Run:
         env = {**os.environ, **command.trainer_env(spec), **env_over}
         stamp = time.strftime("%Y%m%d_%H%M%S")
         log_path = self.logs_dir / f"{stamp}_{self.key}{'' if n == 1 else f'_a{n}'}.log"
-        self.handle = self.executor.start(argv, env, log_path, gpus, time_limit_s=self.limit,
-                                          job_name=f"lo-{self.key}", **self.placement(spec))
+        self.start_trainer(argv, env, log_path, gpus, purpose="attempt", env_overrides=env_over,
+                           job_name=f"lo-{self.key}", **self.placement(spec))
         attempt = Attempt(number=n, argv=argv, gpus=gpus, env_overrides=env_over, started_at=time.time(),
                           pid=self.handle.pid, pgid=self.handle.pgid, job_id=self.handle.job_id,
                           node=self.handle.node, log_path=self.handle.log_path)
         st.attempts.append(attempt)
         st.status = "running"
         st.extra["handle"] = self.handle.__dict__
+        st.extra.pop("intent", None)
         self.scanner = _new_scanner(self.cfg, argv)
         self.tail = LogTail(self.handle.log_path, 0)
         self.save()
@@ -323,7 +444,7 @@ class _Run:
         # Locally the leader itself must live and be the same process (pid + start time): a reused pid is
         # not ours, and a dead leader with stray children is a finished attempt whose leftovers get killed.
         ours = handle is not None and self.executor.alive(handle) and (
-            handle.kind != "local" or procs.alive(handle.pid, handle.start_time))
+            handle.kind != "local" or procs.same_process(handle.pid, handle.start_time, handle.extra.get("boot")))
         if ours:
             self.handle = handle
             self.say(f"lights-out: adopting {st.task} attempt {attempt.number} (pid {handle.pid}) left running "
@@ -338,8 +459,14 @@ class _Run:
             self.tail.close()
             self.tail = None
         verdict, reason = _classify(self.scanner, None, None)
-        if verdict in (Verdict.crash, Verdict.killed):
+        if st.extra.pop("stopping", None) == "user" and verdict not in (Verdict.completed, Verdict.timeout):
+            # a stop was under way when its supervisor died: what the trainer printed while being stopped
+            # (an import cut short, say) is not its failure
+            verdict, reason = Verdict.killed, f"stopped on request; its supervisor ended before the stop did ({reason})"
+            attempt.interrupted = True
+        elif verdict in (Verdict.crash, Verdict.killed):
             verdict, reason = Verdict.killed, f"trainer ended while no supervisor watched it ({reason})"
+            attempt.interrupted = True  # no evidence against the trainer: not one of its failures
         self._record_end(attempt, verdict, reason, None, None)
         st.status = "interrupted"
         self.save()
@@ -362,7 +489,7 @@ class _Run:
             attempt.imbalance = result.imbalance
             attempt.healthy_at = attempt.healthy_at or result.healthy_at
         self._sync_from_scanner(attempt)
-        attempt.log_tail = _tail_of(attempt.log_path)
+        attempt.log_tail = redact(_tail_of(attempt.log_path), self.cfg.secrets + self.spec.secret_env)
         st = self.state
         st.checkpoints = [c for a in st.attempts for c in checkpoints_in(a.tb_dir, self.spec.trainer.checkpoint_pattern)]
         vram = [a.peak_vram_mb for a in st.attempts if a.peak_vram_mb]
@@ -380,9 +507,9 @@ class _Run:
             self.state.best_reward = r
 
     def _should_stop(self) -> bool:
-        """watch()'s stop test: the user's stop, or the judge's (early stopping, learning health), which
-        stops the trainer the same graceful way (it saves a checkpoint) and names the verdict."""
-        if self.should_stop():
+        """watch()'s stop test: the user's stop (written ahead, _stop_requested), or the judge's (early
+        stopping, learning health), which stops the trainer the same graceful way and names the verdict."""
+        if self._stop_requested():
             return True
         if self.judge is not None and self.stop_request is None and self.state.current is not None:
             self._sync_from_scanner(self.state.current)
@@ -424,6 +551,8 @@ class _Run:
         st = self.state
         self.previous_supervisor = st.supervisor_pid
         st.supervisor_pid, st.supervisor_host = os.getpid(), socket.gethostname()
+        st.extra["fingerprint"] = self.fingerprint
+        self._recover_intent()
         adopted = False
         if st.attempts and st.current.verdict is not None and st.checkpoints:
             st.extra.setdefault("resume_from", st.checkpoints[-1])  # an interrupted run continues its training
@@ -444,6 +573,10 @@ class _Run:
             self.save()
             return st
         while True:
+            if not adopted and self.should_stop():  # stopped before this attempt started: launch nothing
+                st.status, st.reason = "interrupted", "stopped by the user"
+                self.save()
+                return st
             try:
                 attempt = st.current if adopted else self._launch()
                 adopted = False
@@ -468,13 +601,19 @@ class _Run:
                     st.extra["bad_iteration"] = self.stop_request.iteration
             elif verdict is Verdict.nan and self.scanner.progress.iteration is not None:
                 st.extra["bad_iteration"] = self.scanner.progress.iteration  # the trainer's own NaN failure
+            if (st.extra.pop("stopping", None) == "user" and result.stopped_by is None
+                    and verdict not in (Verdict.completed, Verdict.timeout)):
+                # adopted while an earlier supervisor's stop was under way: the trainer was ending on request
+                verdict, reason = Verdict.killed, f"stopped on request by an earlier supervisor ({reason})"
+                attempt.interrupted = True
             self._record_end(attempt, verdict, reason, result, result.exit)
             self.tail.close()
             self.tail = None
             if hasattr(self.executor, "forget"):
                 self.executor.forget(self.handle)
             self.handle = None
-            if result.stopped_by == "user" and verdict is Verdict.killed:
+            if result.stopped_by == "user" and verdict is Verdict.killed:  # not a judge's stop (pruned, nan, ...)
+                attempt.interrupted = True
                 st.status = "interrupted"
                 st.reason = "stopped by the user"
                 self.save()
@@ -484,6 +623,16 @@ class _Run:
             if self._decide(attempt):
                 return self._finish()
             self.save()
+
+    def _stop_requested(self) -> bool:
+        """should_stop(), with the stop written ahead: a supervisor that dies while its trainer is being
+        stopped leaves the next one knowing that what the trainer did meanwhile was on request."""
+        if not self.should_stop():
+            return False
+        if self.state.extra.get("stopping") != "user":
+            self.state.extra["stopping"] = "user"
+            self.save()
+        return True
 
     def _abort(self) -> None:
         """The supervisor itself is going down (error, Ctrl-C, SIGTERM): leave no trainer behind."""
@@ -496,6 +645,10 @@ class _Run:
             attempt.survivors = survivors
             attempt.ended_at = time.time()
             attempt.verdict, attempt.reason = Verdict.killed.value, "the supervisor was stopped"
+            attempt.interrupted = True
+            if self.scanner is not None:  # what it saved on the way out is what the rerun resumes from
+                self._sync_from_scanner(attempt)
+            self.state.checkpoints = [c for a in self.state.attempts for c in checkpoints_in(a.tb_dir)]
         self.state.status = "interrupted"
         self.state.extra.pop("handle", None)
         self.handle = None
@@ -515,7 +668,14 @@ class _Run:
             attempt.decision = {Verdict.completed: "done", Verdict.timeout: "accept"}.get(
                 verdict, "pruned: stopped early, checkpoints kept")
             return True
-        history = [Verdict(a.verdict) for a in st.attempts[:-1] if a.verdict]
+        # attempts a user or a dying supervisor ended say nothing about the trainer: not failures
+        if attempt.interrupted:  # the supervisor died under it: go on from its checkpoint, nothing counted
+            attempt.decision = "retry: ended while no supervisor watched it (not a failure)"
+            if st.checkpoints:
+                st.extra["resume_from"] = st.checkpoints[-1]
+            st.status = "running"
+            return False
+        history = [Verdict(a.verdict) for a in st.attempts[:-1] if a.verdict and not a.interrupted]
         spec = self._effective_spec()
         gpus = len(attempt.gpus) if attempt.gpus else spec.gpus
         d = decide(verdict, history, self.cfg.recovery_policy(), self.cfg.max_consecutive_failures,
@@ -593,7 +753,8 @@ def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *
               lease: gpu_lock.Lease | None = None, run_key: str | None = None,
               status_line: Callable[[str], None] = print, sweep: str | None = None, index: int | None = None,
               phase: int | None = None, should_stop: Callable[[], bool] = lambda: False,
-              smoke_only: bool = False, judge: Judge | None = None) -> RunState:
+              smoke_only: bool = False, judge: Judge | None = None, on_spec_change: str = "refuse",
+              fingerprint: str | None = None) -> RunState:
     """Run `spec` through attempts until completed / timeout / failed; the state is written on every change.
 
     A run left 'running' by a dead supervisor is adopted (trainer alive and ours) or marked interrupted
@@ -601,7 +762,9 @@ def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *
     the caller holds; without one the run is not pinned to a GPU. With spec.smoke the smoke gate
     (smoke.py) runs before the first attempt; smoke_only stops after it. `judge(state)` is asked while an
     attempt runs; a StopRequest it returns stops the trainer gracefully with that verdict (a sweep's early
-    stopping: `pruned`, final; learning health: `nan`, ... answered by the policy). Raises SupervisorError / LaunchError
+    stopping: `pruned`, final; learning health: `nan`, ... answered by the policy). A recorded run of another
+    spec (`fingerprint`, default spec_fingerprint(spec)) is refused unless on_spec_change is 'continue'
+    (finish it as recorded) or 'wipe' (archive it, start afresh); a finished one is archived. Raises SupervisorError / LaunchError
     with one sentence for user-fixable problems, never leaving a trainer behind.
     """
     root = Path(root)
@@ -628,7 +791,7 @@ def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *
                               f"{state_path.parent} writable.") from None
     try:
         run = _Run(spec, cfg, root, state_path, executor or LocalExecutor(cwd=root), lease, key, status_line,
-                   sweep, index, phase, should_stop, judge)
+                   sweep, index, phase, should_stop, judge, on_spec_change, fingerprint)
         return run.run(smoke_only)
     finally:
         lock.release()
@@ -654,10 +817,6 @@ def _executor_for(name: str, cfg: ProjectConfig, root: Path) -> Executor:
     return LocalExecutor(cwd=root)
 
 
-class _Terminated(BaseException):
-    """SIGTERM turned into an exception so the trainer is stopped on the way out."""
-
-
 def write_target(target: Path, state: RunState, state_path: Path) -> None:
     tb_dir = next((a.tb_dir for a in reversed(state.attempts) if a.tb_dir), None)
     data = {"task": state.task, "status": state.status, "run_dir": tb_dir,
@@ -680,37 +839,39 @@ def run_task(spec: RunSpec, target: Path) -> bool:
     executor_name = (ov.executor if ov is not None and ov.executor else None) or cfg.executor
     pin = ov.gpu if ov is not None else None
     lease = None
-    old_handler = None
-    try:
-        from lights_out_dev.slurm_executor import placement_problem
+    if ov is not None and ov.continue_ and ov.wipe:
+        print("lights-out: --continue and --wipe contradict each other; pass one of them (--continue finishes "
+              "the recorded run as it was started, --wipe archives it and starts afresh).")
+        return False
+    on_change = "continue" if ov is not None and ov.continue_ else "wipe" if ov is not None and ov.wipe else "refuse"
+    with stopping.handling():
+        try:
+            from lights_out_dev.slurm_executor import placement_problem
 
-        # A Slurm job's GPUs are on the cluster's nodes, not on this (login) machine.
-        gpus_here = gpu_lock.gpu_count() if executor_name != "slurm" else max(spec.gpus, gpu_lock.gpu_count())
-        problem = placement_problem(spec, executor_name) or command.launch_problem(spec, root, pin, gpus_here)
-        if problem:
-            raise SupervisorError(problem)
-        executor = _executor_for(executor_name, cfg, root)
-        if executor.kind == "local":
-            prefer = [pin] if pin is not None else _running_gpus(state_path)
-            lease = gpu_lock.acquire(spec.gpus, cfg, root, prefer=prefer,
-                                     wait=cfg.monitor.busy_gpu_action == "wait")
-        if threading.current_thread() is threading.main_thread():
-            def _term(signum, frame):
-                raise _Terminated()
-            old_handler = signal.signal(signal.SIGTERM, _term)
-        Path(target).unlink(missing_ok=True)  # a target from an earlier run must not outlive this one's failure
-        state = supervise(spec, cfg, root, state_path, executor=executor, lease=lease, run_key=run_key(spec.task))
-    except (SupervisorError, LaunchError, gpu_lock.GpuLockError, ConfigError) as e:
-        print(f"lights-out: {e}")
-        return False
-    except _Terminated:
-        print(f"lights-out: {spec.task} stopped by SIGTERM; its trainer was stopped and the run marked interrupted.")
-        return False
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-        if lease is not None:
-            lease.release()
+            # A Slurm job's GPUs are on the cluster's nodes, not on this (login) machine.
+            gpus_here = gpu_lock.gpu_count() if executor_name != "slurm" else max(spec.gpus, gpu_lock.gpu_count())
+            problem = placement_problem(spec, executor_name) or command.launch_problem(spec, root, pin, gpus_here)
+            if problem:
+                raise SupervisorError(problem)
+            executor = _executor_for(executor_name, cfg, root)
+            if executor.kind == "local":
+                prefer = [pin] if pin is not None else _running_gpus(state_path)
+                lease = gpu_lock.acquire(spec.gpus, cfg, root, prefer=prefer,
+                                         wait=cfg.monitor.busy_gpu_action == "wait")
+            Path(target).unlink(missing_ok=True)  # a target from an earlier run must not outlive this one's failure
+            state = supervise(spec, cfg, root, state_path, executor=executor, lease=lease, run_key=run_key(spec.task),
+                              should_stop=stopping.requested, on_spec_change=on_change)
+        except (SupervisorError, LaunchError, gpu_lock.GpuLockError, ConfigError) as e:
+            print(f"lights-out: {e}")
+            return False
+        finally:
+            if lease is not None:
+                lease.release()
+        if stopping.requested() and state.status == "interrupted":
+            print(f"lights-out: {spec.task} stopped by {stopping.signal_name()}; its trainer was stopped "
+                  f"{'after saving a checkpoint' if state.checkpoints else 'before its first checkpoint'} and the "
+                  f"run marked interrupted; rerun the same command to continue it.")
+            return False
     ok = state.status in ("completed", "timeout")
     if ok:
         try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import socket
 import sys
 import threading
@@ -32,12 +31,13 @@ from typing import Callable
 
 from filelock import FileLock, Timeout
 
-from lights_out_dev import ledger, procs
+from lights_out_dev import ledger, procs, stopping
 from lights_out_dev.command import merge_flags
 from lights_out_dev.config import ProjectConfig
 from lights_out_dev.plan import LoadedPlan, PlannedRun, check_tasks, entry_search, load_plan, promoted_task, set_params
 from lights_out_dev.spec import RunSpec
-from lights_out_dev.state import RunState, atomic_write_text, load_state
+from lights_out_dev.supervisor import spec_fingerprint
+from lights_out_dev.state import RunState, atomic_write_text, read_state
 from lights_out_dev.verdicts import FINAL_STATUSES
 
 TICK_S = 0.5  # how often the scheduler looks for a free slot when nothing else woke it
@@ -297,6 +297,7 @@ class Sweep:
         self._scalars = ScalarCache()  # TensorBoard series of the runs, shared by their judges
         self._budget_said = False
         self._on_gpu: dict[int, tuple[int, float | None]] = {}  # active run -> (its GPU, measured peak MB)
+        self.continue_ = False  # --continue: runs recorded with another spec are kept as they are
         self._load_promotions()
         self._load_trials()
 
@@ -305,9 +306,9 @@ class Sweep:
         out = {}
         for run in self.loaded.runs:
             try:
-                s = load_state(self.paths.state(run.index))
-            except (ValueError, OSError):
-                s = None  # torn/corrupt files cannot happen with atomic writes; treat as not started
+                s = read_state(self.paths.state(run.index))
+            except OSError:
+                s = None
             if s:
                 out[run.index] = s
         return out
@@ -360,7 +361,13 @@ class Sweep:
 
     # -- starting, --continue / --wipe --------------------------------------------------
     def prepare(self, continue_: bool = False, wipe: bool = False) -> None:
-        """Claim the ledger for this plan; refuse (one sentence) when it belongs to another plan."""
+        """Claim the ledger for this plan; refuse (one sentence) when it belongs to another plan, or when runs
+        recorded under this plan's name were made from other specs (an edited plan, or another plan with
+        the same `name:`): --continue keeps them as they are, --wipe archives them."""
+        if continue_ and wipe:
+            raise SweepError("--continue and --wipe contradict each other; pass --continue to keep the recorded "
+                             "runs or --wipe to archive them and start afresh, not both.")
+        self.continue_ = continue_
         path = ledger_path(self.root, self.cfg)
         stamp = time.strftime("%Y%m%d_%H%M%S")
         try:
@@ -379,14 +386,20 @@ class Sweep:
                                  f"archive its ledger and state first.")
             self._archive(path, f"{existing}.{stamp}")
             if wipe and other.dir.exists():
-                other.dir.rename(other.dir.with_name(f"{other.dir.name}.{stamp}"))
+                self._archive_dir(other, stamp)
+        changed = [] if continue_ or wipe else self.changed_runs()
+        if changed:
+            listed = "; ".join(f"run {i}: {what}" for i, what in changed[:3]) + ("; ..." if len(changed) > 3 else "")
+            raise SweepError(f"{self.paths.runs} holds runs of sweep '{self.loaded.name}' made from other specs "
+                             f"({listed}); pass --continue to keep them as they are, or --wipe to archive them and "
+                             f"run this plan afresh.")
         if wipe and self.paths.dir.exists():
             live = self._live_holder(self.paths)
             if live:
                 raise SweepError(f"sweep '{self.loaded.name}' is being run by process {live}; stop it before --wipe.")
             if path.exists() and existing == self.loaded.name:
                 self._archive(path, f"{existing}.{stamp}")
-            self.paths.dir.rename(self.paths.dir.with_name(f"{self.paths.dir.name}.{stamp}"))
+            self._archive_dir(self.paths, stamp)
             self.loaded = load_plan(self.loaded.path)  # runs without the archived sweep's trials and promotions
             self._load_promotions()
             self._load_trials()
@@ -395,6 +408,40 @@ class Sweep:
             atomic_write_text(self.paths.meta, json.dumps({"name": self.loaded.name, "plan": str(self.loaded.path),
                                                            "started_at": time.time()}, indent=2))
         atomic_write_text(sweeps_root(self.root, self.cfg) / "current", self.loaded.name + "\n")
+
+    def changed_runs(self) -> list[tuple[int, str]]:
+        """(index, what differs) for every recorded run whose spec is not what the plan now asks for."""
+        out = []
+        for index, state in self.states().items():
+            what = self.spec_change(index, state)
+            if what:
+                out.append((index, what))
+        return out
+
+    def spec_change(self, index: int, state: RunState) -> str | None:
+        """What differs between run `index`'s recorded spec and the plan's, None when it is the same run."""
+        from lights_out_dev.supervisor import spec_difference
+
+        run = self.loaded.run(index)
+        if state.status == "skipped" or run.task is None:
+            return None
+        try:
+            spec = self.spec(run)
+        except SweepError:
+            return None  # an unknown task is reported by the task check, in its own sentence
+        if state.extra.get("fingerprint", spec_fingerprint(state.spec)) == spec_fingerprint(spec):
+            return None
+        return spec_difference(state.spec, spec) or "another plan entry"
+
+    @staticmethod
+    def _archive_dir(p: SweepPaths, stamp: str) -> None:
+        """Archive a sweep's directory (--wipe). Trainers its dead supervisors left running would be nobody's
+        once their states move: they are stopped first (each carries its state path)."""
+        from lights_out_dev.supervisor import STATE_VAR
+
+        for state in p.runs.glob("[0-9][0-9].json"):
+            procs.kill_marked(STATE_VAR, str(state))
+        p.dir.rename(p.dir.with_name(f"{p.dir.name}.{stamp}"))
 
     def _archive(self, ledger_file: Path, suffix: str) -> None:
         if ledger_file.exists():
@@ -655,10 +702,15 @@ class Sweep:
                           lease=lease, run_key=run_key(self.loaded.name, run.index),
                           status_line=lambda line: self.say(f"[{run.key}] {line}"),
                           sweep=self.loaded.name, index=run.index, phase=run.phase,
-                          should_stop=self._stop.is_set, smoke_only=smoke_only,
-                          judge=judge if (judge := RunJudge(self, run, self._scalars)).active else None)
+                          should_stop=self._stopping, smoke_only=smoke_only,
+                          judge=judge if (judge := RunJudge(self, run, self._scalars)).active else None,
+                          on_spec_change="continue" if self.continue_ else "refuse",
+                          fingerprint=spec_fingerprint(self.spec(run)))
         if is_final(state):
             self.write_target(run.index, state)
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or stopping.requested()
 
     def spec(self, run: PlannedRun) -> RunSpec:
         """The run's RunSpec: its experiment task's spec with the plan's overrides, then the ones recorded for
@@ -720,7 +772,7 @@ class Sweep:
         from lights_out_dev.slurm_executor import JobArray
 
         fresh = [r for r in pending if r.task is not None and r.gpus <= 1 and r.nodes == 1
-                 and not _started(load_state(self.paths.state(r.index)))]
+                 and not _started(read_state(self.paths.state(r.index)))]
         name = f"lo-sweep__{self.loaded.name}-p{fresh[0].phase}" if fresh else ""
         return JobArray(k, expected=len(fresh), name=name) if len(fresh) > 1 else None
 
@@ -747,107 +799,129 @@ class Sweep:
         a failed gate fails its run, a passed one is reused by the run's long attempt."""
         _warm_imports()
         runs = [self.loaded.run(i) for i in indices]
-        pending = [r for r in runs if not is_final(load_state(self.paths.state(r.index)))]
+        pending = [r for r in runs if not is_final(read_state(self.paths.state(r.index)))]
         self._array = self._job_array(pending, smoke_only)
         if smoke_only:
             pending = [r for r in pending if r.smoke and r.task is not None
-                       and not _started(load_state(self.paths.state(r.index)))]
+                       and not _started(read_state(self.paths.state(r.index)))]
+        self.check_launchable(pending)
         active: dict[int, threading.Thread] = {}
         waiting_on: dict[int, int | None] = {}
         last_line = 0.0
         last_seen: dict[int, tuple] = {}
         n_gpu = gpu_count()
-        while pending or active:  # the ledger is first written right after the first launches
-            launched_blocked = False
-            for run in list(pending):
-                if self._errors:
+        try:  # whatever ends this loop, no trainer of ours outlives it
+            while pending or active:  # the ledger is first written right after the first launches
+                launched_blocked = False
+                if self._stopping():
+                    self._stop_all(active)
                     break
-                state = load_state(self.paths.state(run.index))
-                if is_final(state):
-                    pending.remove(run)
-                    continue
-                if self.loaded.plan.mode == "sequential" and active:
-                    break
-                if run.promotion and run.task is None:
-                    why = self.decide_promotion(run)
-                    if why:
-                        self._skip(run, why)
+                for run in list(pending):
+                    if self._errors or self._stopping():
+                        break
+                    state = read_state(self.paths.state(run.index))
+                    if is_final(state):
                         pending.remove(run)
                         continue
-                if not _started(state):
-                    spent = self._over_budget()
-                    if spent:
-                        self._skip(run, spent)
+                    if self.loaded.plan.mode == "sequential" and active:
+                        break
+                    if run.promotion and run.task is None:
+                        why = self.decide_promotion(run)
+                        if why:
+                            self._skip(run, why)
+                            pending.remove(run)
+                            continue
+                    if not _started(state):
+                        spent = self._over_budget()
+                        if spent:
+                            self._skip(run, spent)
+                            pending.remove(run)
+                            continue
+                    need = self._needed_gpus(run) if n_gpu else 1  # CPU: one slot per run (ranks share it)
+                    if n_gpu and need > n_gpu:
+                        self._skip(run, f"it needs {need} GPUs and this machine has {n_gpu}")
                         pending.remove(run)
                         continue
-                need = self._needed_gpus(run) if n_gpu else 1  # CPU: one slot per run (ranks share it)
-                if n_gpu and need > n_gpu:
-                    self._skip(run, f"it needs {need} GPUs and this machine has {n_gpu}")
+                    run_lock = try_lock(self.paths.run_lock(run.index), self.paths.run_owner(run.index))
+                    if run_lock is None:
+                        waiting_on[run.index] = holder(self.paths.run_owner(run.index))
+                        continue
+                    waiting_on.pop(run.index, None)
+                    if time.monotonic() - self._busy.get(run.index, -BUSY_RECHECK_S) < BUSY_RECHECK_S:
+                        run_lock.release()  # its owner is alive; look again later (adopt it if the owner died)
+                        continue
+                    lease = self._try_lease(need, state, run)
+                    if lease is None:
+                        run_lock.release()
+                        launched_blocked = True
+                        break
+                    try:
+                        self._assign_trial(run)
+                    except Exception as e:  # noqa: BLE001 - reported; nothing was launched
+                        lease.release()
+                        run_lock.release()
+                        self._errors.append(f"run {run.index} ({run.task}): cannot ask the search for its trial: {e}")
+                        break
                     pending.remove(run)
-                    continue
-                run_lock = try_lock(self.paths.run_lock(run.index), self.paths.run_owner(run.index))
-                if run_lock is None:
-                    waiting_on[run.index] = holder(self.paths.run_owner(run.index))
-                    continue
-                waiting_on.pop(run.index, None)
-                if time.monotonic() - self._busy.get(run.index, -BUSY_RECHECK_S) < BUSY_RECHECK_S:
-                    run_lock.release()  # its owner is alive; look again later (adopt it if the owner died)
-                    continue
-                lease = self._try_lease(need, state, run)
-                if lease is None:
-                    run_lock.release()
-                    launched_blocked = True
+                    if lease.gpus and len(lease.gpus) == 1:
+                        self._on_gpu[run.index] = (lease.gpus[0], self._measured_peak(state))
+                    self._launch(run, run_lock, lease, active, smoke_only)
+                if self._errors and not active:
                     break
-                try:
-                    self._assign_trial(run)
-                except Exception as e:  # noqa: BLE001 - reported; nothing was launched
-                    lease.release()
-                    run_lock.release()
-                    self._errors.append(f"run {run.index} ({run.task}): cannot ask the search for its trial: {e}")
+                if not pending and not active:
                     break
-                pending.remove(run)
-                if lease.gpus and len(lease.gpus) == 1:
-                    self._on_gpu[run.index] = (lease.gpus[0], self._measured_peak(state))
-                self._launch(run, run_lock, lease, active, smoke_only)
-            if self._errors and not active:
-                break
-            if not pending and not active:
-                break
-            now = time.monotonic()
-            seen = {i: (_status(s), len(s.attempts)) for i, s in self.states().items()}
-            if seen != last_seen or now - last_line >= LEDGER_REFRESH_S:
-                self.refresh_ledger()
-                last_seen = seen
-            if now - last_line >= self.cfg.monitor.status_interval_s:
-                self.say(self.status_line(len(active), len(pending), waiting_on, launched_blocked))
-                last_line = now
-            try:
+                now = time.monotonic()
+                seen = {i: (_status(s), len(s.attempts)) for i, s in self.states().items()}
+                if seen != last_seen or now - last_line >= LEDGER_REFRESH_S:
+                    self.refresh_ledger()
+                    last_seen = seen
+                if now - last_line >= self.cfg.monitor.status_interval_s:
+                    self.say(self.status_line(len(active), len(pending), waiting_on, launched_blocked))
+                    last_line = now
                 with self._cv:
                     if not self._freed:
                         self._cv.wait(timeout=TICK_S)
                     self._freed = False
-            except KeyboardInterrupt:
-                self._stop_all(active)
-                raise
+        except BaseException:
+            self._stop_all(active)
+            raise
         self.refresh_ledger()
+        if self._stopping():
+            self.say(f"[sweep {self.loaded.name}] stopped by {stopping.signal_name()}: the stopped runs are marked "
+                     f"interrupted and continue from their checkpoints at the next `doit sweep`.")
+            return False
         if self._errors:
             self.say(f"[sweep {self.loaded.name}] stopped: {self._errors[0]}; fix that and rerun `doit sweep` "
                      f"- finished runs are kept.")
             return False
         return True
 
+    def check_launchable(self, runs: list[PlannedRun]) -> None:
+        """Refuse (one sentence, nothing launched) when a run's launcher prefix or trainer script is missing:
+        every attempt of it would fail the same way. Too few GPUs is not checked here: such a run is skipped."""
+        from lights_out_dev.command import launch_problem
+
+        for run in runs:
+            if run.task is None:
+                continue
+            spec = self.spec(run)
+            problem = launch_problem(spec, self.root, None, max(spec.gpus, gpu_count()))
+            if problem:
+                raise SweepError(f"run {run.index}: {problem}")
+
     def _stop_all(self, active: dict) -> None:
         """Ask every supervisor to stop its trainer (graceful) and wait for them: no orphan."""
         self._stop.set()
-        self.say(f"[sweep {self.loaded.name}] stopping {len(active)} run(s); they are marked interrupted and "
-                 f"retried by the next `doit sweep`.")
+        if active:
+            self.say(f"[sweep {self.loaded.name}] stopping {len(active)} run(s); they are marked interrupted and "
+                     f"retried by the next `doit sweep`.")
         for t in list(active.values()):
             t.join()
 
     def status_line(self, n_active: int, n_pending: int, waiting_on: dict, blocked: bool) -> str:
         counts: dict[str, int] = {}
         for run in self.loaded.runs:
-            s = _status(load_state(self.paths.state(run.index)))
+            s = _status(read_state(self.paths.state(run.index)))
             counts[s] = counts.get(s, 0) + 1
         line = (f"[sweep {self.loaded.name}] " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                 + f" | {slots_text(self.cfg)}")
@@ -869,27 +943,21 @@ class Sweep:
             who = f"another sweep process {pid}" if pid else "another sweep process"
             raise SweepBusy(f"{who} is running plan '{self.loaded.name}'; watch it with "
                              f"`python lights_out_dev/watch.py --until-event` or stop that process first.")
-        old = None
-        if threading.current_thread() is threading.main_thread():
-            def _term(signum, frame):  # SIGTERM: same clean stop as Ctrl-C
-                raise KeyboardInterrupt
-            old = signal.signal(signal.SIGTERM, _term)
         try:
-            indices = [r.index for r in self.loaded.runs if r.phase == phase]
-            if self.loaded.plan.smoke_first and not self.schedule(indices, smoke_only=True):
-                return False  # fail fast: a config bug shows in every smoke before any long run starts
-            if not self.schedule(indices):
-                return False
-            resumed = self._resume_best(indices)
-            return self.schedule(resumed) if resumed else True
+            with stopping.handling():  # SIGINT / SIGTERM: the scheduler stops every run, nothing raises
+                indices = [r.index for r in self.loaded.runs if r.phase == phase]
+                if self.loaded.plan.smoke_first and not self.schedule(indices, smoke_only=True):
+                    return False  # fail fast: a config bug shows in every smoke before any long run starts
+                if not self.schedule(indices):
+                    return False
+                resumed = self._resume_best(indices)
+                return self.schedule(resumed) if resumed else True
         finally:
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
             lock.release()
 
     def ensure_run(self, index: int) -> bool:
         """One run to a final state (skips it when final; refuses when another process holds it)."""
-        state = load_state(self.paths.state(index))
+        state = read_state(self.paths.state(index))
         if not is_final(state):
             probe = try_lock(self.paths.run_lock(index), self.paths.run_owner(index))
             if probe is None:
@@ -900,7 +968,7 @@ class Sweep:
             probe.release()
             if not self.schedule([index]):
                 return False
-            state = load_state(self.paths.state(index))
+            state = read_state(self.paths.state(index))
         if is_final(state):
             if not self.paths.target(index).exists():
                 self.write_target(index, state)

@@ -14,6 +14,10 @@ from doit.exceptions import TaskFailed
 def action(fn):
     @functools.wraps(fn)
     def run(*args):
+        from lights_out_dev import stopping
+
+        if stopping.requested():  # doit goes on to the next task after a stop; nothing more may start
+            return TaskFailed(f"not started: lights-out was stopped by {stopping.signal_name()}.")
         result = fn(*args)
         return TaskFailed("the lines above say why.") if result is False else result
 

@@ -60,6 +60,7 @@ def run_phase(plan: str | None, phase: int) -> bool:
         sweep = _open(plan, ov.executor)
         if phase == sweep.loaded.phases()[0]:
             sweep.prepare(continue_=ov.continue_, wipe=ov.wipe)
+        sweep.continue_ = ov.continue_
         ok = sweep.run_phase(phase)
     except SweepBusy as e:  # the sweep goes on in the other process: not its sweep_finished, a refusal of this launch
         events.emit(root, cfg, "refused", plan=plan, sweep=_name_of(plan, root, cfg), reason=str(e))
@@ -146,10 +147,38 @@ def report(plan: str | None) -> bool:
     return True
 
 
-def _final_target(path: str):
+def _final_target(plan: str | None, index: int, target: str, state: str):
+    """Up to date while the run's target exists, its run state is readable (a damaged one is kept aside
+    by its supervisor and the run done again) and made from the spec the plan asks for now (an edited
+    plan, or another plan with the same name, is not up to date: the phase refuses it in one sentence
+    unless --continue or --wipe says what to do)."""
     from pathlib import Path
 
-    return lambda: Path(path).exists()
+    from lights_out_dev.state import DamagedState, load_state
+
+    def done() -> bool:
+        if not Path(target).exists():
+            return False
+        try:
+            recorded = load_state(Path(state))
+        except (DamagedState, OSError):
+            return False
+        ov = _context()[2]
+        if ov.wipe:  # asked to start afresh: the phase archives the recorded runs first
+            return False
+        if recorded is None or ov.continue_:
+            return True
+        return _cached_sweep(plan).spec_change(index, recorded) is None
+    return done
+
+
+_SWEEPS: dict = {}
+
+
+def _cached_sweep(plan: str | None):
+    if plan not in _SWEEPS:
+        _SWEEPS[plan] = _open(plan, check=False)
+    return _SWEEPS[plan]
 
 
 def task_sweep():
@@ -178,7 +207,8 @@ def task_sweep():
             "doc": f"phase {phase} of sweep {name}: {len(runs)} run(s), one per GPU/CPU slot",
             "actions": [(run_phase, [plan, phase])],
             "task_dep": ([f"sweep:{previous_phase}"] if previous_phase else []) + preflight,
-            "uptodate": [_final_target(str(paths.target(r.index))) for r in runs],
+            "uptodate": [_final_target(plan, r.index, str(paths.target(r.index)), str(paths.state(r.index)))
+                         for r in runs],
             "verbosity": 2,
         }
         for r in runs:
@@ -191,7 +221,7 @@ def task_sweep():
                 # doit runs a group's tasks in its own order, not the order yielded: without this dep
                 # it would run the per-run tasks one by one before the parallel phase scheduler.
                 "task_dep": [f"sweep:{phase_task}"],
-                "uptodate": [_final_target(target)],
+                "uptodate": [_final_target(plan, r.index, target, str(paths.state(r.index)))],
                 "verbosity": 2,
             }
             all_runs.append(f"sweep:{name}-{r.key}")

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def cfg_for(tmp_path, **monitor) -> ProjectConfig:
-    return ProjectConfig(logs_dir=str(tmp_path / "logs"), cpu_slots=2, monitor=MonitorConfig(**monitor))
+    return ProjectConfig(logs_dir=str(tmp_path / "logs"), locks_dir=str(tmp_path / "locks"), cpu_slots=2,
+                         monitor=MonitorConfig(**monitor))
 
 
 @pytest.fixture

@@ -323,8 +323,8 @@ def test_a_sweep_blocked_by_someone_elses_slots_says_so_then_goes_on(tmp_path: P
 
     repo = make_repo(tmp_path / "repo", {"twin": TWIN})
     overlay = tmp_path / "fast_status.toml"
-    overlay.write_text("cpu_slots = 1\n[monitor]\nstatus_interval_s = 1\n")
-    locks = repo / "local_experiment_logs" / "locks"
+    locks = tmp_path / "locks"
+    overlay.write_text(f"cpu_slots = 1\nlocks_dir = '{locks}'\n[monitor]\nstatus_interval_s = 1\n")
     locks.mkdir(parents=True)
     held = FileLock(str(locks / "cpu0.lock"))
     held.acquire()

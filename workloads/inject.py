@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 KINDS = ("crash", "segfault", "oom", "stall", "hang_exit", "config_error", "exit0_early", "nccl", "slow",
-         "nan", "diverge", "collapse")
+         "nan", "diverge", "collapse", "progress_cr", "detached_child", "print_secret")
 # Learning faults (the process stays healthy, the learning does not), done to the real optimizer and policy:
 # nan: the learning rate becomes NaN, so the next update writes NaN weights (rsl_rl's NaN check then fires,
 #      or with agent.check_for_nan=false the NaN losses and rewards go on into TensorBoard);
@@ -24,7 +24,11 @@ KINDS = ("crash", "segfault", "oom", "stall", "hang_exit", "config_error", "exit
 # collapse: the actor's output layer is scrambled and learning stops (learning rate 0): the reward falls and stays.
 LEARNING_FAULTS = ("nan", "diverge", "collapse")
 # hang_exit fires after training; slow applies from ITER on (default 0); the rest need @ITER.
+# progress_cr=SECONDS@ITER: a progress bar redrawn with '\r' (no newline) for SECONDS; detached_child@ITER:
+# starts a child that leaves the session and clears its environment, then the trainer stalls;
+# print_secret@ITER: prints $WANDB_API_KEY in an error, as a failed logger login does, and exits 1.
 ITER_OPTIONAL = ("hang_exit", "slow")
+TAKES_SECONDS = ("slow", "progress_cr")
 
 _SPEC = re.compile(r"(?P<kind>[a-z0-9_]+)(=(?P<arg>[0-9.]+))?(@(?P<iter>\d+))?(?P<always>:always)?")
 
@@ -44,8 +48,8 @@ def parse_injection(text: str) -> Injection:
     if not m or m["kind"] not in KINDS:
         raise ValueError(f"invalid --inject {text!r}; {hint}")
     kind = m["kind"]
-    if (kind == "slow") != (m["arg"] is not None):
-        raise ValueError(f"invalid --inject {text!r}; only slow takes =SECONDS, e.g. slow=0.5@1")
+    if (kind in TAKES_SECONDS) != (m["arg"] is not None):
+        raise ValueError(f"invalid --inject {text!r}; only slow and progress_cr take =SECONDS, e.g. slow=0.5@1")
     if m["iter"] is None and kind not in ITER_OPTIONAL:
         raise ValueError(f"invalid --inject {text!r}; {kind} needs the iteration, e.g. {kind}@2")
     return Injection(kind, int(m["iter"] or 0), bool(m["always"]), float(m["arg"] or 0.0))
@@ -132,3 +136,31 @@ def learning_fault(kind: str, it: int, alg) -> None:
     alg.learning_rate = lr
     for group in alg.optimizer.param_groups:
         group["lr"] = lr
+def progress_cr(it: int, seconds: float) -> None:
+    say(f"progress_cr at iteration {it}: {seconds:.0f}s of a '\\r' progress bar")
+    deadline = time.monotonic() + seconds
+    k = 0
+    while time.monotonic() < deadline:
+        k += 1
+        sys.stdout.write(f"\rpreparing assets {k}")
+        sys.stdout.flush()
+        time.sleep(0.1)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def detached_child(it: int) -> int:
+    """A descendant only its parent pid ties to the run: new session, empty environment."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env={},
+                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    say(f"detached_child at iteration {it}: pid {child.pid}")
+    return child.pid
+
+
+def print_secret(it: int) -> None:
+    say(f"print_secret at iteration {it}")
+    print(f"wandb: ERROR the API key {os.environ.get('WANDB_API_KEY', '')} was rejected", flush=True)
+    sys.exit(1)

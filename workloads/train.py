@@ -125,6 +125,13 @@ class Trainer:
             inject.exit0_early(it)
         elif kind in inject.LEARNING_FAULTS:
             inject.learning_fault(kind, it, self.runner.alg)
+        elif kind == "progress_cr":
+            inject.progress_cr(it, inj.seconds)
+        elif kind == "detached_child":
+            self.detached = inject.detached_child(it)  # kept referenced: never reaped by this process
+            inject.sleep_forever(self.check_stop)
+        elif kind == "print_secret":
+            inject.print_secret(it)
         elif kind == "nccl" and self.rank == self.world_size - 1:
             inject.say(f"nccl at iteration {it}: rank {self.rank} leaves the collective")
             inject.sleep_forever(self.check_stop)
