@@ -37,6 +37,7 @@ class Attempt(BaseModel):
     node: str | None = None
     log_path: str | None = None
     tb_dir: str | None = None
+    checkpoint_dir: str | None = None  # where its trainer profile says its checkpoints are (None: tb_dir)
     exit_code: int | None = None
     signal: int | None = None
     verdict: str | None = None

@@ -81,11 +81,17 @@ def resume_flags(spec: RunSpec, checkpoint: str) -> list[str]:
 
 
 def remaining_iterations(target: int | None, checkpoint: str,
-                         pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> int | None:
+                         pattern: str = DEFAULT_CHECKPOINT_PATTERN, budget: str = "remaining") -> int | None:
     """--max_iterations for a run resumed from `checkpoint` that should still end at iteration `target`.
 
     rsl_rl (and so Isaac Lab's train.py) counts --max_iterations from the loaded checkpoint's iteration:
-    passing the original value again would train past the target by the checkpoint's iteration."""
+    passing the original value again would train past the target by the checkpoint's iteration.
+    A profile's `resume_budget` says otherwise for trainers that count from their checkpoint themselves
+    ("total": the target as asked) or take no budget on resume ("none")."""
+    if budget == "total":
+        return target
+    if budget == "none":
+        return None
     done = checkpoint_iteration(checkpoint, pattern)
     if target is None or done is None:
         return None
@@ -128,10 +134,17 @@ def _argv_value(argv: list[str], flag: str) -> str | None:
     return value
 
 
-def _new_scanner(cfg: ProjectConfig, argv: list[str]):
+def _new_scanner(cfg: ProjectConfig, argv: list[str], spec: RunSpec | None = None, root: Path | None = None,
+                 total: int | None = None):
+    """A scanner reading the log as the run's trainer profile says; `total` is the run's target, for
+    trainers that print only what they have done."""
     from lights_out_dev.scan import LogScanner
+    profile = spec.trainer if spec is not None else None
+    flag = profile.flags.run_name if profile is not None else "--run_name"
     # The run name we passed completes the run directory Isaac Lab prints only as root + stamp.
-    return LogScanner(extra_patterns=cfg.monitor.extra_patterns or None, run_name=_argv_value(argv, "--run_name"))
+    return LogScanner(extra_patterns=cfg.monitor.extra_patterns or None,
+                      run_name=_argv_value(argv, flag) if flag else None, profile=profile, root=root,
+                      default_total=total if total is not None else (spec.max_iterations if spec else None))
 
 
 def _classify(scanner, exit_status, stopped_by) -> tuple[Verdict, str]:
@@ -143,7 +156,7 @@ def _classify(scanner, exit_status, stopped_by) -> tuple[Verdict, str]:
         # Only an adopted trainer (not our child) ends with an unknown exit code; judge it by its log.
         unknown = (exit_status.reason if exit_status and exit_status.reason else "exit code unknown")
         if scanner.end_marker:
-            return Verdict.completed, f"finished: 'Training time:' in the log ({unknown})"
+            return Verdict.completed, f"finished: {scanner.end_marker_text!r} in the log ({unknown})"
         return Verdict.crash, f"ended with no end marker and no known error signature ({unknown})"
     return verdict, reason
 
@@ -256,12 +269,14 @@ class _Run:
         resume_from = st.extra.pop("resume_from", None)
         if resume_from:
             extra = resume_flags(spec, resume_from)
-            left = remaining_iterations(self._target_iteration(), resume_from, spec.trainer.checkpoint_pattern)
-            spec = spec.model_copy(update={"max_iterations": left or spec.max_iterations})
+            budget = spec.trainer.resume_budget
+            left = remaining_iterations(self._target_iteration(), resume_from, spec.trainer.checkpoint_pattern, budget)
+            spec = spec.model_copy(update={"max_iterations": None if budget == "none" else left or spec.max_iterations})
         run_name = st.run_name if n == 1 else f"{st.run_name}_a{n}"  # unique trainer log dir per attempt
         argv = command.build_argv(spec, self._trainer_gpus(gpus), rid=st.rid, run_name=run_name, extra=extra)
         gpu_env = command.gpu_env(spec, gpus) if self.executor.kind == "local" else {}  # Slurm sets its own
-        env_over = {**spec.env, **gpu_env, "LIGHTS_OUT_ATTEMPT": str(n), "PYTHONUNBUFFERED": "1"}
+        env_over = {**spec.env, **spec.trainer.attempt_environment(st.rid, run_name, n), **gpu_env,
+                    "LIGHTS_OUT_ATTEMPT": str(n), "PYTHONUNBUFFERED": "1"}
         env = {**os.environ, **command.trainer_env(spec), **env_over}
         stamp = time.strftime("%Y%m%d_%H%M%S")
         log_path = self.logs_dir / f"{stamp}_{self.key}{'' if n == 1 else f'_a{n}'}.log"
@@ -273,7 +288,7 @@ class _Run:
         st.attempts.append(attempt)
         st.status = "running"
         st.extra["handle"] = self.handle.__dict__
-        self.scanner = _new_scanner(self.cfg, argv)
+        self.scanner = _new_scanner(self.cfg, argv, self.spec, self.root, self._target_iteration())
         self.tail = LogTail(self.handle.log_path, 0)
         self.save()
         self.emit("started", attempt=n, gpus=gpus, log_path=attempt.log_path, argv=argv)
@@ -286,7 +301,7 @@ class _Run:
         attempt = st.current
         hd = st.extra.get("handle")
         handle = Handle(**hd) if hd else None
-        self.scanner = _new_scanner(self.cfg, attempt.argv)
+        self.scanner = _new_scanner(self.cfg, attempt.argv, self.spec, self.root, self._target_iteration())
         offset = int(st.extra.get("log_offset", 0))
         if attempt.log_path:  # rebuild the scanner's view (tb dir, health, progress) up to the offset, once
             try:
@@ -340,7 +355,8 @@ class _Run:
         self._sync_from_scanner(attempt)
         attempt.log_tail = _tail_of(attempt.log_path)
         st = self.state
-        st.checkpoints = [c for a in st.attempts for c in checkpoints_in(a.tb_dir, self.spec.trainer.checkpoint_pattern)]
+        st.checkpoints = [c for a in st.attempts for c in checkpoints_in(a.checkpoint_dir or a.tb_dir,
+                                                                          self.spec.trainer.checkpoint_pattern)]
         vram = [a.peak_vram_mb for a in st.attempts if a.peak_vram_mb]
         st.peak_vram_mb = max(vram) if vram else None
         st.extra.pop("handle", None)
@@ -350,6 +366,7 @@ class _Run:
         sc = self.scanner
         attempt.progress = Progress(**sc.progress.model_dump())
         attempt.tb_dir = sc.tb_dir or attempt.tb_dir
+        attempt.checkpoint_dir = sc.checkpoint_dir or attempt.checkpoint_dir
         attempt.warnings = list(sc.warnings)[:20]
         r = attempt.progress.mean_reward
         if r is not None and (self.state.best_reward is None or r > self.state.best_reward):
@@ -523,8 +540,9 @@ class _Run:
             latest = tb.latest_scalars(tb_dir) if tb_dir else {}
         except Exception:  # metrics from stdout are enough; TensorBoard is a bonus here
             latest = {}
-        for field, tag in (("steps_per_s", "Perf/total_fps"), ("mean_reward", "Train/mean_reward"),
-                           ("mean_episode_length", "Train/mean_episode_length")):
+        tags = self.spec.trainer.metrics
+        for field, tag in (("steps_per_s", tags.fps), ("mean_reward", tags.reward),
+                           ("mean_episode_length", tags.episode_length)):
             if getattr(st.final, field) is None and tag in latest:
                 setattr(st.final, field, latest[tag][2])
         self.save()

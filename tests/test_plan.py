@@ -34,7 +34,7 @@ BAD = [
     ("bad envs", "name: t\nruns:\n  - task: a\n    overrides:\n      num_envs: 0\n",
      ["line 5", "runs.0.overrides.num_envs", "greater than or equal to 1"]),
     ("bad duration", "name: t\nruns:\n  - task: a\n    time_limit: 5x\n", ["line 4", "'5x' is not a duration"]),
-    ("bad grid key", "name: t\nruns:\n  - task: a\n    grid: {gpus: [1, 2]}\n", ["line 4", "runs.0.grid.gpus"]),
+    ("bad grid key", "name: t\nruns:\n  - task: a\n    grid: {gpus: [1, 2]}\n", ["line 4", "runs.0.grid", "grid key 'gpus'"]),
     ("empty grid", "name: t\nruns:\n  - task: a\n    grid: {seed: []}\n", ["line 4", "has no values"]),
     ("bad mode", "name: t\nmode: both\nruns:\n  - task: a\n", ["line 2", "mode"]),
     ("bad name", "name: 'a b'\nruns:\n  - task: a\n", ["line 1", "name"]),
