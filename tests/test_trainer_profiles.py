@@ -183,3 +183,25 @@ def test_sb3_sigkill_is_retried_from_its_own_checkpoint_and_ends_at_the_requeste
     assert second["progress"]["iteration"] == 3072 and st["final"]["total"] == 3072  # not 3072 + done
     assert Path(st["checkpoints"][-1]).name == "rl_model_3072_steps.zip"
     assert_no_trainer_left(st)
+
+
+@pytest.mark.timeout(600)
+def test_sb3_sweep_with_a_grid_over_a_trainer_flag_runs_and_reports_its_tags(tmp_path: Path):
+    repo = repo_with(tmp_path)
+    (repo / "sweeps/lr.yaml").write_text(
+        "name: lr\nmode: parallel\nruns:\n  - task: gym_cartpole:sb3\n"
+        "    overrides: {max_iterations: 1024}\n    grid: {--lr: [0.0003, 0.001]}\n")
+    p = doit_run(repo, "sweep", "--plan", "sweeps/lr.yaml", timeout=500)
+    assert p.returncode == 0, out(p)
+    sweep_dir = repo / "local_experiment_logs/sweeps/lr"
+    states = {i: json.loads((sweep_dir / f"runs/{i:02d}.json").read_text()) for i in (1, 2)}
+    assert [flag(s["attempts"][-1]["argv"], "--lr") for s in states.values()] == ["0.0003", "0.001"]
+    assert all(s["status"] == "completed" and s["final"]["mean_reward"] for s in states.values())
+    report = (sweep_dir / "report.md").read_text()
+    rows = [line.split("|") for line in report.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert len(rows) == 2 and all(r[8].strip() != "-" and r[9].strip() != "-" for r in rows), report  # FPS, reward
+    assert "--lr=0.001" in report and "reward.png" in report
+    csv = next((sweep_dir / "artifacts").glob("01_*")) / "metrics.csv"
+    assert "rollout/ep_rew_mean," in csv.read_text()
+    ledger = (repo / "lights_out_dev/sweep_log.md").read_text()
+    assert "--lr=0.0003" in ledger
