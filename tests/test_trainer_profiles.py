@@ -25,8 +25,8 @@ SB3 = "gym_cartpole:sb3"
 FAST = {"stall_s": 120, "startup_stall_s": 300, "grace_s": 10, "status_interval_s": 5, "time_limit": "none"}
 
 
-def repo_with(tmp_path: Path, toml: str = "") -> Path:
-    monitor = "[tool.lights_out.monitor]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in FAST.items())
+def repo_with(tmp_path: Path, toml: str = "", **limits) -> Path:
+    monitor = "[tool.lights_out.monitor]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**FAST, **limits}.items())
     return make_repo(tmp_path / "repo", monitor + toml)
 
 
@@ -205,3 +205,134 @@ def test_sb3_sweep_with_a_grid_over_a_trainer_flag_runs_and_reports_its_tags(tmp
     assert "rollout/ep_rew_mean," in csv.read_text()
     ledger = (repo / "lights_out_dev/sweep_log.md").read_text()
     assert "--lr=0.0003" in ledger
+
+
+# -- a profile written only in TOML, for a small trainer of this test's own ---------------------------
+
+MY_TRAINER = '''"""Least-squares fit by SGD in torch: its own flags, log lines, checkpoints and TensorBoard tags."""
+import argparse, os, time
+from pathlib import Path
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--problem", required=True)
+ap.add_argument("--batch", type=int, default=64)
+ap.add_argument("--steps", type=int, required=True)  # the total: a resumed run continues to it
+ap.add_argument("--seed", type=int, default=0)
+ap.add_argument("--name", required=True)
+ap.add_argument("--from", dest="start", default=None)
+ap.add_argument("--every", type=int, default=2)
+args = ap.parse_args()
+torch.manual_seed(args.seed)
+run = Path("runs") / args.name
+(run / "ckpt").mkdir(parents=True, exist_ok=True)
+print(f"tracker run {os.environ.get('MYTRACKER_RUN')} resume={os.environ.get('MYTRACKER_RESUME')}", flush=True)
+print(f"run dir: {run}", flush=True)
+w = torch.zeros(4, requires_grad=True)
+opt = torch.optim.SGD([w], lr=0.05)
+step = 0
+if args.start:
+    saved = torch.load(args.start)
+    w.data.copy_(saved["w"]); opt.load_state_dict(saved["opt"]); step = saved["step"]
+true = torch.tensor([1.0, -2.0, 0.5, 3.0])
+tb = SummaryWriter(str(run))
+while step < args.steps:
+    t0 = time.time()
+    x = torch.randn(min(args.batch, 256), 4)
+    loss = ((x @ w - x @ true) ** 2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+    step += 1
+    if step == int(os.environ.get("HANG_AT", "-1")) and os.environ.get("LIGHTS_OUT_ATTEMPT") == "1":
+        time.sleep(3600)  # silent and alive: a stall
+    time.sleep(0.3)
+    rate = x.shape[0] / (time.time() - t0)
+    score = -float(loss)
+    tb.add_scalar("metrics/score", score, step); tb.add_scalar("perf/samples_per_s", rate, step); tb.flush()
+    print(f"[step {step} of {args.steps}] score={score:.4f} throughput={rate:.1f}/s", flush=True)
+    if step % args.every == 0:
+        torch.save({"w": w.data, "opt": opt.state_dict(), "step": step}, run / "ckpt" / f"ckpt-{step:04d}.pt")
+tb.close()
+print("=== all steps done ===", flush=True)
+'''
+
+MY_PROFILE = r'''
+[tool.lights_out.trainers.mine]
+script = "mytrainer.py"
+multi_gpu = "none"
+flags = { task = "--problem", num_envs = "--batch", max_iterations = "--steps", seed = "--seed", device = "", run_name = "--name", experiment_name = "", distributed = "" }
+resume_args = ["--from", "{checkpoint}"]
+resume_budget = "total"
+checkpoint_pattern = 'ckpt-(\d+)\.pt'
+checkpoint_dir = "{run_dir}/ckpt"
+attempt_env = { MYTRACKER_RUN = "{rid}", MYTRACKER_RESUME = "allow" }
+observe = { parser = "none", progress = '^\[step (?P<done>\d+) of (?P<total>\d+)\]', reward = 'score=(?P<value>\S+)', fps = 'throughput=(?P<value>[\d.]+)', run_dir = '^run dir: (?P<path>.+)$', completion = ['=== all steps done ==='] }
+metrics = { reward = "metrics/score", fps = "perf/samples_per_s", episode_length = "" }
+[tool.lights_out.launchers.lab]
+trainer = "mine"
+'''
+
+
+def toml_repo(tmp_path: Path, **limits) -> Path:
+    repo = repo_with(tmp_path, MY_PROFILE, **limits)
+    (repo / "mytrainer.py").write_text(MY_TRAINER)
+    return repo
+
+
+@pytest.mark.timeout(600)
+def test_a_toml_profile_completes_resumes_from_its_checkpoint_and_keeps_one_tracker_run(tmp_path: Path):
+    repo = toml_repo(tmp_path)
+    task = "cartpole:base"  # any family on the lab launcher now runs the TOML profile's trainer
+    names = {line.split()[0] for line in doit_run(repo, "list", "--all").stdout.splitlines() if line.strip()}
+    assert task in names and f"{task}-mgpu" not in names and f"{task}-play" not in names
+    proc = start_doit(repo, task, "--max_iterations", "12", "--num_envs", "32")
+    st = wait_for(repo, task, lambda s: _progress(s, 1) >= 6 and bool(s["attempts"][-1].get("checkpoint_dir"))
+                  and (Path(s["attempts"][-1]["checkpoint_dir"]) / "ckpt-0004.pt").exists())
+    os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
+    text, _ = proc.communicate(timeout=500)
+    assert proc.returncode == 0, text
+    st = run_state(repo, task)
+    assert verdicts(st) == ["crash", "completed"]
+    first, second = st["attempts"]
+    assert second["reason"] == "finished: '=== all steps done ===', exit 0"
+    assert first["argv"][2:] == ["--problem", "Lo-Cartpole-v0", "--batch", "32", "--steps", "12", "--name",
+                                 st["run_name"]]
+    resumed_from = flag(second["argv"], "--from")
+    assert Path(resumed_from).parent == Path(first["checkpoint_dir"]) == repo / "runs" / st["run_name"] / "ckpt"
+    assert flag(second["argv"], "--steps") == "12"  # resume_budget = "total": it counts from its checkpoint
+    assert st["final"]["iteration"] == 12 and st["final"]["total"] == 12
+    assert st["final"]["steps_per_s"] > 0 and st["final"]["mean_reward"] is not None
+    # one tracker run across attempts: the same {rid} in both, read back from the trainer's own log
+    logs = [Path(a["log_path"]).read_text() for a in st["attempts"]]
+    assert all(f"tracker run {st['rid']} resume=allow" in log for log in logs)
+    target = json.loads((repo / "local_experiment_logs/targets/cartpole__base.json").read_text())
+    assert Path(target["checkpoint"]).name == "ckpt-0012.pt"
+    assert_no_trainer_left(st)
+
+
+@pytest.mark.timeout(600)
+def test_a_toml_profile_stall_is_caught_by_stall_s_and_retried_from_its_checkpoint(tmp_path: Path):
+    repo = toml_repo(tmp_path, stall_s=6)
+    p = subprocess.run([*DOIT, "cartpole:base", "--max_iterations", "8"], cwd=repo,
+                       env={**env_for(repo), "HANG_AT": "5"}, capture_output=True, text=True, timeout=500)
+    assert p.returncode == 0, out(p)
+    st = run_state(repo, "cartpole:base")
+    assert verdicts(st) == ["stall", "completed"]
+    first = st["attempts"][0]
+    # its own progress lines made it healthy, so stall_s (6 s) applied, not the 300 s start-up limit
+    assert first["healthy_at"] is not None and "stall limit at iteration 4/8" in first["reason"]
+    assert Path(flag(st["attempts"][1]["argv"], "--from")).name == "ckpt-0004.pt"
+    assert st["final"]["iteration"] == 8
+
+
+@pytest.mark.timeout(600)
+def test_a_toml_profile_smoke_gate_then_time_limit_right_after_its_own_checkpoint(tmp_path: Path):
+    repo = toml_repo(tmp_path)
+    p = doit_run(repo, "cartpole:base", "--max_iterations", "400", "--every", "3", "--smoke", "--time_limit", "12s")
+    assert p.returncode == 0, out(p)
+    st = run_state(repo, "cartpole:base")
+    assert st["smoke"] == "passed" and verdicts(st) == ["timeout"]
+    reason = st["attempts"][0]["reason"]
+    assert "right after its checkpoint ckpt-" in reason, reason
+    saved = int(reason.split("ckpt-")[1][:4])
+    assert saved % 3 == 0 and st["final"]["iteration"] - saved <= 2  # at most the steps since that save lost
