@@ -336,3 +336,36 @@ def test_a_toml_profile_smoke_gate_then_time_limit_right_after_its_own_checkpoin
     assert "right after its checkpoint ckpt-" in reason, reason
     saved = int(reason.split("ckpt-")[1][:4])
     assert saved % 3 == 0 and st["final"]["iteration"] - saved <= 2  # at most the steps since that save lost
+
+
+# -- `generic`: exit code and output only ---------------------------------------------------------------
+
+GENERIC = '''
+[tool.lights_out.trainers.plain]
+extends = "generic"
+script = "workloads/third_party/sb3_ppo.py"
+script_args = ["--run_name", "plain", "--total_timesteps", "1024"]
+[tool.lights_out.launchers.lab]
+trainer = "plain"
+'''
+
+
+@pytest.mark.timeout(600)
+def test_generic_judges_by_exit_code_shows_unknowns_as_unknown_and_retries_a_crash_from_scratch(tmp_path: Path):
+    repo = repo_with(tmp_path, GENERIC)
+    task = "cartpole:base"
+    proc = start_doit(repo, task)
+    st = wait_for(repo, task, lambda s: bool(s["attempts"]) and Path(s["attempts"][-1]["log_path"]).exists()
+                  and "total_timesteps" in Path(s["attempts"][-1]["log_path"]).read_text())
+    os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
+    text, _ = proc.communicate(timeout=500)
+    assert proc.returncode == 0, text
+    st = run_state(repo, task)
+    assert verdicts(st) == ["crash", "completed"]
+    first, second = st["attempts"]
+    assert first["argv"][1:] == ["workloads/third_party/sb3_ppo.py", "--run_name", "plain", "--total_timesteps", "1024"]
+    assert second["argv"] == first["argv"]  # no checkpoint it can see: the retry starts over
+    assert "SIGKILL" in first["reason"] and "(progress not observed)" in first["reason"]
+    assert second["reason"] == "finished: exit 0 (its profile's completion = 'exit0') (progress not observed)"
+    assert st["final"]["iteration"] is None and st["final"]["mean_reward"] is None and st["checkpoints"] == []
+    assert " it -/- - steps/s reward - " in text  # unknown, not a wrong number
