@@ -22,6 +22,16 @@ Built-ins, each read off the real trainer:
   SIGINT is swallowed (exit 0, no checkpoint): a time limit is met by stopping right after a checkpoint.
   No play entry: 3.0's `play` runs until interrupted, writes no metrics and exports ONNX first, so it
   cannot evaluate a checkpoint unattended (no `-play` task is generated).
+- `sb3`: a Stable-Baselines3 script (workloads/third_party/sb3_ppo.py): its own argparse flags, progress,
+  FPS and reward from SB3's stdout table, TensorBoard tags `rollout/ep_rew_mean` / `time/fps`,
+  `CheckpointCallback` files `rl_model_<timesteps>_steps.zip`, resume `--resume <file>` with the timesteps
+  left; SB3 prints no end marker, so exit 0 is completion.
+- `generic`: any command: no flags passed, judged by exit code and output alone; what it cannot see
+  (progress, FPS, reward, checkpoints) stays unknown, and a retry starts over.
+
+A profile also says how its output is read (`observe`), where its checkpoints are (`checkpoint_dir`),
+what a resumed run is told is left (`resume_budget`), which TensorBoard tags are reward/FPS/episode
+length (`metrics`), and env vars per attempt (`attempt_env`).
 """
 from __future__ import annotations
 
