@@ -63,11 +63,15 @@ class LogTail:
         if not data:
             return []
         *complete, self._partial = data.split(b"\n")
+        if b"\r" in self._partial:  # a progress bar (tqdm: skrl) rewrites its line with \r alone: each is a line
+            done, _, self._partial = self._partial.rpartition(b"\r")
+            complete.append(done)
         if final and self._partial:
             complete.append(self._partial)
             self._partial = b""
         self.offset += len(data) - len(self._partial)
-        return [c.decode(errors="replace").rstrip("\r") for c in complete]
+        return [seg.decode(errors="replace") for c in complete
+                for seg in ([s for s in c.split(b"\r") if s] if b"\r" in c else [c])]
 
     def close(self) -> None:
         if self._fd is not None:

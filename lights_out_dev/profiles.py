@@ -147,6 +147,8 @@ class TrainerProfile(_Strict):
     newton_selector: str = "physics=newton"
     checkpoint_pattern: str = Field(default=r"model_(\d+)\.pt",
                                     description="checkpoint file names; group 1 is the iteration or timestep")
+    run_dir: str | None = Field(default=None, description="the run directory when its log names none: a template "
+                                "of {run_name}, relative to the project root")
     checkpoint_dir: str = Field(default="{run_dir}", description="where checkpoints live: a template of "
                                 "{run_dir} (the run directory the log names) and {run_name}; relative to the "
                                 "project root")
@@ -154,6 +156,8 @@ class TrainerProfile(_Strict):
         default="remaining", description="what the max_iterations flag gets on resume: what is left after the "
         "checkpoint (rsl_rl, SB3's reset_num_timesteps=False), the original total (a trainer that counts from "
         "its checkpoint itself), or nothing (the flag is dropped)")
+    counts_from_zero: bool = Field(default=False, description="a resumed run counts its progress and names its "
+                                   "checkpoints from 0 (skrl's trainer); the runner adds the checkpoint's step")
     observe: Observe = Field(default_factory=Observe)
     metrics: MetricTags = Field(default_factory=MetricTags)
     env: dict[str, str] = Field(default_factory=dict, description="literal env vars every launch gets")
@@ -245,6 +249,26 @@ BUILTIN_PROFILES: dict[str, dict] = {
                      run_dir=r"^Logging to (?P<path>.+)$"),
         metrics=dict(reward="rollout/ep_rew_mean", fps="time/fps", episode_length="rollout/ep_len_mean"),
     ),
+    "skrl": dict(
+        description="an skrl script (workloads/third_party/skrl_ppo.py is one): tqdm progress on stdout, skrl's "
+                    "TensorBoard tags, checkpoints <run dir>/checkpoints/agent_<timestep>.pt",
+        script="workloads/third_party/skrl_ppo.py",
+        flags=dict(task="--env", max_iterations="--timesteps", experiment_name="", distributed=""),
+        multi_gpu="none",
+        resume_args=["--checkpoint", "{checkpoint}"],  # agent.load(path); the trainer counts from 0 again
+        finetune_args=["--checkpoint", "{checkpoint}"],
+        resume_budget="remaining",
+        counts_from_zero=True,
+        checkpoint_pattern=r"agent_(\d+)\.pt",
+        checkpoint_dir="{run_dir}/checkpoints",
+        observe=dict(parser="none", unit="timestep",
+                     progress=r"\|\s*(?P<done>\d+)/(?P<total>\d+) \[",
+                     fps=r"(?P<value>[\d.]+)it/s\]",
+                     # the bar at N/N is printed once the last timestep (and its checkpoint) is done
+                     completion=[r"\|\s*(\d+)/\1 \["]),
+        run_dir="runs/skrl/{run_name}",  # skrl prints no directory: <experiment.directory>/<experiment_name>
+        metrics=dict(reward="Reward / Total reward (mean)", fps="", episode_length="Episode / Total timesteps (mean)"),
+    ),
     "generic": dict(
         description="any command-line trainer: judged by its exit code and output alone; progress, FPS, reward "
                     "and checkpoints are unknown (a retry starts over)",
@@ -303,6 +327,7 @@ def resolve_profile(name: str, user: dict[str, dict]) -> TrainerProfile:
     checked = [(t, TEMPLATE_NAMES) for templates in (profile.resume_args, profile.finetune_args,
                                                      profile.device_args, profile.multi_gpu_args) for t in templates]
     checked += [(profile.checkpoint_dir, CHECKPOINT_DIR_NAMES)]
+    checked += [(profile.run_dir, {"run_name"})] if profile.run_dir else []
     checked += [(t, ATTEMPT_ENV_NAMES) for t in profile.attempt_env.values()]
     for t, known in checked:
         unknown = set(re.findall(r"{(\w*)}", t)) - known

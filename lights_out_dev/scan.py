@@ -54,7 +54,7 @@ class LogScanner:
 
     def __init__(self, extra_patterns: dict[str, list[str]] | None = None, *, run_name: str | None = None,
                  matcher: SignatureMatcher | None = None, profile: TrainerProfile | None = None,
-                 root: Path | None = None, default_total: int | None = None):
+                 root: Path | None = None, default_total: int | None = None, progress_offset: int = 0):
         self._matcher = matcher or compile_matcher(extra_patterns)
         self._profile = profile
         observe = profile.observe if profile else Observe()
@@ -67,6 +67,8 @@ class LogScanner:
         self._unit = observe.unit
         # A trainer that prints only what it has done (SB3's total_timesteps) counts towards the run's target.
         self._default_total = default_total
+        # A trainer that counts a resumed run from 0 (skrl) is offset by its checkpoint's step.
+        self._offset = progress_offset
         self.progress = Progress()
         self.end_marker = False
         self.end_marker_text: str | None = None
@@ -92,6 +94,8 @@ class LogScanner:
         (rank 0) names it exactly and wins; otherwise the candidate that exists on disk, else the last."""
         if self._run_dir is not None:
             return self._run_dir
+        if self._profile is not None and self._profile.run_dir and self._run_name and self._log_root is None:
+            return str((self._root or Path.cwd()) / self._profile.run_dir.format(run_name=self._run_name))
         if not self._builtin or self._log_root is None:
             return None
         if not self._run_dir_names:
@@ -156,8 +160,8 @@ class LogScanner:
                 done = groups.get("done") or (m.group(1) if m.groups() else None)
                 total = groups.get("total")
                 if done is not None:
-                    p.iteration = int(float(done))
-                    p.total = int(float(total)) if total else (p.total or self._default_total)
+                    p.iteration = int(float(done)) + self._offset
+                    p.total = int(float(total)) + self._offset if total else (p.total or self._default_total)
                     self.first_iteration_seen = True
             elif name == "run_dir":
                 path = (groups.get("path") or (m.group(1) if m.groups() else "")).strip()

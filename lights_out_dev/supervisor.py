@@ -81,13 +81,15 @@ def resume_flags(spec: RunSpec, checkpoint: str) -> list[str]:
 
 
 def remaining_iterations(target: int | None, checkpoint: str,
-                         pattern: str = DEFAULT_CHECKPOINT_PATTERN, budget: str = "remaining") -> int | None:
+                         pattern: str = DEFAULT_CHECKPOINT_PATTERN, budget: str = "remaining",
+                         offset: int = 0) -> int | None:
     """--max_iterations for a run resumed from `checkpoint` that should still end at iteration `target`.
 
     rsl_rl (and so Isaac Lab's train.py) counts --max_iterations from the loaded checkpoint's iteration:
     passing the original value again would train past the target by the checkpoint's iteration.
     A profile's `resume_budget` says otherwise for trainers that count from their checkpoint themselves
-    ("total": the target as asked) or take no budget on resume ("none")."""
+    ("total": the target as asked) or take no budget on resume ("none"). `offset`: the steps done before the
+    attempt that wrote the checkpoint, for a trainer that names checkpoints from 0 in every attempt."""
     if budget == "total":
         return target
     if budget == "none":
@@ -95,7 +97,7 @@ def remaining_iterations(target: int | None, checkpoint: str,
     done = checkpoint_iteration(checkpoint, pattern)
     if target is None or done is None:
         return None
-    return max(1, target - done)
+    return max(1, target - done - offset)
 
 
 def _fmt_rate(x: float | None) -> str:
@@ -135,7 +137,7 @@ def _argv_value(argv: list[str], flag: str) -> str | None:
 
 
 def _new_scanner(cfg: ProjectConfig, argv: list[str], spec: RunSpec | None = None, root: Path | None = None,
-                 total: int | None = None):
+                 total: int | None = None, offset: int = 0):
     """A scanner reading the log as the run's trainer profile says; `total` is the run's target, for
     trainers that print only what they have done."""
     from lights_out_dev.scan import LogScanner
@@ -144,7 +146,8 @@ def _new_scanner(cfg: ProjectConfig, argv: list[str], spec: RunSpec | None = Non
     # The run name we passed completes the run directory Isaac Lab prints only as root + stamp.
     return LogScanner(extra_patterns=cfg.monitor.extra_patterns or None,
                       run_name=_argv_value(argv, flag) if flag else None, profile=profile, root=root,
-                      default_total=total if total is not None else (spec.max_iterations if spec else None))
+                      default_total=total if total is not None else (spec.max_iterations if spec else None),
+                      progress_offset=offset)
 
 
 def _classify(scanner, exit_status, stopped_by) -> tuple[Verdict, str]:
@@ -267,10 +270,15 @@ class _Run:
         spec = self._effective_spec()
         extra: list[str] = []
         resume_from = st.extra.pop("resume_from", None)
+        offset = 0
         if resume_from:
             extra = resume_flags(spec, resume_from)
             budget = spec.trainer.resume_budget
-            left = remaining_iterations(self._target_iteration(), resume_from, spec.trainer.checkpoint_pattern, budget)
+            before = self._steps_before(resume_from)
+            left = remaining_iterations(self._target_iteration(), resume_from, spec.trainer.checkpoint_pattern, budget,
+                                        before)
+            if spec.trainer.counts_from_zero:
+                offset = before + (spec.trainer.checkpoint_iteration(resume_from) or 0)
             spec = spec.model_copy(update={"max_iterations": None if budget == "none" else left or spec.max_iterations})
         run_name = st.run_name if n == 1 else f"{st.run_name}_a{n}"  # unique trainer log dir per attempt
         argv = command.build_argv(spec, self._trainer_gpus(gpus), rid=st.rid, run_name=run_name, extra=extra)
@@ -284,16 +292,24 @@ class _Run:
                                           job_name=f"lo-{self.key}")
         attempt = Attempt(number=n, argv=argv, gpus=gpus, env_overrides=env_over, started_at=time.time(),
                           pid=self.handle.pid, pgid=self.handle.pgid, job_id=self.handle.job_id,
-                          node=self.handle.node, log_path=self.handle.log_path)
+                          node=self.handle.node, log_path=self.handle.log_path, step_offset=offset)
         st.attempts.append(attempt)
         st.status = "running"
         st.extra["handle"] = self.handle.__dict__
-        self.scanner = _new_scanner(self.cfg, argv, self.spec, self.root, self._target_iteration())
+        self.scanner = _new_scanner(self.cfg, argv, self.spec, self.root, self._target_iteration(), offset)
         self.tail = LogTail(self.handle.log_path, 0)
         self.save()
         self.emit("started", attempt=n, gpus=gpus, log_path=attempt.log_path, argv=argv)
         self.say(self.status_text("started"))
         return attempt
+
+    def _steps_before(self, checkpoint: str) -> int:
+        """Steps done before the attempt that wrote `checkpoint` (0 unless the trainer counts from 0 on resume)."""
+        if not self.spec.trainer.counts_from_zero:
+            return 0
+        folder = Path(checkpoint).parent
+        return next((a.step_offset for a in self.state.attempts
+                     if a.checkpoint_dir and Path(a.checkpoint_dir) == folder), 0)
 
     def _adopt(self) -> bool:
         """Continue a run left 'running' by a dead supervisor. True if its trainer is still ours."""
@@ -301,7 +317,8 @@ class _Run:
         attempt = st.current
         hd = st.extra.get("handle")
         handle = Handle(**hd) if hd else None
-        self.scanner = _new_scanner(self.cfg, attempt.argv, self.spec, self.root, self._target_iteration())
+        self.scanner = _new_scanner(self.cfg, attempt.argv, self.spec, self.root, self._target_iteration(),
+                                    attempt.step_offset)
         offset = int(st.extra.get("log_offset", 0))
         if attempt.log_path:  # rebuild the scanner's view (tb dir, health, progress) up to the offset, once
             try:

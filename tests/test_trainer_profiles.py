@@ -369,3 +369,64 @@ def test_generic_judges_by_exit_code_shows_unknowns_as_unknown_and_retries_a_cra
     assert second["reason"] == "finished: exit 0 (its profile's completion = 'exit0') (progress not observed)"
     assert st["final"]["iteration"] is None and st["final"]["mean_reward"] is None and st["checkpoints"] == []
     assert " it -/- - steps/s reward - " in text  # unknown, not a wrong number
+
+
+# -- skrl: progress from a \r-only tqdm bar, checkpoints named from 0 in every attempt ------------------
+
+SKRL = "gym_cartpole:skrl"
+
+
+@pytest.mark.timeout(600)
+def test_skrl_completes_on_its_full_progress_bar_with_its_tensorboard_tags(tmp_path: Path):
+    repo = repo_with(tmp_path, startup_stall_s=60)  # a \r-only bar must count as output, or this is a stall
+    p = doit_run(repo, SKRL, "--max_iterations", "500")
+    assert p.returncode == 0, out(p)
+    st = run_state(repo, SKRL)
+    assert verdicts(st) == ["completed"]
+    a = st["attempts"][0]
+    assert a["reason"] == "finished: '| 500/500 [', exit 0" and a["healthy_at"] is not None
+    assert Path(a["tb_dir"]) == repo / "runs/skrl" / st["run_name"]
+    assert [Path(c).name for c in st["checkpoints"]] == ["agent_250.pt", "agent_500.pt"]
+    final = st["final"]
+    assert (final["iteration"], final["total"]) == (500, 500) and final["steps_per_s"] > 0
+    assert final["mean_reward"] is not None  # from its TensorBoard tag: skrl prints no reward
+    assert_no_trainer_left(st)
+
+
+@pytest.mark.timeout(600)
+def test_skrl_sigkill_is_retried_from_its_own_checkpoint_and_counts_on_from_it(tmp_path: Path):
+    repo = repo_with(tmp_path)
+    proc = start_doit(repo, SKRL, "--max_iterations", "1000")
+    st = wait_for(repo, SKRL, lambda s: _progress(s, 1) >= 300 and bool(s["attempts"][-1].get("checkpoint_dir"))
+                  and (Path(s["attempts"][-1]["checkpoint_dir"]) / "agent_250.pt").exists())
+    os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
+    text, _ = proc.communicate(timeout=500)
+    assert proc.returncode == 0, text
+    st = run_state(repo, SKRL)
+    assert verdicts(st) == ["crash", "completed"]
+    first, second = st["attempts"]
+    resumed_from = flag(second["argv"], "--checkpoint")
+    assert Path(resumed_from).parent == Path(first["checkpoint_dir"])
+    done = int(Path(resumed_from).stem.split("_")[1])
+    assert done >= 250 and flag(second["argv"], "--timesteps") == str(1000 - done)
+    # skrl counts the resumed run from 0; the runner counts on from the checkpoint
+    assert second["step_offset"] == done and second["progress"]["iteration"] == 1000 == st["final"]["total"]
+    assert_no_trainer_left(st)
+
+
+def test_a_carriage_return_ends_a_line_so_a_progress_bar_is_output_and_progress(tmp_path: Path):
+    from lights_out_dev.monitor import LogTail
+    log = tmp_path / "bar.log"
+    log.write_bytes(b"[skrl:INFO] Seed: 0\n\r  0%|          | 0/600 [00:00<?, ?it/s]\r  1%|          | 7/600 [00:00<00:08, 66.64it/s]\r  2%")
+    tail = LogTail(log)
+    lines = tail.read_lines()
+    assert lines == ["[skrl:INFO] Seed: 0", "  0%|          | 0/600 [00:00<?, ?it/s]",
+                     "  1%|          | 7/600 [00:00<00:08, 66.64it/s]"]
+    assert tail.offset == log.stat().st_size - len(b"  2%")  # the unfinished segment is read again later
+    s = LogScanner(profile=resolve_profile("skrl", {}), progress_offset=250)
+    for line in lines:
+        s.feed(line)
+    assert (s.progress.iteration, s.progress.total, s.progress.steps_per_s) == (257, 850, 66.64)
+    assert not s.end_marker
+    s.feed("100%|██████████| 600/600 [00:09<00:00, 61.35it/s]")
+    assert s.end_marker_text == "| 600/600 ["
