@@ -171,7 +171,7 @@ def classify(obs: Observations) -> tuple[Verdict, str]:
     if obs.exit_code is None and sig is None and (not state or state in SCHEDULER_LIVE):
         return (Verdict.healthy if obs.iteration else Verdict.running), f"running {where}"
     if _finished(obs):
-        evidence = (repr(obs.end_marker_text or obs.markers[0]) if obs.end_marker
+        evidence = (repr(obs.end_marker_text or (obs.markers[0] if obs.markers else "end marker")) if obs.end_marker
                     else "exit 0 (its profile's completion = 'exit0')" if obs.exit0_completes
                     else f"final iteration {obs.iteration}/{obs.total}")
         if obs.exit0_completes:
@@ -183,7 +183,8 @@ def classify(obs: Observations) -> tuple[Verdict, str]:
     if sig is not None:
         return Verdict.crash, f"killed by {_how_it_ended(obs, sig)} {where} with no error in the log"
     if obs.exit_code == 0:
-        return Verdict.crash, f"exit 0 without {' or '.join(map(repr, obs.markers))} {where}"
+        missing = " or ".join(map(repr, obs.markers)) if obs.markers else "reaching its final iteration"
+        return Verdict.crash, f"exit 0 without {missing} {where}"
     if state:
         return Verdict.crash, (f"Slurm state {obs.scheduler_state}, {_how_it_ended(obs, sig)} {where} "
                                "with no known error signature")

@@ -249,6 +249,17 @@ BUILTIN_PROFILES: dict[str, dict] = {
                      run_dir=r"^Logging to (?P<path>.+)$"),
         metrics=dict(reward="rollout/ep_rew_mean", fps="time/fps", episode_length="rollout/ep_len_mean"),
     ),
+    "rsl_rl": dict(
+        description="a plain rsl_rl script (workloads/third_party/rsl_rl_example.py is one): OnPolicyRunner's "
+                    "stdout block, model_<iteration>.pt and TensorBoard in its log dir, no Isaac Lab command line",
+        script="workloads/third_party/rsl_rl_example.py",
+        flags=dict(task="--env", max_iterations="--iterations", experiment_name="", distributed=""),
+        multi_gpu="none",
+        resume_args=["--load", "{checkpoint}"],  # runner.load(): learn() counts on from the checkpoint
+        finetune_args=["--load", "{checkpoint}"],
+        run_dir="logs/rsl_rl/{run_name}",  # rsl_rl names it only in its git-diff line, absent outside a repo
+        observe=dict(completion=[]),  # rsl_rl prints no end marker: its final iteration is completion
+    ),
     "skrl": dict(
         description="an skrl script (workloads/third_party/skrl_ppo.py is one): tqdm progress on stdout, skrl's "
                     "TensorBoard tags, checkpoints <run dir>/checkpoints/agent_<timestep>.pt",

@@ -92,8 +92,8 @@ class LogScanner:
         Every rank of a multi-GPU run prints train.py's two lines, with stamps that may differ (seen on
         2x H200: 05-29-16 and 05-29-17); only rank 0 creates its directory. rsl_rl's git-diff line
         (rank 0) names it exactly and wins; otherwise the candidate that exists on disk, else the last."""
-        if self._run_dir is not None:
-            return self._run_dir
+        if self._run_dir is not None:  # a relative one (rsl_rl's git-diff line) is under the trainer's cwd
+            return self._run_dir if self._root is None else str(self._root / self._run_dir)
         if self._profile is not None and self._profile.run_dir and self._run_name and self._log_root is None:
             return str((self._root or Path.cwd()) / self._profile.run_dir.format(run_name=self._run_name))
         if not self._builtin or self._log_root is None:
@@ -166,7 +166,7 @@ class LogScanner:
             elif name == "run_dir":
                 path = (groups.get("path") or (m.group(1) if m.groups() else "")).strip()
                 if path:
-                    self._run_dir = path if os.path.isabs(path) or self._root is None else str(self._root / path)
+                    self._run_dir = path
             else:
                 value = _number(groups.get("value") or (m.group(1) if m.groups() else m.group(0)))
                 setattr(p, "steps_per_s" if name == "fps" else f"mean_{name}", value)
@@ -225,7 +225,7 @@ class LogScanner:
             end_marker=self.end_marker,
             end_marker_text=self.end_marker_text,
             exit0_completes=self.exit0_completes,
-            markers=tuple(m.pattern for m in self._markers) or ("Training time:",),
+            markers=tuple(m.pattern for m in self._markers),
             unit=self._unit,
             progress_observed=self._builtin or any(name == "progress" for name, _ in self._regexes),
             iteration=self.progress.iteration,

@@ -11,7 +11,7 @@ from tests.test_graph import doit, make_repo, out
 
 
 def test_builtins_resolve_and_extends_merges_nested_tables():
-    spelled = {"sb3": "--env", "skrl": "--env", "generic": None}
+    spelled = {"sb3": "--env", "skrl": "--env", "rsl_rl": "--env", "generic": None}
     for name in BUILTIN_PROFILES:
         assert resolve_profile(name, {}).flags.task == spelled.get(name, "--task")
     mine = resolve_profile("mine", {"mine": {"extends": "isaaclab3", "flags": {"seed": "--rng", "run_name": ""},

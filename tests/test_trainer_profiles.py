@@ -430,3 +430,31 @@ def test_a_carriage_return_ends_a_line_so_a_progress_bar_is_output_and_progress(
     assert not s.end_marker
     s.feed("100%|██████████| 600/600 [00:09<00:00, 61.35it/s]")
     assert s.end_marker_text == "| 600/600 ["
+
+
+# -- rsl_rl: a plain script of its own, no Isaac Lab command line -------------------------------------
+
+RSL = "gym_cartpole:rsl_rl"
+
+
+@pytest.mark.timeout(600)
+def test_rsl_rl_script_completes_at_its_final_iteration_and_resumes_a_sigkill_from_its_model_file(tmp_path: Path):
+    repo = repo_with(tmp_path)
+    proc = start_doit(repo, RSL, "--max_iterations", "40", "--num_envs", "16")
+    st = wait_for(repo, RSL, lambda s: _progress(s, 1) >= 8 and bool(s["attempts"][-1].get("checkpoint_dir"))
+                  and (Path(s["attempts"][-1]["checkpoint_dir"]) / "model_6.pt").exists())
+    os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
+    text, _ = proc.communicate(timeout=500)
+    assert proc.returncode == 0, text
+    st = run_state(repo, RSL)
+    assert verdicts(st) == ["crash", "completed"]
+    first, second = st["attempts"]
+    assert first["argv"][1:9] == ["workloads/third_party/rsl_rl_example.py", "--env", "Lo-Cartpole-v0",
+                                  "--num_envs", "16", "--iterations", "40", "--device"]
+    assert second["reason"] == "finished: final iteration 40/40, exit 0"
+    resumed_from = flag(second["argv"], "--load")
+    assert Path(resumed_from).parent == Path(first["tb_dir"])  # its own model_<it>.pt
+    done = int(Path(resumed_from).stem.split("_")[1])
+    assert done >= 6 and flag(second["argv"], "--iterations") == str(40 - done)
+    assert st["final"]["iteration"] == 40 and st["final"]["steps_per_s"] > 0 and st["final"]["mean_reward"] is not None
+    assert_no_trainer_left(st)
