@@ -261,8 +261,10 @@ def expand(plan: Plan, lines: dict[int, int] | None = None) -> list[PlannedRun]:
             notes=f"promotion: best {p.metric} ({p.mode}) of phase {p.from_phase}"))
     for n, run in enumerate(out, start=1):
         run.index = n
-    for run, values, flags in zip(out, varied(out), [*flag_values, *([{}] * (len(out) - len(flag_values)))]):
-        values = {**values, **flags}
+    flag_values += [{}] * (len(out) - len(flag_values))
+    for run, values, flags in zip(out, varied(out), flag_values):
+        peers = [f for r, f in zip(out, flag_values) if r.task == run.task]
+        values = {**values, **{k: v for k, v in flags.items() if len({str(p.get(k)) for p in peers}) > 1}}
         if values:
             run.extra["varied"] = values
     return out

@@ -118,3 +118,23 @@ def test_shipped_plans_are_valid(root, path):
 def test_varied_values_tell_grid_runs_apart(text, expected):
     plan, lines = parse_plan("name: v\n" + text)
     assert [varied_text(r) for r in expand(plan, lines)] == expected
+
+
+def test_grid_over_trainer_flags_and_hydra_keys_sets_the_trainer_args_last_flag_wins():
+    plan, lines = parse_plan("name: g\nruns:\n  - task: a\n    overrides: {seed: 1, trainer_args: [--lr, '1', --x, y]}\n"
+                             "    grid: {--lr: [0.0001, 0.0003], agent.algorithm.entropy_coef: [0.0]}\n", "g.yaml")
+    runs = expand(plan, lines)
+    assert [r.trainer_args for r in runs] == [["--lr", "0.0001", "--x", "y", "agent.algorithm.entropy_coef=0.0"],
+                                              ["--lr", "0.0003", "--x", "y", "agent.algorithm.entropy_coef=0.0"]]
+    assert [varied_text(r) for r in runs] == ["--lr=0.0001", "--lr=0.0003"]  # only what differs between them
+
+
+@pytest.mark.parametrize("grid,fragment", [
+    ("{lr: [1]}", "grid key 'lr' is none of num_envs"),
+    ("{seed: [1.5]}", "grid 'seed' takes whole numbers only"),
+    ("{'--lr=3': [1]}", "grid key '--lr=3'"),
+])
+def test_bad_grid_keys_are_one_sentence(grid, fragment):
+    with pytest.raises(PlanError) as e:
+        parse_plan(f"name: g\nruns:\n  - task: a\n    grid: {grid}\n", "g.yaml")
+    assert fragment in str(e.value) and "\n" not in str(e.value)
