@@ -27,6 +27,11 @@ def test_builtins_resolve_and_extends_merges_nested_tables():
     ({"a": {"extends": "reference", "resume_args": ["--from", "{ckpt}"]}}, "a", "unknown placeholder {ckpt}"),
     ({"a": {"extends": "reference", "multi_gpu": "mpi"}}, "a", "key 'multi_gpu'"),
     ({"a": {"flags": {}}}, "a", "neither 'module' nor 'script'"),
+    ({"a": {"extends": "sb3", "observe": {"reward": "ep_rew_mean ([)"}}}, "a", "key 'observe.reward'"),
+    ({"a": {"extends": "sb3", "checkpoint_dir": "{run}/ckpt"}}, "a", "unknown placeholder {run} in '{run}/ckpt'"),
+    ({"a": {"extends": "sb3", "attempt_env": {"WANDB_RUN_ID": "{id}"}}}, "a", "unknown placeholder {id}"),
+    ({"a": {"extends": "sb3", "observe": {"completion": "exit1"}}}, "a", "key 'observe.completion"),
+    ({"a": {"extends": "sb3", "resume_budget": "half"}}, "a", "key 'resume_budget'"),
 ])
 def test_bad_profiles_are_one_sentence(tables, name, fragment):
     with pytest.raises(ProfileError) as e:
