@@ -85,6 +85,15 @@ class Observe(_Strict):
         description="regexes that mean training finished (the reason names the one that matched), or "
                     "'exit0' for a trainer that prints no marker: exit 0 with no error is completion")
 
+    @field_validator("completion", mode="before")
+    @classmethod
+    def _markers_or_exit0(cls, v):
+        if isinstance(v, str) and v != "exit0":
+            raise ValueError(f"{v!r} is neither 'exit0' nor a list of marker regexes (e.g. ['Training time:'])")
+        for marker in v if isinstance(v, list) else []:
+            cls._compiles(marker)
+        return v
+
     @field_validator("progress", "fps", "reward", "episode_length", "run_dir")
     @classmethod
     def _compiles(cls, v):

@@ -30,7 +30,8 @@ def test_builtins_resolve_and_extends_merges_nested_tables():
     ({"a": {"extends": "sb3", "observe": {"reward": "ep_rew_mean ([)"}}}, "a", "key 'observe.reward'"),
     ({"a": {"extends": "sb3", "checkpoint_dir": "{run}/ckpt"}}, "a", "unknown placeholder {run} in '{run}/ckpt'"),
     ({"a": {"extends": "sb3", "attempt_env": {"WANDB_RUN_ID": "{id}"}}}, "a", "unknown placeholder {id}"),
-    ({"a": {"extends": "sb3", "observe": {"completion": "exit1"}}}, "a", "key 'observe.completion"),
+    ({"a": {"extends": "sb3", "observe": {"completion": "exit1"}}}, "a", "'exit1' is neither 'exit0' nor a list"),
+    ({"a": {"extends": "sb3", "observe": {"completion": ["done ("]}}}, "a", "'done (' is not a regular expression"),
     ({"a": {"extends": "sb3", "resume_budget": "half"}}, "a", "key 'resume_budget'"),
 ])
 def test_bad_profiles_are_one_sentence(tables, name, fragment):
