@@ -3,8 +3,8 @@
 Exit code 0 is not success: Isaac Lab can exit 0 after an OOM, and a trainer can exit 0 early.
 Success needs a completion marker of the trainer's profile ("Training time:" by default; the reason
 quotes the text that matched) or the final iteration, and no traceback or fatal signature. A profile
-with `completion = "exit0"` (a trainer that prints no marker) succeeds on exit 0 alone. Between failure classes the more specific evidence wins:
-oom > nccl > cuda_error > segfault > config_error > crash.
+with `completion = "exit0"` (a trainer that prints no marker) succeeds on exit 0 alone. Between failure
+classes the more specific evidence wins: oom > nccl > cuda_error > segfault > config_error > crash.
 """
 from __future__ import annotations
 
