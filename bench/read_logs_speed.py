@@ -9,8 +9,8 @@ Recorded (2-core CI-class VM, Python 3.11, protobuf upb, 2026-11-22):
     latest_scalars 100k scalars: 0.12 s | read_scalars all points: 0.14 s | tb-latest: 0.17 s
     LogScanner.feed on rsl_rl 5.x blocks: 385k lines/s (165k lines/s with other jobs on both cores)
 Profiles' regexes (2026-12-02, both cores busy with other jobs, so only the ratios mean much): rsl_rl
-blocks through the default profile 124k lines/s, the same as before profiles (124k); SB3's stdout table
-through the `sb3` profile (five regexes per line) 161k lines/s.
+blocks through the default profile 124-212k lines/s, within the noise of before profiles (124-188k);
+SB3's stdout table through the `sb3` profile (six regexes per line) 142-265k lines/s.
 """
 from __future__ import annotations
 

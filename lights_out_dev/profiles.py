@@ -80,6 +80,9 @@ class Observe(_Strict):
     reward: str | None = None
     episode_length: str | None = None
     run_dir: str | None = Field(default=None, description="the run's log directory (TensorBoard events)")
+    tracker_url: str | None = Field(default=r"View run at (?P<url>https?://\S+)",
+                                    description="the experiment tracker's run URL (group `url`; W&B's line by "
+                                    "default), shown in the ledger")
     completion: list[str] | Literal["exit0"] = Field(
         default_factory=lambda: ["Training time:"],
         description="regexes that mean training finished (the reason names the one that matched), or "
@@ -94,7 +97,7 @@ class Observe(_Strict):
             cls._compiles(marker)
         return v
 
-    @field_validator("progress", "fps", "reward", "episode_length", "run_dir")
+    @field_validator("progress", "fps", "reward", "episode_length", "run_dir", "tracker_url")
     @classmethod
     def _compiles(cls, v):
         if v is not None:

@@ -61,8 +61,8 @@ class LogScanner:
         self._builtin = observe.parser == "rsl_rl"
         self.exit0_completes = observe.completion == "exit0"
         self._markers = [] if self.exit0_completes else [re.compile(m) for m in observe.completion]
-        self._regexes = [(name, re.compile(rx)) for name in ("progress", "fps", "reward", "episode_length", "run_dir")
-                         if (rx := getattr(observe, name))]
+        self._regexes = [(name, re.compile(rx)) for name in ("progress", "fps", "reward", "episode_length", "run_dir",
+                                                              "tracker_url") if (rx := getattr(observe, name))]
         self._root = root
         self._unit = observe.unit
         # A trainer that prints only what it has done (SB3's total_timesteps) counts towards the run's target.
@@ -72,6 +72,7 @@ class LogScanner:
         self.progress = Progress()
         self.end_marker = False
         self.end_marker_text: str | None = None
+        self.tracker_url: str | None = None  # the experiment tracker's run (W&B's "View run at <url>")
         self.first_iteration_seen = False
         self.hits: dict[str, str] = {}
         self.exception: str | None = None
@@ -163,6 +164,8 @@ class LogScanner:
                     p.iteration = int(float(done)) + self._offset
                     p.total = int(float(total)) + self._offset if total else (p.total or self._default_total)
                     self.first_iteration_seen = True
+            elif name == "tracker_url":
+                self.tracker_url = groups.get("url") or (m.group(1) if m.groups() else m.group(0))
             elif name == "run_dir":
                 path = (groups.get("path") or (m.group(1) if m.groups() else "")).strip()
                 if path:

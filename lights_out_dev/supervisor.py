@@ -384,6 +384,7 @@ class _Run:
         attempt.progress = Progress(**sc.progress.model_dump())
         attempt.tb_dir = sc.tb_dir or attempt.tb_dir
         attempt.checkpoint_dir = sc.checkpoint_dir or attempt.checkpoint_dir
+        attempt.tracker_url = sc.tracker_url or attempt.tracker_url
         attempt.warnings = list(sc.warnings)[:20]
         r = attempt.progress.mean_reward
         if r is not None and (self.state.best_reward is None or r > self.state.best_reward):

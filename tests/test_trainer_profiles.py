@@ -229,6 +229,7 @@ run = Path("runs") / args.name
 (run / "ckpt").mkdir(parents=True, exist_ok=True)
 print(f"tracker run {os.environ.get('MYTRACKER_RUN')} resume={os.environ.get('MYTRACKER_RESUME')}", flush=True)
 print(f"run dir: {run}", flush=True)
+print(f"wandb: View run at https://wandb.ai/me/p/runs/{os.environ.get('MYTRACKER_RUN')}", flush=True)
 w = torch.zeros(4, requires_grad=True)
 opt = torch.optim.SGD([w], lr=0.05)
 step = 0
@@ -305,6 +306,7 @@ def test_a_toml_profile_completes_resumes_from_its_checkpoint_and_keeps_one_trac
     # one tracker run across attempts: the same {rid} in both, read back from the trainer's own log
     logs = [Path(a["log_path"]).read_text() for a in st["attempts"]]
     assert all(f"tracker run {st['rid']} resume=allow" in log for log in logs)
+    assert {a["tracker_url"] for a in st["attempts"]} == {f"https://wandb.ai/me/p/runs/{st['rid']}"}
     target = json.loads((repo / "local_experiment_logs/targets/cartpole__base.json").read_text())
     assert Path(target["checkpoint"]).name == "ckpt-0012.pt"
     assert_no_trainer_left(st)
