@@ -156,7 +156,9 @@ def test_sb3_completes_with_its_own_numbers_checkpoints_and_tensorboard_tags(tmp
 
 
 def _progress(st: dict, attempt: int) -> int:
-    return (len(st["attempts"]) == attempt and st["attempts"][-1].get("progress", {}).get("iteration")) or 0
+    """Progress of attempt `attempt` while it still runs (0 once it ended: too late to kill it)."""
+    a = st["attempts"][-1] if len(st["attempts"]) == attempt else {}
+    return (a.get("verdict") is None and a.get("progress", {}).get("iteration")) or 0
 
 
 def _has_checkpoint(repo: Path, st: dict, steps: int) -> bool:
@@ -167,7 +169,7 @@ def _has_checkpoint(repo: Path, st: dict, steps: int) -> bool:
 @pytest.mark.timeout(600)
 def test_sb3_sigkill_is_retried_from_its_own_checkpoint_and_ends_at_the_requested_total(tmp_path: Path):
     repo = repo_with(tmp_path)
-    proc = start_doit(repo, SB3, "--max_iterations", "3072", "--save_freq", "512")
+    proc = start_doit(repo, SB3, "--max_iterations", "8192", "--save_freq", "512")
     st = wait_for(repo, SB3, lambda s: _progress(s, 1) >= 1536 and _has_checkpoint(repo, s, 1024))
     os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
     text, _ = proc.communicate(timeout=500)
@@ -179,9 +181,9 @@ def test_sb3_sigkill_is_retried_from_its_own_checkpoint_and_ends_at_the_requeste
     resumed_from = flag(second["argv"], "--resume")
     assert resumed_from and Path(resumed_from).parent == Path(first["checkpoint_dir"])  # its own checkpoint
     done = int(Path(resumed_from).name.split("_")[2])
-    assert done >= 1024 and flag(second["argv"], "--total_timesteps") == str(3072 - done)
-    assert second["progress"]["iteration"] == 3072 and st["final"]["total"] == 3072  # not 3072 + done
-    assert Path(st["checkpoints"][-1]).name == "rl_model_3072_steps.zip"
+    assert done >= 1024 and flag(second["argv"], "--total_timesteps") == str(8192 - done)
+    assert second["progress"]["iteration"] == 8192 and st["final"]["total"] == 8192  # not 8192 + done
+    assert Path(st["checkpoints"][-1]).name == "rl_model_8192_steps.zip"
     assert_no_trainer_left(st)
 
 
@@ -286,7 +288,7 @@ def test_a_toml_profile_completes_resumes_from_its_checkpoint_and_keeps_one_trac
     task = "cartpole:base"  # any family on the lab launcher now runs the TOML profile's trainer
     names = {line.split()[0] for line in doit_run(repo, "list", "--all").stdout.splitlines() if line.strip()}
     assert task in names and f"{task}-mgpu" not in names and f"{task}-play" not in names
-    proc = start_doit(repo, task, "--max_iterations", "12", "--num_envs", "32")
+    proc = start_doit(repo, task, "--max_iterations", "30", "--num_envs", "32")
     st = wait_for(repo, task, lambda s: _progress(s, 1) >= 6 and bool(s["attempts"][-1].get("checkpoint_dir"))
                   and (Path(s["attempts"][-1]["checkpoint_dir"]) / "ckpt-0004.pt").exists())
     os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
@@ -296,19 +298,19 @@ def test_a_toml_profile_completes_resumes_from_its_checkpoint_and_keeps_one_trac
     assert verdicts(st) == ["crash", "completed"]
     first, second = st["attempts"]
     assert second["reason"] == "finished: '=== all steps done ===', exit 0"
-    assert first["argv"][2:] == ["--problem", "Lo-Cartpole-v0", "--batch", "32", "--steps", "12", "--name",
+    assert first["argv"][2:] == ["--problem", "Lo-Cartpole-v0", "--batch", "32", "--steps", "30", "--name",
                                  st["run_name"]]
     resumed_from = flag(second["argv"], "--from")
     assert Path(resumed_from).parent == Path(first["checkpoint_dir"]) == repo / "runs" / st["run_name"] / "ckpt"
-    assert flag(second["argv"], "--steps") == "12"  # resume_budget = "total": it counts from its checkpoint
-    assert st["final"]["iteration"] == 12 and st["final"]["total"] == 12
+    assert flag(second["argv"], "--steps") == "30"  # resume_budget = "total": it counts from its checkpoint
+    assert st["final"]["iteration"] == 30 and st["final"]["total"] == 30
     assert st["final"]["steps_per_s"] > 0 and st["final"]["mean_reward"] is not None
     # one tracker run across attempts: the same {rid} in both, read back from the trainer's own log
     logs = [Path(a["log_path"]).read_text() for a in st["attempts"]]
     assert all(f"tracker run {st['rid']} resume=allow" in log for log in logs)
     assert {a["tracker_url"] for a in st["attempts"]} == {f"https://wandb.ai/me/p/runs/{st['rid']}"}
     target = json.loads((repo / "local_experiment_logs/targets/cartpole__base.json").read_text())
-    assert Path(target["checkpoint"]).name == "ckpt-0012.pt"
+    assert Path(target["checkpoint"]).name == "ckpt-0030.pt"
     assert_no_trainer_left(st)
 
 
@@ -346,7 +348,7 @@ GENERIC = '''
 [tool.lights_out.trainers.plain]
 extends = "generic"
 script = "workloads/third_party/sb3_ppo.py"
-script_args = ["--run_name", "plain", "--total_timesteps", "1024"]
+script_args = ["--run_name", "plain", "--total_timesteps", "4096"]
 [tool.lights_out.launchers.lab]
 trainer = "plain"
 '''
@@ -357,7 +359,8 @@ def test_generic_judges_by_exit_code_shows_unknowns_as_unknown_and_retries_a_cra
     repo = repo_with(tmp_path, GENERIC)
     task = "cartpole:base"
     proc = start_doit(repo, task)
-    st = wait_for(repo, task, lambda s: bool(s["attempts"]) and Path(s["attempts"][-1]["log_path"]).exists()
+    st = wait_for(repo, task, lambda s: bool(s["attempts"]) and s["attempts"][-1]["verdict"] is None
+                  and Path(s["attempts"][-1]["log_path"]).exists()
                   and "total_timesteps" in Path(s["attempts"][-1]["log_path"]).read_text())
     os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
     text, _ = proc.communicate(timeout=500)
@@ -365,7 +368,7 @@ def test_generic_judges_by_exit_code_shows_unknowns_as_unknown_and_retries_a_cra
     st = run_state(repo, task)
     assert verdicts(st) == ["crash", "completed"]
     first, second = st["attempts"]
-    assert first["argv"][1:] == ["workloads/third_party/sb3_ppo.py", "--run_name", "plain", "--total_timesteps", "1024"]
+    assert first["argv"][1:] == ["workloads/third_party/sb3_ppo.py", "--run_name", "plain", "--total_timesteps", "4096"]
     assert second["argv"] == first["argv"]  # no checkpoint it can see: the retry starts over
     assert "SIGKILL" in first["reason"] and "(progress not observed)" in first["reason"]
     assert second["reason"] == "finished: exit 0 (its profile's completion = 'exit0') (progress not observed)"
@@ -398,7 +401,7 @@ def test_skrl_completes_on_its_full_progress_bar_with_its_tensorboard_tags(tmp_p
 @pytest.mark.timeout(600)
 def test_skrl_sigkill_is_retried_from_its_own_checkpoint_and_counts_on_from_it(tmp_path: Path):
     repo = repo_with(tmp_path)
-    proc = start_doit(repo, SKRL, "--max_iterations", "1000")
+    proc = start_doit(repo, SKRL, "--max_iterations", "2000")
     st = wait_for(repo, SKRL, lambda s: _progress(s, 1) >= 300 and bool(s["attempts"][-1].get("checkpoint_dir"))
                   and (Path(s["attempts"][-1]["checkpoint_dir"]) / "agent_250.pt").exists())
     os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
@@ -410,9 +413,9 @@ def test_skrl_sigkill_is_retried_from_its_own_checkpoint_and_counts_on_from_it(t
     resumed_from = flag(second["argv"], "--checkpoint")
     assert Path(resumed_from).parent == Path(first["checkpoint_dir"])
     done = int(Path(resumed_from).stem.split("_")[1])
-    assert done >= 250 and flag(second["argv"], "--timesteps") == str(1000 - done)
+    assert done >= 250 and flag(second["argv"], "--timesteps") == str(2000 - done)
     # skrl counts the resumed run from 0; the runner counts on from the checkpoint
-    assert second["step_offset"] == done and second["progress"]["iteration"] == 1000 == st["final"]["total"]
+    assert second["step_offset"] == done and second["progress"]["iteration"] == 2000 == st["final"]["total"]
     assert_no_trainer_left(st)
 
 
@@ -442,7 +445,7 @@ RSL = "gym_cartpole:rsl_rl"
 @pytest.mark.timeout(600)
 def test_rsl_rl_script_completes_at_its_final_iteration_and_resumes_a_sigkill_from_its_model_file(tmp_path: Path):
     repo = repo_with(tmp_path)
-    proc = start_doit(repo, RSL, "--max_iterations", "40", "--num_envs", "16")
+    proc = start_doit(repo, RSL, "--max_iterations", "80", "--num_envs", "16")
     st = wait_for(repo, RSL, lambda s: _progress(s, 1) >= 8 and bool(s["attempts"][-1].get("checkpoint_dir"))
                   and (Path(s["attempts"][-1]["checkpoint_dir"]) / "model_6.pt").exists())
     os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
@@ -452,11 +455,11 @@ def test_rsl_rl_script_completes_at_its_final_iteration_and_resumes_a_sigkill_fr
     assert verdicts(st) == ["crash", "completed"]
     first, second = st["attempts"]
     assert first["argv"][1:9] == ["workloads/third_party/rsl_rl_example.py", "--env", "Lo-Cartpole-v0",
-                                  "--num_envs", "16", "--iterations", "40", "--device"]
-    assert second["reason"] == "finished: final iteration 40/40, exit 0"
+                                  "--num_envs", "16", "--iterations", "80", "--device"]
+    assert second["reason"] == "finished: final iteration 80/80, exit 0"
     resumed_from = flag(second["argv"], "--load")
     assert Path(resumed_from).parent == Path(first["tb_dir"])  # its own model_<it>.pt
     done = int(Path(resumed_from).stem.split("_")[1])
-    assert done >= 6 and flag(second["argv"], "--iterations") == str(40 - done)
-    assert st["final"]["iteration"] == 40 and st["final"]["steps_per_s"] > 0 and st["final"]["mean_reward"] is not None
+    assert done >= 6 and flag(second["argv"], "--iterations") == str(80 - done)
+    assert st["final"]["iteration"] == 80 and st["final"]["steps_per_s"] > 0 and st["final"]["mean_reward"] is not None
     assert_no_trainer_left(st)
