@@ -110,6 +110,13 @@ class LogScanner:
         return name
 
     @property
+    def own_iteration(self) -> int | None:
+        """Progress as the trainer counts it in this attempt, the unit its checkpoint names use (skrl's restart
+        at 0 on resume; `progress.iteration` counts on from the checkpoint)."""
+        done = self.progress.iteration
+        return None if done is None else done - self._offset
+
+    @property
     def checkpoint_dir(self) -> str | None:
         """Where this attempt's checkpoints are, by the profile's `checkpoint_dir` template."""
         if self._profile is None:

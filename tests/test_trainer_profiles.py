@@ -432,6 +432,7 @@ def test_a_carriage_return_ends_a_line_so_a_progress_bar_is_output_and_progress(
     for line in lines:
         s.feed(line)
     assert (s.progress.iteration, s.progress.total, s.progress.steps_per_s) == (257, 850, 66.64)
+    assert s.own_iteration == 7  # what its checkpoint names count: the time-limit clock compares these
     assert not s.end_marker
     s.feed("100%|██████████| 600/600 [00:09<00:00, 61.35it/s]")
     assert s.end_marker_text == "| 600/600 ["
