@@ -1,6 +1,7 @@
 """doit entry point: the task creators live in tasks/ (see README "Task graph")."""
 from tasks._preflight import *  # noqa: F401,F403
 from tasks.cartpole import *  # noqa: F401,F403
+from tasks.gym_cartpole import *  # noqa: F401,F403
 from tasks.isaac_cartpole import *  # noqa: F401,F403
 from tasks.top_dog import *  # noqa: F401,F403
 

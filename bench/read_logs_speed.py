@@ -8,6 +8,9 @@ Targets: `tb-latest` on a 100k-scalar events file well under 1 s; LogScanner.fee
 Recorded (2-core CI-class VM, Python 3.11, protobuf upb, 2026-11-22):
     latest_scalars 100k scalars: 0.12 s | read_scalars all points: 0.14 s | tb-latest: 0.17 s
     LogScanner.feed on rsl_rl 5.x blocks: 385k lines/s (165k lines/s with other jobs on both cores)
+Profiles' regexes (2026-12-02, both cores busy with other jobs, so only the ratios mean much): rsl_rl
+blocks through the default profile 124-212k lines/s, within the noise of before profiles (124-188k);
+SB3's stdout table through the `sb3` profile (six regexes per line) 142-265k lines/s.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lights_out_dev import tb  # noqa: E402
+from lights_out_dev.profiles import resolve_profile  # noqa: E402
 from lights_out_dev.read_logs import summarize_run  # noqa: E402
 from lights_out_dev.scan import LogScanner  # noqa: E402
 
@@ -43,6 +47,21 @@ BLOCK = """#####################################################################
                          Iteration time: 0.17s
                            Time elapsed: 0:00:02
                                     ETA: 0:04:12
+"""
+
+# Stable-Baselines3's stdout table (verbose=1), read by the `sb3` profile's regexes
+SB3_TABLE = """-----------------------------------------
+| rollout/                |             |
+|    ep_len_mean          | 23.8        |
+|    ep_rew_mean          | 23.8        |
+| time/                   |             |
+|    fps                  | 136         |
+|    iterations           | 4           |
+|    total_timesteps      | 2048        |
+| train/                  |             |
+|    approx_kl            | 0.0006      |
+|    loss                 | 44.1        |
+-----------------------------------------
 """
 
 
@@ -88,6 +107,17 @@ def main() -> None:
 
     dt = best_of(feed_all)
     print(f"LogScanner.feed:              {len(lines) / dt:,.0f} lines/s ({len(lines)} lines in {dt:.3f} s)")
+
+    table = (SB3_TABLE * (args.lines // SB3_TABLE.count("\n") + 1)).splitlines(keepends=True)[:args.lines]
+    sb3 = resolve_profile("sb3", {})
+
+    def feed_sb3():
+        s = LogScanner(profile=sb3)
+        for line in table:
+            s.feed(line)
+
+    dt = best_of(feed_sb3)
+    print(f"LogScanner.feed, sb3 profile: {len(table) / dt:,.0f} lines/s ({len(table)} lines in {dt:.3f} s)")
 
 
 if __name__ == "__main__":

@@ -308,7 +308,9 @@ class Agent:
         if ref.state is None or not any(a.tb_dir for a in ref.state.attempts):
             return error(f"{ref.label} has no TensorBoard directory yet; wait until it has logged an iteration")
         series = read_series(ref.state)
-        chosen = list(tags) if tags else [t for t in DEFAULT_TAGS if t in series] or sorted(series)[:8]
+        metrics = ref.state.spec.trainer.metrics  # the run's own reward/FPS tags (rollout/ep_rew_mean, ...)
+        defaults = dict.fromkeys(metrics.resolve(t) for t in DEFAULT_TAGS)
+        chosen = list(tags) if tags else [t for t in defaults if t in series] or sorted(series)[:8]
         missing = [t for t in chosen if t not in series]
         points = max(2, min(int(points), 50))
         rows = []

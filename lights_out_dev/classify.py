@@ -1,9 +1,10 @@
 """Observations of one attempt -> verdict + one-line reason (DESIGN.md §3.5). Pure.
 
 Exit code 0 is not success: Isaac Lab can exit 0 after an OOM, and a trainer can exit 0 early.
-Success needs the end marker ("Training time:") or the final iteration, and no traceback or fatal
-signature. Between failure classes the more specific evidence wins:
-oom > nccl > cuda_error > segfault > config_error > crash.
+Success needs a completion marker of the trainer's profile ("Training time:" by default; the reason
+quotes the text that matched) or the final iteration, and no traceback or fatal signature. A profile
+with `completion = "exit0"` (a trainer that prints no marker) succeeds on exit 0 alone. Between failure
+classes the more specific evidence wins: oom > nccl > cuda_error > segfault > config_error > crash.
 """
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ class Observations:
     hits: dict[str, str] = field(default_factory=dict)  # signature class -> first matching line
     exception: str | None = None  # the final line of the last Python traceback
     end_marker: bool = False
+    end_marker_text: str | None = None  # the completion marker text that matched
+    markers: tuple[str, ...] = ("Training time:",)  # the profile's completion markers, for the reason
+    exit0_completes: bool = False  # the profile's completion = "exit0"
+    unit: str = "iteration"  # what progress counts: iteration | timestep
+    progress_observed: bool = True  # False: the profile reads no progress (unknown, not "before the first")
     iteration: int | None = None  # iterations done (rsl_rl's printed index + 1)
     total: int | None = None
     stopped_by: str | None = None  # None | 'stall' | 'timeout' | 'imbalance' | 'user' | 'smoke'
@@ -86,8 +92,8 @@ def death_signal(obs: Observations) -> int | None:
 
 def _where(obs: Observations) -> str:
     if obs.iteration is None:
-        return "before the first iteration"
-    return f"at iteration {obs.iteration}/{obs.total}" if obs.total else f"at iteration {obs.iteration}"
+        return f"before the first {obs.unit}" if obs.progress_observed else "(progress not observed)"
+    return f"at {obs.unit} {obs.iteration}/{obs.total}" if obs.total else f"at {obs.unit} {obs.iteration}"
 
 
 def _how_it_ended(obs: Observations, sig: int | None) -> str:
@@ -100,6 +106,8 @@ def _how_it_ended(obs: Observations, sig: int | None) -> str:
 
 
 def _finished(obs: Observations) -> bool:
+    if obs.exit0_completes:  # its progress lines come before the last update: only the exit tells
+        return obs.exit_code == 0 and death_signal(obs) is None and obs.stopped_by is None
     return obs.end_marker or bool(obs.iteration and obs.total and obs.iteration >= obs.total)
 
 
@@ -172,7 +180,11 @@ def classify(obs: Observations) -> tuple[Verdict, str]:
     if obs.exit_code is None and sig is None and (not state or state in SCHEDULER_LIVE):
         return (Verdict.healthy if obs.iteration else Verdict.running), f"running {where}"
     if _finished(obs):
-        evidence = "'Training time:'" if obs.end_marker else f"final iteration {obs.iteration}/{obs.total}"
+        evidence = (repr(obs.end_marker_text or (obs.markers[0] if obs.markers else "end marker")) if obs.end_marker
+                    else "exit 0 (its profile's completion = 'exit0')" if obs.exit0_completes
+                    else f"final iteration {obs.iteration}/{obs.total}")
+        if obs.exit0_completes:
+            return Verdict.completed, f"finished: {evidence} {where}"
         if obs.exit_code == 0 and sig is None:
             return Verdict.completed, f"finished: {evidence}, exit 0"
         # Isaac Sim often dies while shutting down after training has finished and saved.
@@ -180,7 +192,8 @@ def classify(obs: Observations) -> tuple[Verdict, str]:
     if sig is not None:
         return Verdict.crash, f"killed by {_how_it_ended(obs, sig)} {where} with no error in the log"
     if obs.exit_code == 0:
-        return Verdict.crash, f"exit 0 without 'Training time:' {where}"
+        missing = " or ".join(map(repr, obs.markers)) if obs.markers else "reaching its final iteration"
+        return Verdict.crash, f"exit 0 without {missing} {where}"
     if state:
         return Verdict.crash, (f"Slurm state {obs.scheduler_state}, {_how_it_ended(obs, sig)} {where} "
                                "with no known error signature")

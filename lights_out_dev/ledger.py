@@ -182,6 +182,9 @@ def run_section(run: PlannedRun, state: RunState, root: str | None = None) -> li
         f"- Final reward: {_num(state.final.mean_reward, 2)}",
         f"- Peak VRAM: {_num(state.peak_vram_mb) + 'MB' if state.peak_vram_mb is not None else '-'}",
     ]
+    tracker = next((a.tracker_url for a in reversed(state.attempts) if a.tracker_url), None)
+    if tracker:
+        lines.append(f"- Tracker run: {tracker}")
     fails = retries(state)
     lines.append(f"- Retries: {max(len(state.attempts) - 1, 0)}")
     lines += [f"  - {_cell(f)}" for f in fails]

@@ -251,7 +251,7 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
         elif deadline is not None and now >= deadline and not _extended(time_left):
             stop = ("timeout", "timeout", True)
         elif (clock is not None and deadline is not None
-              and clock.stop_now(scanner.tb_dir, scanner.progress.iteration, now, deadline)
+              and clock.stop_now(scanner.checkpoint_dir, scanner.own_iteration, now, deadline)
               and not _raised(time_left, deadline - now)):
             stop = ("timeout_at_checkpoint", "timeout", True)
         elif not scanner.first_iteration_seen and now - last_output >= limits.startup_stall_s:

@@ -18,6 +18,7 @@ from typing import Annotated, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
+from lights_out_dev.command import merge_flags
 from lights_out_dev.compute import budget_seconds
 from lights_out_dev.config import format_duration, parse_duration
 from lights_out_dev.health import HealthRule
@@ -68,8 +69,9 @@ class RunOverrides(_Strict):
 class RunEntry(_Strict):
     task: str = Field(min_length=1, description="doit task name, e.g. cartpole:base")
     overrides: RunOverrides = Field(default_factory=RunOverrides)
-    grid: dict[Literal["num_envs", "max_iterations", "seed"], list[Int]] = Field(
-        default_factory=dict, description="each combination becomes one run (cartesian product, keys in order)")
+    grid: dict[str, list[Int | float | str]] = Field(
+        default_factory=dict, description="each combination becomes one run (cartesian product, keys in order); "
+        "keys: num_envs, max_iterations, seed, a trainer flag ('--lr') or a Hydra key ('agent.entropy_coef')")
     gpus: Int = Field(default=1, ge=1)
     nodes: Int = Field(default=1, ge=1, description="Slurm nodes of an -mgpu run (gpus per node)")
     time_limit: float | None = Field(default=None, description="e.g. 1h; default: the plan's time_limit")
@@ -92,6 +94,12 @@ class RunEntry(_Strict):
         for key, values in v.items():
             if not values:
                 raise ValueError(f"grid '{key}' has no values; list at least one")
+            if key in GRID_KEYS:
+                if not all(isinstance(x, int) and not isinstance(x, bool) for x in values):
+                    raise ValueError(f"grid '{key}' takes whole numbers only, got {values}")
+            elif not (key.startswith("-") or "." in key) or any(c.isspace() or c == "=" for c in key):
+                raise ValueError(f"grid key '{key}' is none of {', '.join(GRID_KEYS)}, a trainer flag ('--lr') "
+                                 f"or a Hydra key ('agent.entropy_coef'); spell it as one of those")
         return v
 
 
@@ -327,6 +335,7 @@ def expand(plan: Plan, lines: dict[int, int] | None = None) -> list[PlannedRun]:
     """Entries x grid (or search) -> numbered runs, ordered by phase then plan order; promotion runs last."""
     lines = lines or {}
     out: list[PlannedRun] = []
+    flag_values: list[dict[str, int | float | str]] = []  # per run, the trainer flags its grid set
     ordered = sorted(enumerate(plan.runs), key=lambda ie: ie[1].phase)
     for i, entry in ordered:
         if entry.search is not None:
@@ -336,10 +345,14 @@ def expand(plan: Plan, lines: dict[int, int] | None = None) -> list[PlannedRun]:
         combos = itertools.product(*(entry.grid[k] for k in keys)) if keys else [()]
         for combo in combos:
             values = {k: getattr(entry.overrides, k) for k in GRID_KEYS} | dict(zip(keys, combo))
+            flags = {k: v for k, v in zip(keys, combo) if k not in GRID_KEYS}
+            flag_values.append(flags)
+            grid_args = [tok for k, v in flags.items() for tok in ([k, str(v)] if k.startswith("-") else [f"{k}={v}"])]
             out.append(PlannedRun(
                 index=0, phase=entry.phase, task=entry.task, num_envs=values["num_envs"],
                 max_iterations=values["max_iterations"], seed=values["seed"],
-                trainer_args=list(entry.overrides.trainer_args), gpus=entry.gpus, nodes=entry.nodes,
+                trainer_args=merge_flags(list(entry.overrides.trainer_args), grid_args), gpus=entry.gpus,
+                nodes=entry.nodes,
                 time_limit_s=entry.time_limit if entry.time_limit is not None else plan.time_limit,
                 smoke=plan.smoke if entry.smoke is None else entry.smoke, line=lines.get(i), notes=entry.notes))
     if plan.promote:
@@ -353,7 +366,10 @@ def expand(plan: Plan, lines: dict[int, int] | None = None) -> list[PlannedRun]:
             notes=f"promotion: best {p.metric} ({p.mode}) of phase {p.from_phase}"))
     for n, run in enumerate(out, start=1):
         run.index = n
-    for run, values in zip(out, varied_values(out)):
+    flag_values += [{}] * (len(out) - len(flag_values))
+    for run, values, flags in zip(out, varied_values(out), flag_values):
+        peers = [f for r, f in zip(out, flag_values) if r.task == run.task]
+        values = {**values, **{k: v for k, v in flags.items() if len({str(p.get(k)) for p in peers}) > 1}}
         if values:
             run.extra["varied"] = values
     return out

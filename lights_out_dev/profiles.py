@@ -22,6 +22,16 @@ Built-ins, each read off the real trainer:
   SIGINT is swallowed (exit 0, no checkpoint): a time limit is met by stopping right after a checkpoint.
   No play entry: 3.0's `play` runs until interrupted, writes no metrics and exports ONNX first, so it
   cannot evaluate a checkpoint unattended (no `-play` task is generated).
+- `sb3`: a Stable-Baselines3 script (workloads/third_party/sb3_ppo.py): its own argparse flags, progress,
+  FPS and reward from SB3's stdout table, TensorBoard tags `rollout/ep_rew_mean` / `time/fps`,
+  `CheckpointCallback` files `rl_model_<timesteps>_steps.zip`, resume `--resume <file>` with the timesteps
+  left; SB3 prints no end marker, so exit 0 is completion.
+- `generic`: any command: no flags passed, judged by exit code and output alone; what it cannot see
+  (progress, FPS, reward, checkpoints) stays unknown, and a retry starts over.
+
+A profile also says how its output is read (`observe`), where its checkpoints are (`checkpoint_dir`),
+what a resumed run is told is left (`resume_budget`), which TensorBoard tags are reward/FPS/episode
+length (`metrics`), and env vars per attempt (`attempt_env`).
 """
 from __future__ import annotations
 
@@ -54,6 +64,65 @@ class TrainerFlags(_Strict):
     @classmethod
     def _empty_drops(cls, v):
         return None if v == "" else v  # TOML has no null: "" is how a table drops a flag
+
+
+class Observe(_Strict):
+    """How the runner reads a trainer's output. Regexes are searched in each log line (ANSI codes and a
+    multi-GPU rank prefix removed); a number is the group named `value` (progress: `done`, optionally
+    `total`; run_dir: `path`), else group 1. A regex set here wins over the built-in parser's number."""
+
+    parser: Literal["rsl_rl", "none"] = Field(default="rsl_rl", description="built-in line parser: rsl_rl's "
+                                              "per-iteration block and Isaac Lab's run-directory lines; none = "
+                                              "only the regexes below")
+    progress: str | None = Field(default=None, description="iterations or timesteps done (and of how many)")
+    unit: Literal["iteration", "timestep"] = Field(default="iteration", description="what progress counts")
+    fps: str | None = None
+    reward: str | None = None
+    episode_length: str | None = None
+    run_dir: str | None = Field(default=None, description="the run's log directory (TensorBoard events)")
+    tracker_url: str | None = Field(default=r"View run at (?P<url>https?://\S+)",
+                                    description="the experiment tracker's run URL (group `url`; W&B's line by "
+                                    "default), shown in the ledger")
+    completion: list[str] | Literal["exit0"] = Field(
+        default_factory=lambda: ["Training time:"],
+        description="regexes that mean training finished (the reason names the one that matched), or "
+                    "'exit0' for a trainer that prints no marker: exit 0 with no error is completion")
+
+    @field_validator("completion", mode="before")
+    @classmethod
+    def _markers_or_exit0(cls, v):
+        if isinstance(v, str) and v != "exit0":
+            raise ValueError(f"{v!r} is neither 'exit0' nor a list of marker regexes (e.g. ['Training time:'])")
+        for marker in v if isinstance(v, list) else []:
+            cls._compiles(marker)
+        return v
+
+    @field_validator("progress", "fps", "reward", "episode_length", "run_dir", "tracker_url")
+    @classmethod
+    def _compiles(cls, v):
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"{v!r} is not a regular expression ({e})") from None
+        return v
+
+
+class MetricTags(_Strict):
+    """The TensorBoard tags that mean reward, FPS and episode length for this trainer. Plans, promotion and
+    evaluation name metrics by rsl_rl's tags (`Train/mean_reward`, ...) or by `reward`/`fps`/`episode_length`;
+    both mean these tags (see `resolve`)."""
+
+    reward: str = "Train/mean_reward"
+    fps: str = "Perf/total_fps"
+    episode_length: str = "Train/mean_episode_length"
+
+    def resolve(self, name: str) -> str:
+        """The tag a metric name means for this trainer; any other tag is itself."""
+        canonical = {"reward": "reward", "fps": "fps", "episode_length": "episode_length",
+                     "Train/mean_reward": "reward", "Perf/total_fps": "fps",
+                     "Train/mean_episode_length": "episode_length"}
+        return getattr(self, canonical[name]) if name in canonical else name
 
 
 class TrainerProfile(_Strict):
@@ -89,12 +158,38 @@ class TrainerProfile(_Strict):
                                      "else a time limit stops it right after a checkpoint it saved itself")
     newton_selector: str = "physics=newton"
     checkpoint_pattern: str = Field(default=r"model_(\d+)\.pt",
-                                    description="checkpoint file names; group 1 is the iteration")
+                                    description="checkpoint file names; group 1 is the iteration or timestep")
+    run_dir: str | None = Field(default=None, description="the run directory when its log names none: a template "
+                                "of {run_name}, relative to the project root")
+    checkpoint_dir: str = Field(default="{run_dir}", description="where checkpoints live: a template of "
+                                "{run_dir} (the run directory the log names) and {run_name}; relative to the "
+                                "project root")
+    resume_budget: Literal["remaining", "total", "none"] = Field(
+        default="remaining", description="what the max_iterations flag gets on resume: what is left after the "
+        "checkpoint (rsl_rl, SB3's reset_num_timesteps=False), the original total (a trainer that counts from "
+        "its checkpoint itself), or nothing (the flag is dropped)")
+    counts_from_zero: bool = Field(default=False, description="a resumed run counts its progress and names its "
+                                   "checkpoints from 0 (skrl's trainer); the runner adds the checkpoint's step")
+    observe: Observe = Field(default_factory=Observe)
+    metrics: MetricTags = Field(default_factory=MetricTags)
     env: dict[str, str] = Field(default_factory=dict, description="literal env vars every launch gets")
+    attempt_env: dict[str, str] = Field(default_factory=dict, description="env templates per attempt, of {rid} "
+                                        "(stable across the run's attempts), {run_name} and {attempt}; e.g. "
+                                        "WANDB_RUN_ID = \"{rid}\" with WANDB_RESUME = \"allow\"")
 
     def checkpoint_iteration(self, path: str | Path) -> int | None:
         m = re.fullmatch(self.checkpoint_pattern, Path(path).name)
         return int(m.group(1)) if m and m.groups() else None
+
+    def checkpoint_dir_for(self, root: Path, run_dir: str | None, run_name: str | None) -> Path | None:
+        """The directory an attempt's checkpoints are in; None while a name it needs is unknown."""
+        names = set(re.findall(r"{(\w*)}", self.checkpoint_dir))
+        if ("run_dir" in names and not run_dir) or ("run_name" in names and not run_name):
+            return None
+        return root / self.checkpoint_dir.format(run_dir=run_dir or "", run_name=run_name or "")
+
+    def attempt_environment(self, rid: str, run_name: str, attempt: int) -> dict[str, str]:
+        return {k: v.format(rid=rid, run_name=run_name, attempt=attempt) for k, v in self.attempt_env.items()}
 
 
 def fill(templates: list[str], **values: str) -> list[str]:
@@ -110,6 +205,8 @@ def checkpoint_values(checkpoint: str) -> dict[str, str]:
 
 
 TEMPLATE_NAMES = frozenset(checkpoint_values("/x/y").keys() | {"device", "stamp"})
+CHECKPOINT_DIR_NAMES = frozenset({"run_dir", "run_name"})
+ATTEMPT_ENV_NAMES = frozenset({"rid", "run_name", "attempt"})
 _ISAAC_KIT_ENV = {"OMNI_KIT_ACCEPT_EULA": "yes", "PYTHONNOUSERSITE": "1"}
 
 BUILTIN_PROFILES: dict[str, dict] = {
@@ -143,6 +240,67 @@ BUILTIN_PROFILES: dict[str, dict] = {
         newton_selector="physics=newton_mjwarp",
         # rsl_rl imports GitPython at module level, which aborts where no git binary exists
         env={**_ISAAC_KIT_ENV, "GIT_PYTHON_REFRESH": "quiet"},
+    ),
+    "sb3": dict(
+        description="a Stable-Baselines3 script (workloads/third_party/sb3_ppo.py is one): SB3's stdout table, "
+                    "CheckpointCallback files, TensorBoard through SB3's logger",
+        script="workloads/third_party/sb3_ppo.py",
+        flags=dict(task="--env", num_envs="--n_envs", max_iterations="--total_timesteps", experiment_name="",
+                   distributed=""),
+        multi_gpu="none",
+        # PPO.load + learn(--total_timesteps more, reset_num_timesteps=False): the budget is what is left
+        resume_args=["--resume", "{checkpoint}"],
+        finetune_args=["--resume", "{checkpoint}"],
+        checkpoint_pattern=r"rl_model_(\d+)_steps\.zip",
+        checkpoint_dir="logs/sb3/{run_name}/checkpoints",
+        observe=dict(parser="none", unit="timestep", completion="exit0",
+                     progress=r"^\|\s*total_timesteps\s*\|\s*(?P<done>\d+)",
+                     fps=r"^\|\s*fps\s*\|\s*(?P<value>\S+)",
+                     reward=r"^\|\s*ep_rew_mean\s*\|\s*(?P<value>\S+)",
+                     episode_length=r"^\|\s*ep_len_mean\s*\|\s*(?P<value>\S+)",
+                     run_dir=r"^Logging to (?P<path>.+)$"),
+        metrics=dict(reward="rollout/ep_rew_mean", fps="time/fps", episode_length="rollout/ep_len_mean"),
+    ),
+    "rsl_rl": dict(
+        description="a plain rsl_rl script (workloads/third_party/rsl_rl_example.py is one): OnPolicyRunner's "
+                    "stdout block, model_<iteration>.pt and TensorBoard in its log dir, no Isaac Lab command line",
+        script="workloads/third_party/rsl_rl_example.py",
+        flags=dict(task="--env", max_iterations="--iterations", experiment_name="", distributed=""),
+        multi_gpu="none",
+        resume_args=["--load", "{checkpoint}"],  # runner.load(): learn() counts on from the checkpoint
+        finetune_args=["--load", "{checkpoint}"],
+        run_dir="logs/rsl_rl/{run_name}",  # rsl_rl names it only in its git-diff line, absent outside a repo
+        observe=dict(completion=[]),  # rsl_rl prints no end marker: its final iteration is completion
+    ),
+    "skrl": dict(
+        description="an skrl script (workloads/third_party/skrl_ppo.py is one): tqdm progress on stdout, skrl's "
+                    "TensorBoard tags, checkpoints <run dir>/checkpoints/agent_<timestep>.pt",
+        script="workloads/third_party/skrl_ppo.py",
+        flags=dict(task="--env", max_iterations="--timesteps", experiment_name="", distributed=""),
+        multi_gpu="none",
+        resume_args=["--checkpoint", "{checkpoint}"],  # agent.load(path); the trainer counts from 0 again
+        finetune_args=["--checkpoint", "{checkpoint}"],
+        resume_budget="remaining",
+        counts_from_zero=True,
+        checkpoint_pattern=r"agent_(\d+)\.pt",
+        checkpoint_dir="{run_dir}/checkpoints",
+        observe=dict(parser="none", unit="timestep",
+                     progress=r"\|\s*(?P<done>\d+)/(?P<total>\d+) \[",
+                     fps=r"(?P<value>[\d.]+)it/s\]",
+                     # the bar at N/N is printed once the last timestep (and its checkpoint) is done
+                     completion=[r"\|\s*(\d+)/\1 \["]),
+        run_dir="runs/skrl/{run_name}",  # skrl prints no directory: <experiment.directory>/<experiment_name>
+        metrics=dict(reward="Reward / Total reward (mean)", fps="", episode_length="Episode / Total timesteps (mean)"),
+    ),
+    "generic": dict(
+        description="any command-line trainer: judged by its exit code and output alone; progress, FPS, reward "
+                    "and checkpoints are unknown (a retry starts over)",
+        script="train.py",
+        flags={name: "" for name in TrainerFlags.model_fields},
+        multi_gpu="none",
+        resume_args=[],
+        finetune_args=[],
+        observe=dict(parser="none", completion="exit0"),
     ),
 }
 
@@ -189,10 +347,14 @@ def resolve_profile(name: str, user: dict[str, dict]) -> TrainerProfile:
                            f"[tool.lights_out.trainers.{name}].") from None
     if not (profile.module or profile.script):
         raise ProfileError(f"trainer profile {name!r} names neither 'module' nor 'script'; set one of them.")
-    for templates in (profile.resume_args, profile.finetune_args, profile.device_args, profile.multi_gpu_args):
-        for t in templates:
-            unknown = set(re.findall(r"{(\w*)}", t)) - TEMPLATE_NAMES
-            if unknown:
-                raise ProfileError(f"trainer profile {name!r}: unknown placeholder {{{sorted(unknown)[0]}}} in "
-                                   f"{t!r}; use one of {', '.join(sorted(TEMPLATE_NAMES))}.")
+    checked = [(t, TEMPLATE_NAMES) for templates in (profile.resume_args, profile.finetune_args,
+                                                     profile.device_args, profile.multi_gpu_args) for t in templates]
+    checked += [(profile.checkpoint_dir, CHECKPOINT_DIR_NAMES)]
+    checked += [(profile.run_dir, {"run_name"})] if profile.run_dir else []
+    checked += [(t, ATTEMPT_ENV_NAMES) for t in profile.attempt_env.values()]
+    for t, known in checked:
+        unknown = set(re.findall(r"{(\w*)}", t)) - known
+        if unknown:
+            raise ProfileError(f"trainer profile {name!r}: unknown placeholder {{{sorted(unknown)[0]}}} in "
+                               f"{t!r}; use one of {', '.join(sorted(known))}.")
     return profile

@@ -2,7 +2,8 @@
 its resolved configuration. Built at the end of a sweep and on demand (`doit sweep_report`).
 
     report.md                    comparative table + links (the ledger links here)
-    reward.png, throughput.png   Train/mean_reward and Perf/total_fps over steps, one line per run
+    reward.png, throughput.png   reward and FPS over steps, one line per run (each run's tags are its
+                                 trainer profile's `metrics`: Train/mean_reward, rollout/ep_rew_mean, ...)
     artifacts/NN_<task>/         metrics.csv (every scalar: tag,step,wall_time,value), spec.json (the
                                  RunSpec), argv.txt (last attempt), params/*.yaml (trainer's copy)
 
@@ -48,9 +49,10 @@ def wall_time_s(state: RunState) -> float | None:
 
 def summary(state: RunState, series: Series) -> dict:
     """Numbers of one run for the table: TensorBoard first, the run state's stdout numbers second."""
-    rewards = [v for _, _, v in series.get(REWARD, [])]
-    fps = [v for _, _, v in series.get(FPS, [])]
-    episode = [v for _, _, v in series.get(EPISODE, [])]
+    tags = state.spec.trainer.metrics
+    rewards = [v for _, _, v in series.get(tags.resolve(REWARD), [])]
+    fps = [v for _, _, v in series.get(tags.resolve(FPS), [])]
+    episode = [v for _, _, v in series.get(tags.resolve(EPISODE), [])]
     best = max(rewards) if rewards else state.best_reward
     return {
         "final_reward": rewards[-1] if rewards else state.final.mean_reward,
@@ -137,8 +139,9 @@ def metrics_csv(series: Series) -> str:
     return buf.getvalue()
 
 
-def _plot(path: Path, title: str, tag: str, series: dict[int, Series], labels: dict[int, str]) -> bool:
-    if not any(series.get(i, {}).get(tag) for i in series):
+def _plot(path: Path, title: str, tags: dict[int, str], series: dict[int, Series], labels: dict[int, str]) -> bool:
+    """One line per run of its own tag (`tags`: run -> the tag its trainer profile names)."""
+    if not any(series.get(i, {}).get(tags[i]) for i in series):
         return False
     try:
         import matplotlib
@@ -151,13 +154,13 @@ def _plot(path: Path, title: str, tag: str, series: dict[int, Series], labels: d
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, s in sorted(series.items()):
-        pts = s.get(tag)
+        pts = s.get(tags[i])
         if pts:  # a run that logged one point (failed early) is drawn as a dot; a pruned one up to its stop
             ax.plot([p[0] for p in pts], [p[2] for p in pts], label=labels[i], marker="o" if len(pts) == 1 else None)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     ax.set_title(title)
     ax.set_xlabel("iteration")
-    ax.set_ylabel(tag)
+    ax.set_ylabel(" / ".join(sorted(set(tags.values()))))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -227,9 +230,11 @@ def write_report(sweep) -> Path:
         links.append(f"- Run {i}: [{art.relative_to(out)}]({art.relative_to(out)}) "
                      f"(metrics.csv, spec.json, params/)" + (f", log {st.current.log_path}" if st.current else ""))
     plots = []
-    if _plot(out / "reward.png", f"{loaded.name}: mean reward", REWARD, series, labels):
+    reward = {i: st.spec.trainer.metrics.resolve(REWARD) for i, st in states.items()}
+    fps = {i: st.spec.trainer.metrics.resolve(FPS) for i, st in states.items()}
+    if _plot(out / "reward.png", f"{loaded.name}: mean reward", reward, series, labels):
         plots.append("![reward](reward.png)")
-    if _plot(out / "throughput.png", f"{loaded.name}: throughput", FPS, series, labels):
+    if _plot(out / "throughput.png", f"{loaded.name}: throughput", fps, series, labels):
         plots.append("![throughput](throughput.png)")
     started = json.loads(sweep.paths.meta.read_text()).get("started_at") if sweep.paths.meta.exists() else None
     compute = sweep.compute()

@@ -9,14 +9,21 @@ comes from rsl_rl's per-iteration stdout block in both spellings:
 `progress.iteration` counts finished iterations: rsl_rl prints the 0-based index of the iteration
 it has just finished ("Learning iteration 1499/1500" is the last one), so iteration = index + 1 and
 a run that reached its end has iteration == total.
+
+What else a trainer prints is read by its profile's `observe` table (lights_out_dev.profiles.Observe):
+regexes for progress, FPS, reward, episode length and the run directory (they win over the built-in
+parser, which `parser = "none"` turns off), and the completion markers; `end_marker_text` is the text
+that matched, so a verdict's reason names it.
 """
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 from lights_out_dev.classify import Observations
 from lights_out_dev.executor import ExitStatus
+from lights_out_dev.profiles import Observe, TrainerProfile
 from lights_out_dev.signatures import (RANK_PREFIX, TRACEBACK_START, SignatureMatcher, compile_matcher,
                                        exception_name)
 from lights_out_dev.state import Progress
@@ -25,7 +32,6 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 ITERATION = re.compile(r"Learning iteration (\d+)/(\d+)")
 COMPUTATION = re.compile(r"Computation:\s*([\d.]+) steps/s")
 NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf)", re.IGNORECASE)
-END_MARKER = "Training time:"
 LOG_DIR_LINE = "Logging experiment in directory:"
 RUN_DIR_NAME_LINE = "Exact experiment name requested from command line:"
 # rsl_rl's logger (rank 0 only) names the exact run dir: "Storing git diff for 'repo' in: <run>/git/repo.diff".
@@ -47,10 +53,26 @@ class LogScanner:
     """State distilled from the lines fed so far. Cheap per line (see bench/read_logs_speed.py)."""
 
     def __init__(self, extra_patterns: dict[str, list[str]] | None = None, *, run_name: str | None = None,
-                 matcher: SignatureMatcher | None = None):
+                 matcher: SignatureMatcher | None = None, profile: TrainerProfile | None = None,
+                 root: Path | None = None, default_total: int | None = None, progress_offset: int = 0):
         self._matcher = matcher or compile_matcher(extra_patterns)
+        self._profile = profile
+        observe = profile.observe if profile else Observe()
+        self._builtin = observe.parser == "rsl_rl"
+        self.exit0_completes = observe.completion == "exit0"
+        self._markers = [] if self.exit0_completes else [re.compile(m) for m in observe.completion]
+        self._regexes = [(name, re.compile(rx)) for name in ("progress", "fps", "reward", "episode_length", "run_dir",
+                                                              "tracker_url") if (rx := getattr(observe, name))]
+        self._root = root
+        self._unit = observe.unit
+        # A trainer that prints only what it has done (SB3's total_timesteps) counts towards the run's target.
+        self._default_total = default_total
+        # A trainer that counts a resumed run from 0 (skrl) is offset by its checkpoint's step.
+        self._offset = progress_offset
         self.progress = Progress()
         self.end_marker = False
+        self.end_marker_text: str | None = None
+        self.tracker_url: str | None = None  # the experiment tracker's run (W&B's "View run at <url>")
         self.first_iteration_seen = False
         self.hits: dict[str, str] = {}
         self.exception: str | None = None
@@ -71,9 +93,11 @@ class LogScanner:
         Every rank of a multi-GPU run prints train.py's two lines, with stamps that may differ (seen on
         2x H200: 05-29-16 and 05-29-17); only rank 0 creates its directory. rsl_rl's git-diff line
         (rank 0) names it exactly and wins; otherwise the candidate that exists on disk, else the last."""
-        if self._run_dir is not None:
-            return self._run_dir
-        if self._log_root is None:
+        if self._run_dir is not None:  # a relative one (rsl_rl's git-diff line) is under the trainer's cwd
+            return self._run_dir if self._root is None else str(self._root / self._run_dir)
+        if self._profile is not None and self._profile.run_dir and self._run_name and self._log_root is None:
+            return str((self._root or Path.cwd()) / self._profile.run_dir.format(run_name=self._run_name))
+        if not self._builtin or self._log_root is None:
             return None
         if not self._run_dir_names:
             return self._log_root
@@ -84,6 +108,21 @@ class LogScanner:
         if self._run_name and not name.endswith(f"_{self._run_name}"):
             return f"{name}_{self._run_name}"
         return name
+
+    @property
+    def own_iteration(self) -> int | None:
+        """Progress as the trainer counts it in this attempt, the unit its checkpoint names use (skrl's restart
+        at 0 on resume; `progress.iteration` counts on from the checkpoint)."""
+        done = self.progress.iteration
+        return None if done is None else done - self._offset
+
+    @property
+    def checkpoint_dir(self) -> str | None:
+        """Where this attempt's checkpoints are, by the profile's `checkpoint_dir` template."""
+        if self._profile is None:
+            return self.tb_dir
+        where = self._profile.checkpoint_dir_for(self._root or Path.cwd(), self.tb_dir, self._run_name)
+        return None if where is None else str(where)
 
     def feed(self, line: str) -> None:
         if "\x1b" in line:
@@ -106,7 +145,41 @@ class LogScanner:
             self._in_traceback = True
             self._traceback_lines = 0
             return
-        self._progress(bare.strip())
+        s = bare.strip()
+        if self._builtin:
+            self._progress(s)
+        if self._regexes:
+            self._observed(s)
+        if self._markers and not self.end_marker:
+            for marker in self._markers:
+                if m := marker.search(s):
+                    self.end_marker, self.end_marker_text = True, m.group(0)[:MAX_LINE]
+                    break
+
+    def _observed(self, s: str) -> None:
+        """The profile's regexes: each sets its number (or the run directory) when it matches."""
+        p = self.progress
+        for name, rx in self._regexes:
+            m = rx.search(s)
+            if not m:
+                continue
+            groups = m.groupdict()
+            if name == "progress":
+                done = groups.get("done") or (m.group(1) if m.groups() else None)
+                total = groups.get("total")
+                if done is not None:
+                    p.iteration = int(float(done)) + self._offset
+                    p.total = int(float(total)) + self._offset if total else (p.total or self._default_total)
+                    self.first_iteration_seen = True
+            elif name == "tracker_url":
+                self.tracker_url = groups.get("url") or (m.group(1) if m.groups() else m.group(0))
+            elif name == "run_dir":
+                path = (groups.get("path") or (m.group(1) if m.groups() else "")).strip()
+                if path:
+                    self._run_dir = path
+            else:
+                value = _number(groups.get("value") or (m.group(1) if m.groups() else m.group(0)))
+                setattr(p, "steps_per_s" if name == "fps" else f"mean_{name}", value)
 
     def _record_hits(self, classes: list[str], line: str) -> None:
         text = line.strip()[:MAX_LINE]
@@ -116,6 +189,7 @@ class LogScanner:
                     self.warnings.append(text)
             elif cls == "completed":
                 self.end_marker = True
+                self.end_marker_text = self.end_marker_text or text
             else:
                 self.hits.setdefault(cls, text)
 
@@ -138,8 +212,6 @@ class LogScanner:
                 self.first_iteration_seen = True
         elif s.startswith("Run name:"):
             self._run_name = s[9:].strip() or self._run_name
-        elif END_MARKER in s:
-            self.end_marker = True
         elif LOG_DIR_LINE in s:
             root = s.split(LOG_DIR_LINE, 1)[1].strip()
             if root != self._log_root:  # every rank prints the same root: keep all ranks' stamps
@@ -161,6 +233,11 @@ class LogScanner:
             hits=dict(self.hits),
             exception=self.exception,
             end_marker=self.end_marker,
+            end_marker_text=self.end_marker_text,
+            exit0_completes=self.exit0_completes,
+            markers=tuple(m.pattern for m in self._markers),
+            unit=self._unit,
+            progress_observed=self._builtin or any(name == "progress" for name, _ in self._regexes),
             iteration=self.progress.iteration,
             total=self.progress.total,
             stopped_by=stopped_by,

@@ -142,7 +142,7 @@ def gate(run) -> bool:
     env_over = {**spec.env, **command.gpu_env(spec, gpus), "LIGHTS_OUT_ATTEMPT": "0", "PYTHONUNBUFFERED": "1"}
     env = {**os.environ, **command.trainer_env(spec), **env_over}
     log_path = run.logs_dir / f"{time.strftime('%Y%m%d_%H%M%S')}_{run.key}{SUFFIX}.log"
-    scanner = _new_scanner(cfg, argv)
+    scanner = _new_scanner(cfg, argv, spec, run.root, run._target_iteration())
     user_stop = []
 
     def stop() -> bool:  # the first iteration ends the smoke; the user's stop still counts as such

@@ -41,6 +41,9 @@ class Attempt(BaseModel):
     failed_nodes: list[str] = Field(default_factory=list)  # Slurm: nodes that failed under the job
     log_path: str | None = None
     tb_dir: str | None = None
+    checkpoint_dir: str | None = None  # where its trainer profile says its checkpoints are (None: tb_dir)
+    tracker_url: str | None = None  # the experiment tracker's run URL its log printed (W&B)
+    step_offset: int = 0  # steps done before it, for a trainer that counts a resumed run from 0 (skrl)
     exit_code: int | None = None
     signal: int | None = None
     verdict: str | None = None

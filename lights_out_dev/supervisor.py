@@ -129,15 +129,23 @@ def resume_flags(spec: RunSpec, checkpoint: str) -> list[str]:
 
 
 def remaining_iterations(target: int | None, checkpoint: str,
-                         pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> int | None:
+                         pattern: str = DEFAULT_CHECKPOINT_PATTERN, budget: str = "remaining",
+                         offset: int = 0) -> int | None:
     """--max_iterations for a run resumed from `checkpoint` that should still end at iteration `target`.
 
     rsl_rl (and so Isaac Lab's train.py) counts --max_iterations from the loaded checkpoint's iteration:
-    passing the original value again would train past the target by the checkpoint's iteration."""
+    passing the original value again would train past the target by the checkpoint's iteration.
+    A profile's `resume_budget` says otherwise for trainers that count from their checkpoint themselves
+    ("total": the target as asked) or take no budget on resume ("none"). `offset`: the steps done before the
+    attempt that wrote the checkpoint, for a trainer that names checkpoints from 0 in every attempt."""
+    if budget == "total":
+        return target
+    if budget == "none":
+        return None
     done = checkpoint_iteration(checkpoint, pattern)
     if target is None or done is None:
         return None
-    return max(1, target - done)
+    return max(1, target - done - offset)
 
 
 def _fmt_rate(x: float | None) -> str:
@@ -176,10 +184,18 @@ def _argv_value(argv: list[str], flag: str) -> str | None:
     return value
 
 
-def _new_scanner(cfg: ProjectConfig, argv: list[str]):
+def _new_scanner(cfg: ProjectConfig, argv: list[str], spec: RunSpec | None = None, root: Path | None = None,
+                 total: int | None = None, offset: int = 0):
+    """A scanner reading the log as the run's trainer profile says; `total` is the run's target, for
+    trainers that print only what they have done."""
     from lights_out_dev.scan import LogScanner
+    profile = spec.trainer if spec is not None else None
+    flag = profile.flags.run_name if profile is not None else "--run_name"
     # The run name we passed completes the run directory Isaac Lab prints only as root + stamp.
-    return LogScanner(extra_patterns=cfg.monitor.extra_patterns or None, run_name=_argv_value(argv, "--run_name"))
+    return LogScanner(extra_patterns=cfg.monitor.extra_patterns or None,
+                      run_name=_argv_value(argv, flag) if flag else None, profile=profile, root=root,
+                      default_total=total if total is not None else (spec.max_iterations if spec else None),
+                      progress_offset=offset)
 
 
 def _classify(scanner, exit_status, stopped_by) -> tuple[Verdict, str]:
@@ -191,7 +207,7 @@ def _classify(scanner, exit_status, stopped_by) -> tuple[Verdict, str]:
         # Only an adopted trainer (not our child) ends with an unknown exit code; judge it by its log.
         unknown = (exit_status.reason if exit_status and exit_status.reason else "exit code unknown")
         if scanner.end_marker:
-            return Verdict.completed, f"finished: 'Training time:' in the log ({unknown})"
+            return Verdict.completed, f"finished: {scanner.end_marker_text!r} in the log ({unknown})"
         return Verdict.crash, f"ended with no end marker and no known error signature ({unknown})"
     return verdict, reason
 
@@ -397,14 +413,21 @@ class _Run:
         extra: list[str] = []
         resume_from = st.extra.pop("resume_from", None)
         st.extra.pop("stopping", None)
+        offset = 0
         if resume_from:
             extra = resume_flags(spec, resume_from)
-            left = remaining_iterations(self._target_iteration(), resume_from, spec.trainer.checkpoint_pattern)
-            spec = spec.model_copy(update={"max_iterations": left or spec.max_iterations})
+            budget = spec.trainer.resume_budget
+            before = self._steps_before(resume_from)
+            left = remaining_iterations(self._target_iteration(), resume_from, spec.trainer.checkpoint_pattern, budget,
+                                        before)
+            if spec.trainer.counts_from_zero:
+                offset = before + (spec.trainer.checkpoint_iteration(resume_from) or 0)
+            spec = spec.model_copy(update={"max_iterations": None if budget == "none" else left or spec.max_iterations})
         run_name = st.run_name if n == 1 else f"{st.run_name}_a{n}"  # unique trainer log dir per attempt
         argv = command.build_argv(spec, self._trainer_gpus(gpus), rid=st.rid, run_name=run_name, extra=extra)
         gpu_env = command.gpu_env(spec, gpus) if self.executor.kind == "local" else {}  # Slurm sets its own
-        env_over = {**spec.env, **gpu_env, "LIGHTS_OUT_ATTEMPT": str(n), "PYTHONUNBUFFERED": "1"}
+        env_over = {**spec.env, **spec.trainer.attempt_environment(st.rid, run_name, n), **gpu_env,
+                    "LIGHTS_OUT_ATTEMPT": str(n), "PYTHONUNBUFFERED": "1"}
         env = {**os.environ, **command.trainer_env(spec), **env_over}
         stamp = time.strftime("%Y%m%d_%H%M%S")
         log_path = self.logs_dir / f"{stamp}_{self.key}{'' if n == 1 else f'_a{n}'}.log"
@@ -412,17 +435,25 @@ class _Run:
                            job_name=f"lo-{self.key}", **self.placement(spec))
         attempt = Attempt(number=n, argv=argv, gpus=gpus, env_overrides=env_over, started_at=time.time(),
                           pid=self.handle.pid, pgid=self.handle.pgid, job_id=self.handle.job_id,
-                          node=self.handle.node, log_path=self.handle.log_path)
+                          node=self.handle.node, log_path=self.handle.log_path, step_offset=offset)
         st.attempts.append(attempt)
         st.status = "running"
         st.extra["handle"] = self.handle.__dict__
         st.extra.pop("intent", None)
-        self.scanner = _new_scanner(self.cfg, argv)
+        self.scanner = _new_scanner(self.cfg, argv, self.spec, self.root, self._target_iteration(), offset)
         self.tail = LogTail(self.handle.log_path, 0)
         self.save()
         self.emit("started", attempt=n, gpus=gpus, log_path=attempt.log_path, argv=argv)
         self.say(self.status_text("started"))
         return attempt
+
+    def _steps_before(self, checkpoint: str) -> int:
+        """Steps done before the attempt that wrote `checkpoint` (0 unless the trainer counts from 0 on resume)."""
+        if not self.spec.trainer.counts_from_zero:
+            return 0
+        folder = Path(checkpoint).parent
+        return next((a.step_offset for a in self.state.attempts
+                     if a.checkpoint_dir and Path(a.checkpoint_dir) == folder), 0)
 
     def _adopt(self) -> bool:
         """Continue a run left 'running' by a dead supervisor. True if its trainer is still ours."""
@@ -430,7 +461,8 @@ class _Run:
         attempt = st.current
         hd = st.extra.get("handle")
         handle = Handle(**hd) if hd else None
-        self.scanner = _new_scanner(self.cfg, attempt.argv)
+        self.scanner = _new_scanner(self.cfg, attempt.argv, self.spec, self.root, self._target_iteration(),
+                                    attempt.step_offset)
         offset = int(st.extra.get("log_offset", 0))
         if attempt.log_path:  # rebuild the scanner's view (tb dir, health, progress) up to the offset, once
             try:
@@ -491,7 +523,8 @@ class _Run:
         self._sync_from_scanner(attempt)
         attempt.log_tail = redact(_tail_of(attempt.log_path), self.cfg.secrets + self.spec.secret_env)
         st = self.state
-        st.checkpoints = [c for a in st.attempts for c in checkpoints_in(a.tb_dir, self.spec.trainer.checkpoint_pattern)]
+        st.checkpoints = [c for a in st.attempts for c in checkpoints_in(a.checkpoint_dir or a.tb_dir,
+                                                                          self.spec.trainer.checkpoint_pattern)]
         vram = [a.peak_vram_mb for a in st.attempts if a.peak_vram_mb]
         st.peak_vram_mb = max(vram) if vram else None
         st.extra.pop("handle", None)
@@ -501,6 +534,8 @@ class _Run:
         sc = self.scanner
         attempt.progress = Progress(**sc.progress.model_dump())
         attempt.tb_dir = sc.tb_dir or attempt.tb_dir
+        attempt.checkpoint_dir = sc.checkpoint_dir or attempt.checkpoint_dir
+        attempt.tracker_url = sc.tracker_url or attempt.tracker_url
         attempt.warnings = list(sc.warnings)[:20]
         r = attempt.progress.mean_reward
         if r is not None and (self.state.best_reward is None or r > self.state.best_reward):
@@ -737,8 +772,9 @@ class _Run:
             latest = tb.latest_scalars(tb_dir) if tb_dir else {}
         except Exception:  # metrics from stdout are enough; TensorBoard is a bonus here
             latest = {}
-        for field, tag in (("steps_per_s", "Perf/total_fps"), ("mean_reward", "Train/mean_reward"),
-                           ("mean_episode_length", "Train/mean_episode_length")):
+        tags = self.spec.trainer.metrics
+        for field, tag in (("steps_per_s", tags.fps), ("mean_reward", tags.reward),
+                           ("mean_episode_length", tags.episode_length)):
             if getattr(st.final, field) is None and tag in latest:
                 setattr(st.final, field, latest[tag][2])
         self.save()

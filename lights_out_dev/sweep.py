@@ -486,14 +486,15 @@ class Sweep:
             try:
                 from lights_out_dev.tb import read_scalars
 
-                series = read_scalars(last.tb_dir).get(metric)
+                series = read_scalars(last.tb_dir).get(state.spec.trainer.metrics.resolve(metric))
                 if series:
                     return float(series[-1][2])
             except Exception:  # unreadable events file: fall back, the state has the stdout numbers
                 pass
-        fallback = {"Train/mean_reward": state.final.mean_reward, "Perf/total_fps": state.final.steps_per_s,
-                    "Train/mean_episode_length": state.final.mean_episode_length}
-        return fallback.get(metric)
+        tags = state.spec.trainer.metrics
+        fallback = {tags.reward: state.final.mean_reward, tags.fps: state.final.steps_per_s,
+                    tags.episode_length: state.final.mean_episode_length}
+        return fallback.get(tags.resolve(metric))
 
     def decide_promotion(self, run: PlannedRun) -> str | None:
         """Choose the best run of the source phase; returns why there is nothing to promote, or None."""

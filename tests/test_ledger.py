@@ -160,3 +160,10 @@ def test_a_user_stop_is_labelled_not_counted_as_a_failure():
     assert "failed attempts: crash; stopped by the user" in row and "killed" not in row
     assert ledger.retries(st) == ["attempt 1: crash (killed by SIGKILL) -> retry: crash",
                                   "attempt 2: stopped by the user (stopped on request at iteration 3/5)"]
+
+
+def test_the_tracker_run_its_log_printed_is_in_the_run_section():
+    tracked = attempt(2, "completed").model_copy(update={"tracker_url": "https://wandb.ai/me/p/runs/r"})
+    st = state(2, "completed", [attempt(1, "crash", "SIGKILL", "retry"), tracked], verdict="completed")
+    section = ledger.render(loaded(), {2: st}, started_at=T0).split("### Run 2:", 1)[1].split("\n\n")[0]
+    assert "- Tracker run: https://wandb.ai/me/p/runs/r\n- Retries: 1" in section

@@ -34,7 +34,7 @@ BAD = [
     ("bad envs", "name: t\nruns:\n  - task: a\n    overrides:\n      num_envs: 0\n",
      ["line 5", "runs.0.overrides.num_envs", "greater than or equal to 1"]),
     ("bad duration", "name: t\nruns:\n  - task: a\n    time_limit: 5x\n", ["line 4", "'5x' is not a duration"]),
-    ("bad grid key", "name: t\nruns:\n  - task: a\n    grid: {gpus: [1, 2]}\n", ["line 4", "runs.0.grid.gpus"]),
+    ("bad grid key", "name: t\nruns:\n  - task: a\n    grid: {gpus: [1, 2]}\n", ["line 4", "runs.0.grid", "grid key 'gpus'"]),
     ("empty grid", "name: t\nruns:\n  - task: a\n    grid: {seed: []}\n", ["line 4", "has no values"]),
     ("bad mode", "name: t\nmode: both\nruns:\n  - task: a\n", ["line 2", "mode"]),
     ("bad name", "name: 'a b'\nruns:\n  - task: a\n", ["line 1", "name"]),
@@ -128,3 +128,23 @@ def test_shipped_plans_are_valid(root, path):
 def test_varied_values_tell_grid_runs_apart(text, expected):
     plan, lines = parse_plan("name: v\n" + text)
     assert [varied_text(r) for r in expand(plan, lines)] == expected
+
+
+def test_grid_over_trainer_flags_and_hydra_keys_sets_the_trainer_args_last_flag_wins():
+    plan, lines = parse_plan("name: g\nruns:\n  - task: a\n    overrides: {seed: 1, trainer_args: [--lr, '1', --x, y]}\n"
+                             "    grid: {--lr: [0.0001, 0.0003], agent.algorithm.entropy_coef: [0.0]}\n", "g.yaml")
+    runs = expand(plan, lines)
+    assert [r.trainer_args for r in runs] == [["--lr", "0.0001", "--x", "y", "agent.algorithm.entropy_coef=0.0"],
+                                              ["--lr", "0.0003", "--x", "y", "agent.algorithm.entropy_coef=0.0"]]
+    assert [varied_text(r) for r in runs] == ["--lr=0.0001", "--lr=0.0003"]  # only what differs between them
+
+
+@pytest.mark.parametrize("grid,fragment", [
+    ("{lr: [1]}", "grid key 'lr' is none of num_envs"),
+    ("{seed: [1.5]}", "grid 'seed' takes whole numbers only"),
+    ("{'--lr=3': [1]}", "grid key '--lr=3'"),
+])
+def test_bad_grid_keys_are_one_sentence(grid, fragment):
+    with pytest.raises(PlanError) as e:
+        parse_plan(f"name: g\nruns:\n  - task: a\n    grid: {grid}\n", "g.yaml")
+    assert fragment in str(e.value) and "\n" not in str(e.value)

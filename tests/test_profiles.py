@@ -11,8 +11,9 @@ from tests.test_graph import doit, make_repo, out
 
 
 def test_builtins_resolve_and_extends_merges_nested_tables():
+    spelled = {"sb3": "--env", "skrl": "--env", "rsl_rl": "--env", "generic": None}
     for name in BUILTIN_PROFILES:
-        assert resolve_profile(name, {}).flags.task == "--task"
+        assert resolve_profile(name, {}).flags.task == spelled.get(name, "--task")
     mine = resolve_profile("mine", {"mine": {"extends": "isaaclab3", "flags": {"seed": "--rng", "run_name": ""},
                                              "env": {"A": "1"}}})
     assert mine.module == "isaaclab" and mine.flags.seed == "--rng" and mine.flags.run_name is None
@@ -26,6 +27,12 @@ def test_builtins_resolve_and_extends_merges_nested_tables():
     ({"a": {"extends": "reference", "resume_args": ["--from", "{ckpt}"]}}, "a", "unknown placeholder {ckpt}"),
     ({"a": {"extends": "reference", "multi_gpu": "mpi"}}, "a", "key 'multi_gpu'"),
     ({"a": {"flags": {}}}, "a", "neither 'module' nor 'script'"),
+    ({"a": {"extends": "sb3", "observe": {"reward": "ep_rew_mean ([)"}}}, "a", "key 'observe.reward'"),
+    ({"a": {"extends": "sb3", "checkpoint_dir": "{run}/ckpt"}}, "a", "unknown placeholder {run} in '{run}/ckpt'"),
+    ({"a": {"extends": "sb3", "attempt_env": {"WANDB_RUN_ID": "{id}"}}}, "a", "unknown placeholder {id}"),
+    ({"a": {"extends": "sb3", "observe": {"completion": "exit1"}}}, "a", "'exit1' is neither 'exit0' nor a list"),
+    ({"a": {"extends": "sb3", "observe": {"completion": ["done ("]}}}, "a", "'done (' is not a regular expression"),
+    ({"a": {"extends": "sb3", "resume_budget": "half"}}, "a", "key 'resume_budget'"),
 ])
 def test_bad_profiles_are_one_sentence(tables, name, fragment):
     with pytest.raises(ProfileError) as e:
