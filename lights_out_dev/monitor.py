@@ -74,7 +74,8 @@ class LogTail:
             complete.append(self._partial)
             self._partial = b""
         self.offset += len(data) - len(self._partial)
-        return [c.decode(errors="replace") for c in complete]
+        # a "\r" right after "\n" (a progress bar starting) or split reads of "\r\n" leave empty pieces: no lines
+        return [c.decode(errors="replace") for c in complete if c]
 
     def close(self) -> None:
         if self._fd is not None:

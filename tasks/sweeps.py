@@ -50,7 +50,7 @@ def _open(plan: str | None, executor: str | None = None, check: bool = True):
 @action
 def run_phase(plan: str | None, phase: int) -> bool:
     """doit action: prepare (ledger ownership, --continue/--wipe) once, then schedule the phase."""
-    from lights_out_dev import events
+    from lights_out_dev import events, stopping
     from lights_out_dev.gpu_lock import GpuLockError
     from lights_out_dev.plan import PlanError
     from lights_out_dev.sweep import SweepBusy, SweepError
@@ -82,7 +82,11 @@ def run_phase(plan: str | None, phase: int) -> bool:
         sentence = _os_sentence(e)
         events.emit(root, cfg, "sweep_finished", plan=plan, ok=False, reason=sentence)
         return _fail(sentence)
-    if not ok:
+    if not ok and stopping.requested():  # Ctrl-C / SIGTERM: every trainer was stopped gracefully
+        events.emit(root, cfg, "sweep_finished", sweep=sweep.loaded.name, ok=False, stopped=True,
+                    reason=f"stopped by {stopping.signal_name()}; its runs are interrupted and the next "
+                           f"`doit sweep` continues them")
+    elif not ok:
         events.emit(root, cfg, "sweep_finished", sweep=sweep.loaded.name, ok=False,
                     reason=f"phase {phase} stopped; see the doit output")
     return ok
