@@ -1,4 +1,4 @@
-"""Observations of one attempt -> verdict + one-line reason (DESIGN.md §3.5). Pure.
+"""Observations of one attempt -> verdict + one-line reason. Pure.
 
 Exit code 0 is not success: Isaac Lab can exit 0 after an OOM, and a trainer can exit 0 early.
 Success needs a completion marker of the trainer's profile ("Training time:" by default; the reason
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from lights_out_dev.signatures import exception_name
 from lights_out_dev.verdicts import Verdict
 
-# Exceptions that mean a bug in code or configuration: retrying cannot help (DESIGN.md §6).
+# Exceptions that mean a bug in code or configuration: retrying cannot help.
 CONFIG_EXCEPTIONS = frozenset({
     "KeyError", "ValueError", "TypeError", "AttributeError", "ImportError", "ModuleNotFoundError",
     "NameError", "IndexError", "AssertionError", "FileNotFoundError", "SyntaxError", "IndentationError",

@@ -142,7 +142,7 @@ def gpu_env(spec: RunSpec, gpus: list[int] | None) -> dict[str, str]:
     return {}
 
 
-# Isaac Lab / Isaac Sim needs these to start unattended (seed 002): the EULA prompt otherwise blocks
+# Isaac Lab / Isaac Sim needs these to start unattended: the EULA prompt otherwise blocks
 # or kills a headless run, and packages in ~/.local shadow the ones Isaac Lab's Python was built with.
 # They go into the spec's env under the launcher's own `env` (so config wins, e.g. PYTHONNOUSERSITE = "").
 ISAAC_ENV_DEFAULTS = {"OMNI_KIT_ACCEPT_EULA": "yes", "PYTHONNOUSERSITE": "1"}

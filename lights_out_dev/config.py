@@ -116,7 +116,7 @@ class PolicyRule(_Strict):
 
 
 def default_policy() -> dict[str, PolicyRule]:
-    """DESIGN.md §6."""
+    """The recovery policy per verdict when the project sets none (README "Policy")."""
     return {
         "crash": PolicyRule(action="retry", max_attempts=3),
         "stall": PolicyRule(action="retry", max_attempts=3),

@@ -19,7 +19,7 @@ ranks fail, srun ends every node's processes and the job ends.
 element selects its own command, environment and log by `$SLURM_ARRAY_TASK_ID`.
 
 Exit codes of the script besides the trainer's: 42 wrong GPU count, 43 disallowed GPU model
-(the guard of seeds/003), 44 runtime preflight failed; 128+N when the trainer died by signal N.
+(the GPU-type guard), 44 runtime preflight failed; 128+N when the trainer died by signal N.
 """
 from __future__ import annotations
 
@@ -245,7 +245,7 @@ def _banner() -> str:
 def _checks(req: JobRequest) -> list[str]:
     out = []
     if req.guard_argv:
-        out.append("# GPU-type guard (seeds/003): refuse a wrong allocation before anything expensive runs.")
+        out.append("# GPU-type guard: refuse a wrong allocation before anything expensive runs.")
         out += _check_lines(req.guard_argv, "the GPU guard", None, req.nodes)  # keeps its 42/43
     if req.preflight_argv:
         out.append("# Runtime preflight inside the allocation, with the trainer's environment.")

@@ -1,4 +1,4 @@
-"""The sweep ledger (DESIGN.md §7): markdown rendered purely from the plan and the run states.
+"""The sweep ledger: markdown rendered purely from the plan and the run states.
 
 The run-state JSON files are the truth; this file is a view. `render` is pure, so a ledger that
 was deleted or edited by hand is simply rebuilt at the next update. `write` is the only I/O:

@@ -1,4 +1,4 @@
-"""Verdict + attempt history + policy table -> what to do next (DESIGN.md §6). Pure.
+"""Verdict + attempt history + policy table -> what to do next. Pure.
 
 The table is `config.PolicyRule` per verdict (defaults in `config.default_policy()`):
 `action` is used for the first `after` occurrences of that verdict in a run, `then` afterwards;

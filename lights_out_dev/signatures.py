@@ -1,4 +1,4 @@
-"""Failure signatures (DESIGN.md §5): which log lines name which failure class.
+"""Failure signatures: which log lines name which failure class.
 
 The table is data. Every line of every trainer log goes through `SignatureMatcher.match`, so the
 common case (a line that matches nothing) costs only substring tests of the table's anchors; the

@@ -1,4 +1,4 @@
-"""The closed set of verdicts a run's observations can lead to (DESIGN.md §3.5)."""
+"""The closed set of verdicts a run's observations can lead to."""
 from __future__ import annotations
 
 from dataclasses import dataclass

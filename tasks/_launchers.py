@@ -1,4 +1,4 @@
-"""Launchers: an experiment description -> doit task dicts (DESIGN.md §2, §3.1).
+"""Launchers: an experiment description -> doit task dicts.
 
     lab(exp)          single GPU, headless, `--device cuda:N`; plus its `-mgpu` twin
     lab_mgpu(exp)     only the multi-GPU variant (torch.distributed.run ... --distributed)
