@@ -139,16 +139,33 @@ def metrics_csv(series: Series) -> str:
     return buf.getvalue()
 
 
-def _plot(path: Path, title: str, tags: dict[int, str], series: dict[int, Series], labels: dict[int, str]) -> bool:
-    """One line per run of its own tag (`tags`: run -> the tag its trainer profile names)."""
-    if not any(series.get(i, {}).get(tags[i]) for i in series):
-        return False
+def _pyplot():
+    """matplotlib's pyplot on the headless Agg backend, or None where matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # no display on a headless box
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _save(plt, fig, path: Path) -> None:
+    """Write the figure atomically (a reader never sees half a PNG) and free it."""
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _plot(path: Path, title: str, tags: dict[int, str], series: dict[int, Series], labels: dict[int, str]) -> bool:
+    """One line per run of its own tag (`tags`: run -> the tag its trainer profile names)."""
+    if not any(series.get(i, {}).get(tags[i]) for i in series):
+        return False
+    plt = _pyplot()
+    if plt is None:
         return False
     from matplotlib.ticker import MaxNLocator
 
@@ -163,11 +180,7 @@ def _plot(path: Path, title: str, tags: dict[int, str], series: dict[int, Series
     ax.set_ylabel(" / ".join(sorted(set(tags.values()))))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    _save(plt, fig, path)
     return True
 
 
@@ -175,12 +188,8 @@ def _plot_best(path: Path, title: str, points: list[tuple[float, float, int]], x
     """Best-so-far step curve over the compute spent, each step labelled with the run that set it."""
     if not points:
         return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.step([p[0] for p in points], [p[1] for p in points], where="post", marker="o")
@@ -193,11 +202,7 @@ def _plot_best(path: Path, title: str, points: list[tuple[float, float, int]], x
     ax.set_xlabel(xlabel)
     ax.set_ylabel(REWARD)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    _save(plt, fig, path)
     return True
 
 
