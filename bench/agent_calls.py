@@ -120,7 +120,7 @@ def main() -> int:
     repo = make_repo(tmp / "repo")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "PYTHONUNBUFFERED": "1",
            "LIGHTS_OUT_CONFIG": str(repo / "overlay.toml"), "HOME": str(tmp)}
-    params = StdioServerParameters(command=sys.executable, args=["-m", "lights_out_dev.cli", "mcp"], cwd=str(repo),
+    params = StdioServerParameters(command=sys.executable, args=["-m", "lights_out_dev.cli.main", "mcp"], cwd=str(repo),
                                    env=env)
     calls: list[dict] = []
     out: dict = {}

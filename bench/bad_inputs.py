@@ -168,7 +168,7 @@ def _write(path: Path, data) -> None:
 
 
 def _check_plan(case: Case, tmp: Path) -> str:
-    from lights_out_dev.plan import PlanError, check_tasks, load_plan
+    from lights_out_dev.sweep.plan import PlanError, check_tasks, load_plan
 
     if case.kind == "plan-path":
         (tmp / "sweeps").mkdir(exist_ok=True)
@@ -186,7 +186,7 @@ def _check_plan(case: Case, tmp: Path) -> str:
 
 
 def _check_config(case: Case, tmp: Path) -> str:
-    from lights_out_dev.config import ConfigError, load_config
+    from lights_out_dev.core.config import ConfigError, load_config
 
     py = tmp / "pyproject.toml"
     old = os.environ.pop("LIGHTS_OUT_CONFIG", None)
@@ -210,7 +210,7 @@ def _check_config(case: Case, tmp: Path) -> str:
 
 
 def _check_override(case: Case, tmp: Path) -> str:
-    from lights_out_dev.overrides import OverrideError, parse
+    from lights_out_dev.core.overrides import OverrideError, parse
 
     try:
         parse(list(case.data))
@@ -220,7 +220,7 @@ def _check_override(case: Case, tmp: Path) -> str:
 
 
 def _check_state(case: Case, tmp: Path) -> str:
-    from lights_out_dev.state import DamagedState, load_state
+    from lights_out_dev.core.state import DamagedState, load_state
 
     path = tmp / "runs" / "01.json"
     _write(path, case.data)

@@ -40,8 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lights_out_dev import procs  # noqa: E402
-from lights_out_dev.supervisor import STATE_VAR  # noqa: E402
+from lights_out_dev.host import procs  # noqa: E402
+from lights_out_dev.run.supervisor import STATE_VAR  # noqa: E402
 
 COPIED = ("dodo.py", "pyproject.toml", "tasks", "lights_out_dev", "workloads", "sweeps")
 OVERLAY = """\

@@ -71,7 +71,7 @@ def attempts_summary(state: dict | None) -> list[dict]:
 
 
 def gpu_memory_used_mb() -> list[float]:
-    from lights_out_dev import nvml
+    from lights_out_dev.host import nvml
     return [g.mem_used_mb for g in nvml.query_gpus()]
 
 
@@ -85,11 +85,11 @@ def machine() -> dict:
 
 def monitors() -> dict:
     return {
-        "gpu_check": sh([PY, "lights_out_dev/gpu_check.py"], 60),
-        "gpu_check_json": sh([PY, "lights_out_dev/gpu_check.py", "--json"], 60),
-        "gpu_check_power_policy": sh([PY, "lights_out_dev/gpu_check.py", "--power-policy"], 60),
-        "read_logs_tb_latest": sh([PY, "lights_out_dev/read_logs.py", "tb-latest"], 60),
-        "read_logs_stdout_latest": sh([PY, "lights_out_dev/read_logs.py", "stdout-latest", "-n", "12"], 60),
+        "gpu_check": sh([PY, "-m", "lights_out_dev.cli.gpu_check"], 60),
+        "gpu_check_json": sh([PY, "-m", "lights_out_dev.cli.gpu_check", "--json"], 60),
+        "gpu_check_power_policy": sh([PY, "-m", "lights_out_dev.cli.gpu_check", "--power-policy"], 60),
+        "read_logs_tb_latest": sh([PY, "-m", "lights_out_dev.cli.read_logs", "tb-latest"], 60),
+        "read_logs_stdout_latest": sh([PY, "-m", "lights_out_dev.cli.read_logs", "stdout-latest", "-n", "12"], 60),
         "runtime_check": doit("runtime_check", timeout=180),
         "power_check": doit("power_check", timeout=60),
     }
@@ -123,7 +123,7 @@ def oom_adaptation(fits: int) -> dict:
 
 def mean_fps(run_dir: Path | None) -> float | None:
     """Mean Perf/total_fps of a trainer run directory after its first two (warm-up) iterations."""
-    from lights_out_dev import tb
+    from lights_out_dev.core import tb
 
     pts = [v for _, _, v in tb.read_scalars(run_dir).get("Perf/total_fps", [])][2:] if run_dir else []
     return sum(pts) / len(pts) if pts else None
@@ -314,7 +314,7 @@ def _imbalance(r: dict) -> None:
     time.sleep(15)
     h = hog(1, 60, 90)
     time.sleep(15)
-    r["imbalance_gpu_check"] = sh([PY, "lights_out_dev/gpu_check.py", "--exit-on-imbalance"], 60)
+    r["imbalance_gpu_check"] = sh([PY, "-m", "lights_out_dev.cli.gpu_check", "--exit-on-imbalance"], 60)
     try:
         text, _ = proc.communicate(timeout=200)
     except subprocess.TimeoutExpired:
@@ -328,7 +328,7 @@ def _imbalance(r: dict) -> None:
 
 def _promotion(r: dict) -> None:
     # Promotion after the power check: a policy matching the real limit, then one that does not.
-    from lights_out_dev import nvml
+    from lights_out_dev.host import nvml
     watts = round(nvml.query_gpus()[0].power_limit_w)
     good = f"[power]\nwatts = {watts}\nrequired_for_mgpu = true\n"
     r["promotion_sweep"] = sweep(SWEEP_TWO, "gpu-two", good, 480)

@@ -3,7 +3,7 @@
     python bench/graph_scale.py [--sizes 10,100,1000] [--repeat 3]
 
 Each size gets a temporary project (this repo's pyproject.toml + a dodo.py that builds N variants
-with tasks._launchers.lab, so 2N experiment tasks with the -mgpu twins). Times are the best of
+with lights_out_dev.doit.launchers.lab, so 2N experiment tasks with the -mgpu twins). Times are the best of
 --repeat wall-clock runs of a fresh process, Python start-up included. Target: < 1 s at 1000.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DODO = '''\
-from tasks._preflight import *  # noqa: F401,F403
-from tasks._launchers import Experiment, lab
+from lights_out_dev.doit.preflight_tasks import *  # noqa: F401,F403
+from lights_out_dev.doit.launchers import Experiment, lab
 
 N = {n}
 
@@ -64,7 +64,7 @@ def main() -> int:
             shutil.copy2(REPO / "pyproject.toml", proj / "pyproject.toml")
             (proj / "dodo.py").write_text(DODO.format(n=n))
             listed = best_of([sys.executable, "-m", "doit", "list", "--all"], proj, args.repeat)
-            extract = best_of([sys.executable, str(REPO / "lights_out_dev/extract_cmd.py"), f"bench:v{n // 2:04d}",
+            extract = best_of([sys.executable, str(REPO / "lights_out_dev/views/extract_cmd.py"), f"bench:v{n // 2:04d}",
                                "--gpu", "0", "--num_envs", "128", "--", "--foo", "bar"], proj, args.repeat)
             rows.append((n, 2 * n, listed, extract))
     baseline, _ = best_of([sys.executable, "-c", "pass"], REPO, args.repeat)

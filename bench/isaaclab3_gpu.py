@@ -90,7 +90,7 @@ def summary(st: dict | None) -> dict:
 
 
 def nvml_processes() -> list[dict]:
-    from lights_out_dev import nvml
+    from lights_out_dev.host import nvml
     return [{"gpu": g.index, "pid": p.pid, "used_mb": p.used_mb} for g in nvml.query_gpus() for p in g.processes]
 
 
@@ -202,7 +202,7 @@ def main() -> int:
     if args.assets:
         lines.append(f'env = {{ ISAACSIM_ASSET_ROOT = "{args.assets}" }}')
     overlay.write_text("\n".join(lines) + "\n[monitor]\nstatus_interval_s = 10\n")
-    from lights_out_dev import nvml
+    from lights_out_dev.host import nvml
     results: dict = {"date": time.strftime("%Y-%m-%d"), "gpus": [
         {"index": g.index, "name": g.name, "memory_mb": g.mem_total_mb} for g in nvml.query_gpus()]}
     for name in args.steps.split(","):

@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lights_out_dev import tb  # noqa: E402
-from lights_out_dev.profiles import resolve_profile  # noqa: E402
-from lights_out_dev.read_logs import summarize_run  # noqa: E402
-from lights_out_dev.scan import LogScanner  # noqa: E402
+from lights_out_dev.core import tb  # noqa: E402
+from lights_out_dev.core.profiles import resolve_profile  # noqa: E402
+from lights_out_dev.views.read_logs import summarize_run  # noqa: E402
+from lights_out_dev.run.scan import LogScanner  # noqa: E402
 
 TAGS = ("Train/mean_reward", "Train/mean_episode_length", "Perf/total_fps", "Perf/collection_time",
         "Perf/learning_time", "Loss/value", "Loss/surrogate", "Loss/entropy", "Loss/learning_rate", "Policy/mean_std")

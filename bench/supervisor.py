@@ -36,11 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lights_out_dev import procs  # noqa: E402
-from lights_out_dev.config import MonitorConfig, ProjectConfig  # noqa: E402
-from lights_out_dev.local_executor import LocalExecutor  # noqa: E402
-from lights_out_dev.spec import RunSpec  # noqa: E402
-from lights_out_dev.supervisor import supervise  # noqa: E402
+from lights_out_dev.host import procs  # noqa: E402
+from lights_out_dev.core.config import MonitorConfig, ProjectConfig  # noqa: E402
+from lights_out_dev.executors.local import LocalExecutor  # noqa: E402
+from lights_out_dev.core.spec import RunSpec  # noqa: E402
+from lights_out_dev.run.supervisor import supervise  # noqa: E402
 
 TRAIN = str(ROOT / "workloads" / "train.py")
 ERROR_LINE = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (appended by bench)"
@@ -223,7 +223,7 @@ def bash_loop(kind: str, work: Path, stall_s: float, num_envs: int) -> dict:
     root = work / f"bash_{kind}_{time.monotonic_ns()}"
     root.mkdir()
     log = root / "run.log"
-    gpu_check = f"{sys.executable} {ROOT / 'lights_out_dev' / 'gpu_check.py'}"
+    gpu_check = f"{sys.executable} -m lights_out_dev.cli.gpu_check"
     stall = int(stall_s) if kind == "stall" else 600
     argv = ["bash", "-c", BASH_LOOP, "bash", str(log), "3600", str(stall), gpu_check,
             sys.executable, TRAIN, *trainer_args(inject, num_envs, 50)]
@@ -257,9 +257,9 @@ CPU_CHILD = r'''
 import resource, sys, time, json
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from lights_out_dev.config import MonitorConfig, ProjectConfig
-from lights_out_dev.spec import RunSpec
-from lights_out_dev.supervisor import supervise
+from lights_out_dev.core.config import MonitorConfig, ProjectConfig
+from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.run.supervisor import supervise
 root = Path(sys.argv[2]); spec = RunSpec.model_validate_json(sys.argv[3])
 cfg = ProjectConfig(logs_dir=str(root / "logs"), cpu_slots=8, monitor=MonitorConfig(
     stall_s=600, startup_stall_s=600, time_limit=None, status_interval_s=2))
@@ -306,7 +306,7 @@ def bash_cpu(work: Path, seconds: float, num_envs: int) -> dict:
     """CPU of the bash loop (itself + the wc/tail/grep/gpu_check it runs) while watching a healthy run."""
     root = work / f"bash_cpu_{time.monotonic_ns()}"
     root.mkdir()
-    gpu_check = f"{sys.executable} {ROOT / 'lights_out_dev' / 'gpu_check.py'}"
+    gpu_check = f"{sys.executable} -m lights_out_dev.cli.gpu_check"
     argv = ["bash", "-c", BASH_LOOP, "bash", str(root / "run.log"), str(int(seconds)), "600", gpu_check,
             sys.executable, TRAIN, *trainer_args(None, num_envs, 100000)]
     proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, text=True, start_new_session=True)

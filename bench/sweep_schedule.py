@@ -85,10 +85,10 @@ def idle(intervals: list[tuple[float, float]], slots: int, t0: float) -> dict:
 # --- lights-out scheduler ----------------------------------------------------------------------
 
 def run_lights_out(runs, slots: int, work: Path) -> dict:
-    from lights_out_dev.config import MonitorConfig, ProjectConfig
-    from lights_out_dev.plan import LoadedPlan, expand, parse_plan
-    from lights_out_dev.spec import RunSpec
-    from lights_out_dev.sweep import Sweep
+    from lights_out_dev.core.config import MonitorConfig, ProjectConfig
+    from lights_out_dev.sweep.plan import LoadedPlan, expand, parse_plan
+    from lights_out_dev.core.spec import RunSpec
+    from lights_out_dev.sweep.scheduler import Sweep
 
     text = "name: bench\nruns:\n" + "".join(f"  - task: bench:run{i}\n" for i in range(len(runs)))
     plan, lines = parse_plan(text)

@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lights_out_dev import procs  # noqa: E402
-from lights_out_dev.search import Search, fixed_configurations, value_text  # noqa: E402
-from lights_out_dev.tb import read_scalars  # noqa: E402
+from lights_out_dev.host import procs  # noqa: E402
+from lights_out_dev.sweep.search import Search, fixed_configurations, value_text  # noqa: E402
+from lights_out_dev.core.tb import read_scalars  # noqa: E402
 
 REWARD = "Train/mean_reward"
 SLOTS = 2

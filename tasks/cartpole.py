@@ -1,7 +1,7 @@
 """Cart-pole balancing on the reference trainer (Lo-Cartpole-v0): the first thing a new user runs."""
 from __future__ import annotations
 
-from tasks._launchers import Experiment, lab, lab_debug, newton
+from lights_out_dev.doit.launchers import Experiment, lab, lab_debug, newton
 
 __all__ = ["task_cartpole"]
 TRAINER_TASK = "Lo-Cartpole-v0"

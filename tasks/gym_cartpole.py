@@ -5,7 +5,7 @@ workloads/third_party/rsl_rl_example.py). `max_iterations` is what the trainer's
 `--total_timesteps`, skrl's `--timesteps` (vector-environment steps)."""
 from __future__ import annotations
 
-from tasks._launchers import Experiment, lab
+from lights_out_dev.doit.launchers import Experiment, lab
 
 __all__ = ["task_gym_cartpole"]
 TRAINER_TASK = "CartPole-v1"

@@ -6,7 +6,7 @@ with the offline cart-pole assets. Isaac Lab's cart-pole tasks default to Newton
 """
 from __future__ import annotations
 
-from tasks._launchers import Experiment, lab
+from lights_out_dev.doit.launchers import Experiment, lab
 
 __all__ = ["task_isaac_cartpole"]
 TRAINER = "isaaclab3_local"

@@ -1,7 +1,7 @@
 """top_dog: the harder continuous-control task, trained from scratch and fine-tuned from a checkpoint."""
 from __future__ import annotations
 
-from tasks._launchers import Experiment, lab
+from lights_out_dev.doit.launchers import Experiment, lab
 
 __all__ = ["task_top_dog"]
 TRAINER_TASK = "Lo-Reacher-v0"  # the reference trainer's harder continuous task

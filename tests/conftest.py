@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev.local_executor import let_children_take_sigint
+from lights_out_dev.host.stopping import let_children_take_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

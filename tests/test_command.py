@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import overrides
-from lights_out_dev.command import (build_argv, format_command, gpu_env, launch_problem, merge_flags,
+from lights_out_dev.core import overrides
+from lights_out_dev.core.command import (build_argv, format_command, gpu_env, launch_problem, merge_flags,
                                     redact_argv, secret_values, shell_join, trainer_env)
-from lights_out_dev.doit_run import recover_tokens, split_selection, unknown_task_sentence
-from lights_out_dev.profiles import resolve_profile
-from lights_out_dev.spec import RunSpec
+from lights_out_dev.doit.run_command import recover_tokens, split_selection
+from lights_out_dev.run.tasks_index import unknown_task_sentence
+from lights_out_dev.core.profiles import resolve_profile
+from lights_out_dev.core.spec import RunSpec
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -138,7 +139,7 @@ def test_isaaclab3_multi_gpu_runs_the_rank_module_with_one_timestamp():
 def test_isaaclab2_resume_and_finetune_are_regexes_inside_the_experiment():
     """2.x resolves --load_run/--checkpoint as regexes inside logs/rsl_rl/<experiment>/ and ignores a bare
     --checkpoint without --resume: an absolute path would find nothing or train from scratch."""
-    from lights_out_dev.supervisor import resume_flags
+    from lights_out_dev.run.supervisor import resume_flags
 
     profile = resolve_profile("isaaclab2", {})
     s2 = spec(trainer=profile, load_checkpoint="/l/rsl_rl/exp/2026-01-01_00-00-00_a.b/model_5.pt")
@@ -227,7 +228,7 @@ def test_unknown_task_sentence_suggests_close_names():
 def test_checkpoint_clock_stops_right_after_a_save_when_the_next_would_overrun(tmp_path: Path):
     """Learns the save period from checkpoints appearing; decides only once the save is surely complete
     (a later iteration printed) and only when waiting for the next save would pass the deadline."""
-    from lights_out_dev.monitor import CheckpointClock
+    from lights_out_dev.run.monitor import CheckpointClock
 
     clock = CheckpointClock(r"model_(\d+)\.pt")
     clock.POLL_S = 0.0

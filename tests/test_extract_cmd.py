@@ -15,11 +15,12 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def extract(*args: str, module: bool = False, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    how = ["-m", "lights_out_dev.extract_cmd"] if module else [str(ROOT / "lights_out_dev/extract_cmd.py")]
+    how = [sys.executable, "-m", "lights_out_dev.cli.extract_cmd"] if module else \
+        [str(Path(sys.executable).parent / "lights-out"), "extract-cmd"]  # the console script
     full_env = {**os.environ, **(env or {})}
     if module:
         full_env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, *how, *args], cwd=cwd, env=full_env, capture_output=True, text=True)
+    return subprocess.run([*how, *args], cwd=cwd, env=full_env, capture_output=True, text=True)
 
 
 def test_done_when_check_gpu_envs_and_passthrough():
@@ -69,7 +70,7 @@ def test_errors_are_one_sentence(args, fragment):
 
 
 def test_importing_extract_cmd_does_not_import_torch():
-    code = ("import sys; sys.argv=['x','cartpole:base']; import lights_out_dev.extract_cmd as e; e.main(); "
+    code = ("import sys; sys.argv=['x','cartpole:base']; import lights_out_dev.cli.extract_cmd as e; e.main(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                        capture_output=True, text=True)

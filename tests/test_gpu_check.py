@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import gpu_check, nvml
-from lights_out_dev.config import PowerPolicy
-from lights_out_dev.nvml import GpuInfo, GpuProc
+from lights_out_dev.cli import gpu_check as gpu_check_cli
+from lights_out_dev.host import gpu_check
+from lights_out_dev.host import nvml
+from lights_out_dev.core.config import PowerPolicy
+from lights_out_dev.host.nvml import GpuInfo, GpuProc
 
 pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "lights_out_dev" / "gpu_check.py"
+LIGHTS_OUT = [str(Path(sys.executable).parent / "lights-out"), "gpu-check"]  # the console script
 HAS_DRIVER = nvml.gpu_count() > 0
 
 
@@ -30,7 +32,7 @@ def gpu(index, util=90.0, mem=40_000.0, total=80_000.0, procs=1, power_limit=275
 @pytest.mark.skipif(HAS_DRIVER, reason="needs a machine without an NVIDIA driver")
 @pytest.mark.parametrize("args", [[], ["--json"], ["--exit-on-imbalance", "--power-policy"]])
 def test_no_driver_is_one_line_and_exit_3(tmp_path, args):
-    r = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=tmp_path, capture_output=True, text=True,
+    r = subprocess.run([*LIGHTS_OUT, *args], cwd=tmp_path, capture_output=True, text=True,
                        timeout=60, env={**os.environ, "LIGHTS_OUT_ROOT": str(tmp_path)})
     assert r.returncode == 3
     assert r.stdout == ""
@@ -96,18 +98,18 @@ def fake_gpus(monkeypatch, tmp_path):
 
 
 def test_cli_text_json_and_exit_codes(fake_gpus, capsys):
-    assert gpu_check.main([]) == 0
+    assert gpu_check_cli.main([]) == 0
     out = capsys.readouterr().out
     assert [line.split("  ")[0] for line in out.splitlines() if line.startswith("GPU ")] == ["GPU 0", "GPU 1",
                                                                                          "GPU imbalance: utilisation"
                                                                                          " spread 95 points (GPU 0 98%,"
                                                                                          " GPU 1 3%) exceeds 30"]
     assert "pid 1000" in out
-    assert gpu_check.main(["--exit-on-imbalance"]) == 1
+    assert gpu_check_cli.main(["--exit-on-imbalance"]) == 1
     capsys.readouterr()
-    assert gpu_check.main(["--exit-on-imbalance", "--gpus", "0"]) == 0
+    assert gpu_check_cli.main(["--exit-on-imbalance", "--gpus", "0"]) == 0
     capsys.readouterr()
-    assert gpu_check.main(["--json", "--power-policy"]) == 1  # GPU 1's limit is 450 W, policy 275 W
+    assert gpu_check_cli.main(["--json", "--power-policy"]) == 1  # GPU 1's limit is 450 W, policy 275 W
     doc = json.loads(capsys.readouterr().out)
     assert [g["index"] for g in doc["gpus"]] == [0, 1] and doc["imbalance"].startswith("GPU imbalance")
     assert [p["ok"] for p in doc["power_policy"]] == [True, False]
@@ -115,7 +117,7 @@ def test_cli_text_json_and_exit_codes(fake_gpus, capsys):
 
 
 def test_cli_unknown_gpu_is_one_sentence(fake_gpus, capsys):
-    assert gpu_check.main(["--gpus", "7"]) == 2
+    assert gpu_check_cli.main(["--gpus", "7"]) == 2
     assert "GPU 7 does not exist" in capsys.readouterr().err
 
 

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from lights_out_dev import gpu_lock
-from lights_out_dev.config import MonitorConfig, ProjectConfig
-from lights_out_dev.gpu_lock import GpuLockError, acquire
+from lights_out_dev.host import gpu_lock
+from lights_out_dev.core.config import MonitorConfig, ProjectConfig
+from lights_out_dev.host.gpu_lock import GpuLockError, acquire
 
 pytestmark = pytest.mark.timeout(30)
 

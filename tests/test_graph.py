@@ -91,12 +91,12 @@ def test_list_shows_every_variant_with_its_mgpu_twin_and_a_doc(repo: Path):
 ])
 def test_bad_input_is_one_sentence_and_launches_nothing(repo: Path, args, fragment):
     if "--gpu" in args:
-        from lights_out_dev.nvml import gpu_count
+        from lights_out_dev.host.nvml import gpu_count
 
         if gpu_count() > 7:
             pytest.skip("this machine has a GPU 7")
     if "needs 2 GPUs" in fragment:
-        from lights_out_dev.nvml import gpu_count
+        from lights_out_dev.host.nvml import gpu_count
 
         if gpu_count() != 0:  # an -mgpu twin uses every visible GPU: with 1 GPU it asks for 1, not 2
             pytest.skip("on a GPU machine an -mgpu twin asks for the GPUs it sees")
@@ -173,8 +173,8 @@ def test_changed_overrides_rerun_and_unchanged_ones_do_not(repo: Path):
 def test_every_override_changes_the_up_to_date_digest(monkeypatch, tokens):
     from doit.tools import config_changed
 
-    from lights_out_dev import overrides
-    from tasks._launchers import Experiment, lab
+    from lights_out_dev.core import overrides
+    from lights_out_dev.doit.launchers import Experiment, lab
 
     exp = Experiment(family="t", name="base", trainer_task="Lo-Cartpole-v0", doc="d", num_envs=16)
 
@@ -213,9 +213,9 @@ def test_transfer_trains_base_then_fine_tunes_and_a_rerun_retrains_nothing(repo:
 
 @pytest.mark.timeout(30)
 def test_resolve_spec_from_experiment_config_and_overrides():
-    from lights_out_dev import overrides
-    from lights_out_dev.config import LauncherConfig, ProjectConfig
-    from tasks._launchers import Experiment, resolve_spec
+    from lights_out_dev.core import overrides
+    from lights_out_dev.core.config import LauncherConfig, ProjectConfig
+    from lights_out_dev.doit.launchers import Experiment, resolve_spec
 
     cfg = ProjectConfig.model_validate({
         "launchers": {"lab": {"prefix": ["./IsaacLab/isaaclab.sh", "-p"], "script": "scripts/rsl_rl/train.py",

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev.classify import classify
-from lights_out_dev.command import ISAAC_ENV_DEFAULTS, isaac_env_defaults, trainer_env
-from lights_out_dev.executor import ExitStatus
-from lights_out_dev.scan import LogScanner
-from lights_out_dev.spec import RunSpec
-from lights_out_dev.verdicts import Verdict
+from lights_out_dev.core.classify import classify
+from lights_out_dev.core.command import ISAAC_ENV_DEFAULTS, isaac_env_defaults, trainer_env
+from lights_out_dev.executors.base import ExitStatus
+from lights_out_dev.run.scan import LogScanner
+from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.core.verdicts import Verdict
 from test_graph import make_repo
 
 ISAAC_PREFIX = ["./IsaacLab/isaaclab.sh", "-p"]
@@ -53,7 +53,7 @@ def extract(repo: Path, *args: str, term: str | None = None) -> str:
     env["PYTHONPATH"] = str(repo)
     if term:
         env["TERM"] = term
-    p = subprocess.run([sys.executable, "lights_out_dev/extract_cmd.py", *args], cwd=repo, env=env,
+    p = subprocess.run([sys.executable, "-m", "lights_out_dev.cli.extract_cmd", *args], cwd=repo, env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     return p.stdout.strip()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import procs
+from lights_out_dev.host import procs
 from tests.test_graph import DOIT, make_repo, out, run_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_completes_with_policy_on_the_run_device_and_its_tensorboard_files_read(
     assert run_dir.name.endswith("_" + flag(argv, "--run_name")) and run_dir.is_dir()
     assert st["final"]["iteration"] == 4 and st["final"]["total"] == 4
     assert [Path(c).name for c in st["checkpoints"]] == ["model_0.pt", "model_3.pt"]
-    logs = subprocess.run([sys.executable, "-m", "lights_out_dev.read_logs", "tb-run", str(run_dir)],
+    logs = subprocess.run([sys.executable, "-m", "lights_out_dev.cli.read_logs", "tb-run", str(run_dir)],
                           cwd=repo, env=env_for(repo), capture_output=True, text=True, timeout=120)
     assert logs.returncode == 0 and "Train/mean_reward" in logs.stdout, logs.stdout + logs.stderr
     assert_no_trainer_left(st)

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from lights_out_dev import jobscript
-from lights_out_dev.config import SlurmConfig
-from lights_out_dev.jobscript import JobRequest, JobScriptError, directives, render
+from lights_out_dev.executors.slurm import jobscript
+from lights_out_dev.core.config import SlurmConfig
+from lights_out_dev.executors.slurm.jobscript import JobRequest, JobScriptError, directives, render
 
 BASE = dict(argv=["python", "workloads/train.py", "--task", "Lo-Cartpole-v0"], log_path="/logs/run.log",
             workdir="/repo")
@@ -81,8 +81,8 @@ def test_script_structure_and_quoting(tmp_path):
     script = render(req(argv=["python", "train.py", "--run_name", evil, "$HOME", "a b"],
                         env={"PLAIN": "it's $HOME `id`", "CUDA_VISIBLE_DEVICES": "3", "WANDB_API_KEY": "s3cret"},
                         secret_names=("WANDB_API_KEY",), gpus=1,
-                        guard_argv=["python", "-m", "lights_out_dev.preflight", "gpu_guard"],
-                        preflight_argv=["python", "-m", "lights_out_dev.preflight", "runtime_check"]),
+                        guard_argv=["python", "-m", "lights_out_dev.cli.preflight", "gpu_guard"],
+                        preflight_argv=["python", "-m", "lights_out_dev.cli.preflight", "runtime_check"]),
                     SlurmConfig())
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"

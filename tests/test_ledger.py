@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import ledger, report
-from lights_out_dev.plan import LoadedPlan, expand, parse_plan
-from lights_out_dev.spec import RunSpec
-from lights_out_dev.state import Attempt, Progress, RunState
+from lights_out_dev.sweep import ledger
+from lights_out_dev.sweep import report
+from lights_out_dev.sweep.plan import LoadedPlan, expand, parse_plan
+from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.core.state import Attempt, Progress, RunState
 
 pytestmark = pytest.mark.timeout(30)
 

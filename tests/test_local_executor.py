@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from lights_out_dev import procs
-from lights_out_dev.local_executor import LaunchError, LocalExecutor
-from lights_out_dev.monitor import LogTail
+from lights_out_dev.host import procs
+from lights_out_dev.executors.local import LaunchError, LocalExecutor
+from lights_out_dev.run.monitor import LogTail
 
 pytestmark = pytest.mark.timeout(60)
 PY = sys.executable
@@ -188,9 +188,10 @@ def test_log_tail_incremental_and_partial_lines(tmp_path):
 
 # -- the watch loop (monitor.watch) on small real processes; NVML faked where a GPU is needed --------
 
-from lights_out_dev import monitor, nvml  # noqa: E402
-from lights_out_dev.monitor import Limits, watch  # noqa: E402
-from lights_out_dev.scan import LogScanner  # noqa: E402
+from lights_out_dev.run import monitor  # noqa: E402
+from lights_out_dev.host import nvml  # noqa: E402
+from lights_out_dev.run.monitor import Limits, watch  # noqa: E402
+from lights_out_dev.run.scan import LogScanner  # noqa: E402
 
 ITERATION_THEN_SLEEP = """
 import time

@@ -17,7 +17,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from lights_out_dev import agent
+from lights_out_dev.agent import tools as agent
 from test_sweep import doit_argv, env_for, make_repo, states
 
 pytestmark = pytest.mark.timeout(900)
@@ -64,7 +64,7 @@ class Client:
 
 def with_server(repo: Path, script, *flags: str):
     """Run `script(client)` against `lights-out mcp` started in `repo`; returns what the script returns."""
-    params = StdioServerParameters(command=sys.executable, args=["-m", "lights_out_dev.cli", "mcp", *flags],
+    params = StdioServerParameters(command=sys.executable, args=["-m", "lights_out_dev.cli.main", "mcp", *flags],
                                    cwd=str(repo), env=env_for(repo))
     out = {}
 
@@ -81,7 +81,7 @@ def with_server(repo: Path, script, *flags: str):
 
 def wait_gone(repo: Path, name: str, timeout: float = 120.0) -> None:
     """The sweep process this test started has let go of its lock (it has exited or is about to)."""
-    from lights_out_dev.sweep import Sweep, SweepPaths
+    from lights_out_dev.sweep.scheduler import Sweep, SweepPaths
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and Sweep._live_holder(SweepPaths(repo / "local_experiment_logs/sweeps" / name)):
@@ -249,7 +249,7 @@ def test_watch_sees_a_refusal_written_before_it_started(tmp_path: Path):
     repo = make_repo(tmp_path / "repo", {"faults": FAULTS, "typo": TYPO})
     (repo / "lights_out_dev" / "sweep_log.md").write_text("# Sweep: other\nStarted: -\n")
     env = env_for(repo)
-    watch_py = [sys.executable, str(repo / "lights_out_dev/watch.py")]
+    watch_py = [sys.executable, "-m", "lights_out_dev.cli.watch"]
     cursor = int(subprocess.run([*watch_py, "--print-cursor"], cwd=repo, env=env, capture_output=True, text=True,
                                 check=True).stdout)
     since = time.time()
@@ -295,9 +295,9 @@ def test_override_tokens():
 
 
 def test_status_of_a_large_sweep_stays_within_40_lines(tmp_path: Path):
-    from lights_out_dev.config import load_config
-    from lights_out_dev.spec import RunSpec
-    from lights_out_dev.state import Attempt, RunState, save_state
+    from lights_out_dev.core.config import load_config
+    from lights_out_dev.core.spec import RunSpec
+    from lights_out_dev.core.state import Attempt, RunState, save_state
 
     (tmp_path / "sweeps").mkdir()
     plan = tmp_path / "sweeps" / "big.yaml"

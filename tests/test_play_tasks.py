@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import evaluate
-from lights_out_dev.evaluate import PlayError, resolve_checkpoint, split_checkpoint
+from lights_out_dev.run import evaluate
+from lights_out_dev.run.evaluate import PlayError, resolve_checkpoint, split_checkpoint
 from test_graph import DOIT, executed, make_repo, out, run_state
 
 
@@ -165,10 +165,11 @@ def test_a_play_command_that_cannot_start_is_one_sentence(tmp_path: Path, toml, 
 
 
 def test_ledger_and_report_show_an_eval_result(tmp_path: Path):
-    from lights_out_dev import ledger, report
-    from lights_out_dev.plan import LoadedPlan, Plan, PlannedRun
-    from lights_out_dev.spec import RunSpec
-    from lights_out_dev.state import Attempt, RunState
+    from lights_out_dev.sweep import ledger
+    from lights_out_dev.sweep import report
+    from lights_out_dev.sweep.plan import LoadedPlan, Plan, PlannedRun
+    from lights_out_dev.core.spec import RunSpec
+    from lights_out_dev.core.state import Attempt, RunState
 
     plan = Plan.model_validate({"name": "p", "runs": [{"task": "cartpole:base"}, {"task": "cartpole:base"}]})
     runs = [PlannedRun(index=i, phase=1, task="cartpole:base", num_envs=64, max_iterations=None, seed=None,

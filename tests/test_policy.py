@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from lights_out_dev.config import PolicyRule, default_policy
-from lights_out_dev.policy import Decision, decide
-from lights_out_dev.verdicts import Verdict as V
+from lights_out_dev.core.config import PolicyRule, default_policy
+from lights_out_dev.core.policy import Decision, decide
+from lights_out_dev.core.verdicts import Verdict as V
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lights_out_dev.config import GpuGuard, PowerPolicy
-from lights_out_dev.preflight import allreduce_check, guard_verdict, power_fix_commands, power_problems
+from lights_out_dev.core.config import GpuGuard, PowerPolicy
+from lights_out_dev.host.preflight import allreduce_check, guard_verdict, power_fix_commands, power_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = [r"NVIDIA GeForce RTX (3090|4090)$"]
@@ -58,7 +58,7 @@ def test_power_fix_commands_are_the_exact_sudo_lines():
 def preflight(check: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("LIGHTS_OUT_ROOT", None)
-    return subprocess.run([sys.executable, "-m", "lights_out_dev.preflight", check], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "lights_out_dev.cli.preflight", check], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -69,7 +69,7 @@ def project(tmp_path: Path, toml: str) -> Path:
 
 
 def no_gpu() -> bool:
-    from lights_out_dev.nvml import gpu_count
+    from lights_out_dev.host.nvml import gpu_count
 
     return gpu_count() == 0
 
@@ -82,7 +82,7 @@ def no_gpu() -> bool:
     ("power_check", "", 0, "no power policy set"),
     ("power_check", "[tool.lights_out.power]\nwatts = 275\n", 0, "no NVIDIA driver, CPU-only machine"),
     ("gpu_guard", "[tool.lights_out]\nbogus = 1\n", 3, "'bogus' is not a known setting"),
-    ("nonsense", "", 2, "usage: python -m lights_out_dev.preflight"),
+    ("nonsense", "", 2, "usage: python -m lights_out_dev.cli.preflight"),
 ])
 def test_scripts_on_a_cpu_only_machine(tmp_path: Path, check, toml, code, fragment):
     p = preflight(check, project(tmp_path, toml))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev.config import ConfigError, load_config
-from lights_out_dev.profiles import BUILTIN_PROFILES, ProfileError, resolve_profile
+from lights_out_dev.core.config import ConfigError, load_config
+from lights_out_dev.core.profiles import BUILTIN_PROFILES, ProfileError, resolve_profile
 from tests.test_graph import doit, make_repo, out
 
 

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from lights_out_dev import tb
+from lights_out_dev.core import tb
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "lights_out_dev" / "read_logs.py"
+LIGHTS_OUT = [str(Path(sys.executable).parent / "lights-out"), "read-logs"]  # the console script
 LOGS = Path(__file__).parent / "data" / "logs"
 
 
 def run(project: Path, *args: str, module: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "LIGHTS_OUT_ROOT": str(project)}
-    cmd = [sys.executable, "-m", "lights_out_dev.read_logs"] if module else [sys.executable, str(SCRIPT)]
-    # cwd is neither the repo nor the project: the script must find its package by itself.
+    cmd = [sys.executable, "-m", "lights_out_dev.cli.read_logs"] if module else LIGHTS_OUT
+    # cwd is neither the repo nor the project: the console script finds its package by itself.
     return subprocess.run([*cmd, *args], cwd=REPO if module else project.parent, env=env, capture_output=True,
                           text=True, timeout=60)
 

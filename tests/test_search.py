@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import compute, pruning, search_report
-from lights_out_dev.plan import LoadedPlan, PlanError, expand, parse_plan
-from lights_out_dev.pruning import PruneRule
-from lights_out_dev.search import Search, TrialResult, TrialStore, apply_params, ask, fixed_configurations
-from lights_out_dev.spec import RunSpec
-from lights_out_dev.state import Attempt, RunState
+from lights_out_dev.sweep import compute
+from lights_out_dev.sweep import pruning
+from lights_out_dev.sweep import search_report
+from lights_out_dev.sweep.plan import LoadedPlan, PlanError, expand, parse_plan
+from lights_out_dev.sweep.pruning import PruneRule
+from lights_out_dev.sweep.search import Search, TrialResult, TrialStore, apply_params, ask, fixed_configurations
+from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.core.state import Attempt, RunState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,14 +234,14 @@ def test_trainer_takes_hydra_keys_and_refuses_unknown_ones(tmp_path):
     (10000.0, [], 80000, 0, None, True, "1 runs"),
 ])
 def test_packing_decision(peak, residents, total, used, max_runs, fits, words):
-    from lights_out_dev.packing import decide
+    from lights_out_dev.sweep.packing import decide
 
     d = decide(peak, residents, total, used, margin_mb=1024, max_runs=max_runs)
     assert d.fits is fits and words in d.reason, d
 
 
 def test_written_files_are_readable_by_the_group(tmp_path):
-    from lights_out_dev.state import atomic_write_text
+    from lights_out_dev.core.state import atomic_write_text
 
     atomic_write_text(tmp_path / "report.md", "x")
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import procs
+from lights_out_dev.host import procs
 from tests.test_sweep import all_pids, cleanup, doit_argv, env_for, ledger_rows, make_repo, start, states
 
 SEARCH = """\
@@ -139,7 +139,7 @@ def test_optuna_search_with_asha_nan_budget_survives_sigkill(tmp_path: Path):
     assert compute["unit"] == "slot_s" and compute["total_s"] > 0 and compute["pruned_s"] > 0
     assert compute["failed_s"] > 0  # the NaN attempt
     assert set(compute["runs"]) == {str(i) for i in range(1, 8)}
-    status = subprocess.run([*doit_argv()[:1], "lights_out_dev/status.py", "--json"], cwd=repo, env=env_for(repo),
+    status = subprocess.run([*doit_argv()[:1], "-m", "lights_out_dev.cli.status", "--json"], cwd=repo, env=env_for(repo),
                             capture_output=True, text=True, timeout=120)
     data = json.loads(status.stdout)
     assert data["compute"]["total_s"] == pytest.approx(compute["total_s"], rel=0.05)

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import jobscript
-from lights_out_dev.config import GpuGuard, MonitorConfig, PolicyRule, ProjectConfig, SlurmConfig
-from lights_out_dev.slurm_executor import (SlurmControllerDown, SlurmExecutor, SlurmInvalidPartition,
+from lights_out_dev.executors.slurm import jobscript
+from lights_out_dev.core.config import GpuGuard, MonitorConfig, PolicyRule, ProjectConfig, SlurmConfig
+from lights_out_dev.executors.slurm.executor import (SlurmControllerDown, SlurmExecutor, SlurmInvalidPartition,
                                            SlurmNotInstalled, SlurmRejected, SlurmSubmitError, exit_from_code,
                                            pending_sentence, submit_error)
-from lights_out_dev.spec import RunSpec
-from lights_out_dev.state import load_state
+from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.core.state import load_state
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
@@ -324,7 +324,7 @@ def make_cfg(root: Path, **policy) -> ProjectConfig:
 
 
 def supervise_slurm(tmp_path: Path, spec: RunSpec, cfg: ProjectConfig | None = None):
-    from lights_out_dev.supervisor import supervise
+    from lights_out_dev.run.supervisor import supervise
 
     cfg = cfg or make_cfg(tmp_path)
     state_path = tmp_path / "logs" / "runs" / "cartpole__slurm.json"

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import ledger, smoke
-from lights_out_dev.plan import LoadedPlan, Plan, PlannedRun
-from lights_out_dev.spec import RunSpec
-from lights_out_dev.state import RunState
+from lights_out_dev.sweep import ledger
+from lights_out_dev.run import smoke
+from lights_out_dev.sweep.plan import LoadedPlan, Plan, PlannedRun
+from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.core.state import RunState
 from test_graph import doit, executed, make_repo, out, run_state
 
 ARGV = ["python", "train.py", "--task", "T", "--num_envs", "64", "--device", "cuda:0", "--rid", "abc",
@@ -183,7 +184,7 @@ def test_a_smoke_trainer_left_by_a_killed_supervisor_is_stopped_by_the_next_gate
     import subprocess
     import time
 
-    from lights_out_dev import procs
+    from lights_out_dev.host import procs
     from test_graph import DOIT
 
     repo = make_repo(tmp_path / "repo")

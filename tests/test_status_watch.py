@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import watch
-from lights_out_dev.nvml import gpu_count
-from lights_out_dev.spec import RunSpec
-from lights_out_dev.state import Attempt, Progress, RunState, save_state
+from lights_out_dev.views import watch
+from lights_out_dev.host.nvml import gpu_count
+from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.core.state import Attempt, Progress, RunState, save_state
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(60)
@@ -48,7 +48,7 @@ def test_describe_and_partial_lines(tmp_path: Path):
 
 def run_script(root: Path, script: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     env = {**os.environ, "LIGHTS_OUT_ROOT": str(root), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "lights_out_dev" / script), *args], env=env,
+    return subprocess.run([sys.executable, "-m", f"lights_out_dev.cli.{script}", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -60,7 +60,7 @@ def test_watch_returns_at_the_first_decision_event_with_the_log_tail(tmp_path: P
     log = logs / "run.log"
     log.write_text("".join(f"line {i}\n" for i in range(40)))
     env = {**os.environ, "LIGHTS_OUT_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, str(ROOT / "lights_out_dev/watch.py"), "--until-event", "--timeout", "30",
+    p = subprocess.Popen([sys.executable, "-m", "lights_out_dev.cli.watch", "--until-event", "--timeout", "30",
                           "--interval", "1", "--only", "gave_up,sweep_finished"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.5)
     with open(events, "a") as f:
@@ -76,7 +76,7 @@ def test_watch_returns_at_the_first_decision_event_with_the_log_tail(tmp_path: P
 
 
 def test_watch_timeout_prints_status_lines(tmp_path: Path):
-    p = run_script(tmp_path, "watch.py", "--until-event", "--timeout", "1.5", "--interval", "0.5")
+    p = run_script(tmp_path, "watch", "--until-event", "--timeout", "1.5", "--interval", "0.5")
     assert p.returncode == 124, p.stdout + p.stderr
     assert "no sweep" in p.stdout and "no decision event within 1.5s" in p.stdout
 
@@ -104,7 +104,7 @@ def test_status_shows_every_run_of_the_current_sweep(tmp_path: Path):
                                   Attempt(number=2, argv=[], gpus=None, started_at=now - 10,
                                           progress=Progress(iteration=2, total=5, steps_per_s=800, mean_reward=12))],
                         sweep="s", index=2), sdir / "runs" / "02.json")
-    p = run_script(tmp_path, "status.py", "--json")
+    p = run_script(tmp_path, "status", "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert data["sweep"] == "s" and data["counts"] == {"completed": 1, "running": 1, "pending": 1}
@@ -113,7 +113,7 @@ def test_status_shows_every_run_of_the_current_sweep(tmp_path: Path):
     assert rows[2]["status"] == "running" and rows[2]["attempts"] == 2 and rows[2]["where"] == "cpu"
     assert 25 <= rows[2]["elapsed_s"] <= 45  # both attempts, the live one up to now
     assert rows[3]["status"] == "pending"
-    text = run_script(tmp_path, "status.py").stdout
+    text = run_script(tmp_path, "status").stdout
     lines = text.splitlines()
     assert lines[0] == "sweep s: 1 completed, 1 pending, 1 running"
     assert " 2 running" in lines[2] and "it 2/5" in lines[2] and "a2" in lines[2] and "/10m" in lines[2]
@@ -127,7 +127,7 @@ def test_status_shows_every_run_of_the_current_sweep(tmp_path: Path):
     ({"status": "running", "silent_s": None}, ""),
 ])
 def test_silence_in_status_lines(row, text):
-    from lights_out_dev.status import silence
+    from lights_out_dev.views.status import silence
 
     assert silence(row) == text
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import procs
-from lights_out_dev.config import MonitorConfig, PolicyRule, ProjectConfig
-from lights_out_dev.local_executor import LocalExecutor
-from lights_out_dev.spec import RunSpec
-from lights_out_dev.state import load_state
-from lights_out_dev.supervisor import SupervisorBusy, run_task, supervise
+from lights_out_dev.host import procs
+from lights_out_dev.core.config import MonitorConfig, PolicyRule, ProjectConfig
+from lights_out_dev.executors.local import LocalExecutor
+from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.core.state import load_state
+from lights_out_dev.run.supervisor import SupervisorBusy, run_task, supervise
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "workloads" / "train.py")
@@ -252,7 +252,7 @@ def test_run_task_writes_target_and_refuses_user_errors(tmp_path, monkeypatch, c
 
 @pytest.mark.timeout(60)
 def test_full_disk_while_writing_state_leaves_no_orphan(tmp_path, monkeypatch):
-    import lights_out_dev.supervisor as sup
+    import lights_out_dev.run.supervisor as sup
 
     real = sup.save_state
     calls = {"n": 0}
@@ -284,9 +284,9 @@ def test_full_disk_while_writing_state_leaves_no_orphan(tmp_path, monkeypatch):
 CHILD = """
 import json, sys
 from pathlib import Path
-from lights_out_dev.config import ProjectConfig
-from lights_out_dev.spec import RunSpec
-from lights_out_dev.supervisor import supervise
+from lights_out_dev.core.config import ProjectConfig
+from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.run.supervisor import supervise
 spec, cfg, root, path = sys.argv[1:5]
 st = supervise(RunSpec.model_validate_json(spec), ProjectConfig.model_validate_json(cfg), Path(root), Path(path),
                status_line=lambda s: print(s, flush=True))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import procs
+from lights_out_dev.host import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("dodo.py", "pyproject.toml", "tasks", "lights_out_dev", "workloads", "sweeps")
@@ -290,16 +290,16 @@ def test_bad_plans_and_foreign_ledger_are_one_sentence(tmp_path: Path):
     (64, 0.1, 1.0, 1),           # never below one env
 ])
 def test_parallel_env_cap(envs, mem_gb, per_gb, expected):
-    from lights_out_dev.sweep import capped_envs
+    from lights_out_dev.sweep.scheduler import capped_envs
 
     assert capped_envs(envs, mem_gb, per_gb) == expected
 
 
 @pytest.mark.timeout(30)
 def test_unwritable_ledger_is_one_warning_and_the_sweep_goes_on(tmp_path: Path):
-    from lights_out_dev.config import ProjectConfig
-    from lights_out_dev.plan import load_plan
-    from lights_out_dev.sweep import Sweep
+    from lights_out_dev.core.config import ProjectConfig
+    from lights_out_dev.sweep.plan import load_plan
+    from lights_out_dev.sweep.scheduler import Sweep
 
     (tmp_path / "blocker").write_text("a file where the ledger's directory should be")
     plan = tmp_path / "p.yaml"
@@ -352,7 +352,7 @@ def test_busy_sweep_names_a_holder_that_writes_its_pid_late(tmp_path: Path):
     import socket
     import threading
 
-    from lights_out_dev.sweep import holder
+    from lights_out_dev.sweep.scheduler import holder
 
     owner = tmp_path / "sweep.owner"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

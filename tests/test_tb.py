@@ -9,7 +9,7 @@ import pytest
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2
 from torch.utils.tensorboard import SummaryWriter
 
-from lights_out_dev import tb
+from lights_out_dev.core import tb
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev import procs
-from lights_out_dev.classify import classify
-from lights_out_dev.profiles import resolve_profile
-from lights_out_dev.scan import LogScanner
+from lights_out_dev.host import procs
+from lights_out_dev.core.classify import classify
+from lights_out_dev.core.profiles import resolve_profile
+from lights_out_dev.run.scan import LogScanner
 from tests.test_graph import DOIT, make_repo, out, run_state
 
 SB3 = "gym_cartpole:sb3"
@@ -98,7 +98,7 @@ def test_sb3_profile_reads_progress_fps_reward_and_run_dir_from_sb3s_table(tmp_p
     assert s.checkpoint_dir == str(tmp_path / "logs/sb3/r1/checkpoints")
     # no marker: exit 0 is completion, and the reason says so; a progress line alone is not
     assert classify(s.observations(None, None))[0] == "healthy"
-    from lights_out_dev.executor import ExitStatus
+    from lights_out_dev.executors.base import ExitStatus
     verdict, reason = classify(s.observations(ExitStatus(exit_code=0), None))
     assert verdict == "completed" and "completion = 'exit0'" in reason and "timestep 2048/4096" in reason
     verdict, reason = classify(s.observations(ExitStatus(exit_code=None, signal=9), None))
@@ -106,7 +106,7 @@ def test_sb3_profile_reads_progress_fps_reward_and_run_dir_from_sb3s_table(tmp_p
 
 
 def test_generic_profile_shows_progress_as_unknown_not_as_before_the_first_iteration():
-    from lights_out_dev.executor import ExitStatus
+    from lights_out_dev.executors.base import ExitStatus
     s = LogScanner(profile=resolve_profile("generic", {}))
     for line in SB3_LINES:
         s.feed(line)
@@ -119,7 +119,7 @@ def test_generic_profile_shows_progress_as_unknown_not_as_before_the_first_itera
 def test_the_reason_names_the_completion_marker_that_matched():
     profile = resolve_profile("mine", {"mine": {"extends": "reference",
                                                 "observe": {"completion": ["Training time:", r"all \d+ done"]}}})
-    from lights_out_dev.executor import ExitStatus
+    from lights_out_dev.executors.base import ExitStatus
     s = LogScanner(profile=profile)
     s.feed("all 12 done in 3 s")
     assert classify(s.observations(ExitStatus(exit_code=0), None)) == ("completed", "finished: 'all 12 done', exit 0")
@@ -150,7 +150,7 @@ def test_sb3_completes_with_its_own_numbers_checkpoints_and_tensorboard_tags(tmp
     final = st["final"]
     assert final["iteration"] == 1024 and final["steps_per_s"] > 0 and final["mean_reward"] > 0
     assert "steps/s reward" in p.stdout and " it 1024/1024 " in p.stdout  # the status line shows its numbers
-    from lights_out_dev.tb import read_scalars
+    from lights_out_dev.core.tb import read_scalars
     assert {"rollout/ep_rew_mean", "time/fps"} <= set(read_scalars(a["tb_dir"]))
     assert_no_trainer_left(st)
 
@@ -422,7 +422,7 @@ def test_skrl_sigkill_is_retried_from_its_own_checkpoint_and_counts_on_from_it(t
 
 
 def test_a_carriage_return_ends_a_line_so_a_progress_bar_is_output_and_progress(tmp_path: Path):
-    from lights_out_dev.monitor import LogTail
+    from lights_out_dev.run.monitor import LogTail
     log = tmp_path / "bar.log"
     log.write_bytes(b"[skrl:INFO] Seed: 0\n\r  0%|          | 0/600 [00:00<?, ?it/s]\r  1%|          | 7/600 [00:00<00:08, 66.64it/s]\r  2%")
     tail = LogTail(log)

@@ -65,7 +65,7 @@ def canary(tmp_path):
 
 def processes_with(marker: str) -> list[int]:
     """Live pids whose command line or environment holds `marker`, found independently of lights-out."""
-    from lights_out_dev import procs
+    from lights_out_dev.host import procs
 
     found = []
     for name in os.listdir("/proc"):

@@ -14,7 +14,7 @@ from conftest import processes_with
 from filelock import FileLock
 from test_sweep import cleanup, doit_argv, env_for, make_repo, states
 
-from lights_out_dev import procs
+from lights_out_dev.host import procs
 
 SLOW_PAIR = """\
 name: pair

@@ -19,20 +19,22 @@ import pytest
 from conftest import ROOT, processes_with
 from test_supervisor import assert_nothing_left, make_cfg, make_spec, run, verdicts
 
-from lights_out_dev import gpu_lock, hooks, procs
-from lights_out_dev.config import PolicyRule, ProjectConfig
-from lights_out_dev.state import Attempt, RunState, atomic_write_text, load_state
-from lights_out_dev.supervisor import spec_fingerprint, supervise
+from lights_out_dev.host import gpu_lock
+from lights_out_dev.host import hooks
+from lights_out_dev.host import procs
+from lights_out_dev.core.config import PolicyRule, ProjectConfig
+from lights_out_dev.core.state import Attempt, RunState, atomic_write_text, load_state
+from lights_out_dev.run.supervisor import spec_fingerprint, supervise
 
 # A supervisor that is SIGKILLed the moment executor.start() returns its N-th trainer: the window between
 # starting a trainer and recording it, hit every time.
 DIES_AFTER_START = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from lights_out_dev.config import ProjectConfig
-    from lights_out_dev.local_executor import LocalExecutor
-    from lights_out_dev.spec import RunSpec
-    from lights_out_dev.supervisor import supervise
+    from lights_out_dev.core.config import ProjectConfig
+    from lights_out_dev.executors.local import LocalExecutor
+    from lights_out_dev.core.spec import RunSpec
+    from lights_out_dev.run.supervisor import supervise
 
     spec, cfg, root, path, pid_file, nth = sys.argv[1:7]
 
@@ -81,11 +83,11 @@ def test_01_supervisor_killed_between_start_and_record_adopts_the_trainer(tmp_pa
 DIES_IN_STOP = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from lights_out_dev.config import ProjectConfig
-    from lights_out_dev.local_executor import LocalExecutor
-    from lights_out_dev.spec import RunSpec
-    from lights_out_dev.state import load_state
-    from lights_out_dev.supervisor import supervise
+    from lights_out_dev.core.config import ProjectConfig
+    from lights_out_dev.executors.local import LocalExecutor
+    from lights_out_dev.core.spec import RunSpec
+    from lights_out_dev.core.state import load_state
+    from lights_out_dev.run.supervisor import supervise
 
     spec, cfg, root, path = sys.argv[1:5]
 
@@ -220,8 +222,8 @@ def test_12_secret_printed_by_the_trainer_is_redacted_in_the_state(tmp_path, mon
 HOLD_LEASE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from lights_out_dev import gpu_lock
-    from lights_out_dev.config import ProjectConfig
+    from lights_out_dev.host import gpu_lock
+    from lights_out_dev.core.config import ProjectConfig
     lease = gpu_lock.acquire(1, ProjectConfig(logs_dir=sys.argv[1], cpu_slots=1), Path(sys.argv[2]))
     print("holding", lease.slot, flush=True)
     time.sleep(120)
@@ -248,7 +250,7 @@ def test_12_cpu_slots_are_machine_wide_across_checkouts(tmp_path, monkeypatch):
 WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from lights_out_dev.state import atomic_write_text
+    from lights_out_dev.core.state import atomic_write_text
     blob = "x" * (4 << 20)
     print("writing", flush=True)
     while True:

@@ -1,0 +1,30 @@
+"""The `preflight` command (console script `lights-out preflight`, or `python -m lights_out_dev.cli.preflight`).
+
+Pre-flight checks run before experiments (doit tasks in tasks/_preflight.py, or Slurm job steps):
+"""
+from __future__ import annotations
+
+import sys
+
+from lights_out_dev.core.config import (
+    ConfigError,
+)
+from lights_out_dev.host.preflight import CHECKS, allreduce_worker, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["_allreduce"]:
+        allreduce_worker()
+    if len(args) != 1 or args[0] not in CHECKS:
+        print(f"usage: python -m lights_out_dev.host.preflight {'|'.join(CHECKS)}", file=sys.stderr)
+        return 2
+    try:
+        return run(args[0])
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

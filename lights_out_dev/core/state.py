@@ -1,0 +1,180 @@
+"""Durable run state: one JSON file per run, written atomically (tmp + fsync + rename).
+
+This file is the truth; the markdown ledger is rendered from it. A file damaged anyway (a filesystem
+crash, a hand edit) raises DamagedState naming it; the supervisor moves it aside (quarantine) and the
+run starts over, readers treat it as not started. A writer killed mid-write leaves a temporary file
+that names its pid; the next write beside it removes it once that pid is gone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from lights_out_dev.core.spec import RunSpec
+
+
+class Progress(BaseModel):
+    iteration: int | None = None
+    total: int | None = None
+    steps_per_s: float | None = None
+    mean_reward: float | None = None
+    mean_episode_length: float | None = None
+
+
+class Attempt(BaseModel):
+    number: int
+    argv: list[str]
+    gpus: list[int] | None = None  # None = CPU
+    env_overrides: dict[str, str] = Field(default_factory=dict)
+    started_at: float | None = None
+    ended_at: float | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    job_id: str | None = None  # Slurm
+    node: str | None = None
+    failed_nodes: list[str] = Field(default_factory=list)  # Slurm: nodes that failed under the job
+    log_path: str | None = None
+    tb_dir: str | None = None
+    checkpoint_dir: str | None = None  # where its trainer profile says its checkpoints are (None: tb_dir)
+    tracker_url: str | None = None  # the experiment tracker's run URL its log printed (W&B)
+    step_offset: int = 0  # steps done before it, for a trainer that counts a resumed run from 0 (skrl)
+    exit_code: int | None = None
+    signal: int | None = None
+    verdict: str | None = None
+    reason: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    progress: Progress = Field(default_factory=Progress)
+    healthy_at: float | None = None
+    peak_vram_mb: float | None = None
+    decision: str | None = None
+    log_tail: list[str] = Field(default_factory=list)
+    survivors: list[int] = Field(default_factory=list)
+    cleanup_s: float | None = None  # kill -> processes gone from the process table (and NVML)
+    imbalance: str | None = None  # multi-GPU imbalance seen while running
+    interrupted: bool = False  # ended by a user's stop or the supervisor's own end: not a trainer failure
+
+
+class RunState(BaseModel):
+    run_key: str
+    rid: str
+    run_name: str
+    task: str
+    spec: RunSpec
+    status: str = "pending"  # see verdicts.RUN_STATUSES
+    final_verdict: str | None = None
+    reason: str | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    supervisor_pid: int | None = None
+    supervisor_host: str | None = None
+    checkpoints: list[str] = Field(default_factory=list)
+    final: Progress = Field(default_factory=Progress)
+    best_reward: float | None = None
+    peak_vram_mb: float | None = None
+    smoke: str | None = None  # 'passed' | 'failed: <verdict>' | None
+    smoke_argv_hash: str | None = None
+    sweep: str | None = None
+    index: int | None = None
+    phase: int | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def current(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write so that readers see the old or the new content, never a torn file.
+
+    On failure (e.g. disk full) the old file is left untouched and the error propagates.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_writers_tmp(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; states, ledger and report are for the group, like params/
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _remove_dead_writers_tmp(path: Path) -> None:
+    """Temporary files of `path` left by writers that were killed (their pid is in the name, and gone).
+
+    Only the pid's existence is checked: a reused pid or a zombie merely keeps a stray file."""
+
+    prefix = f".{path.name}."
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            try:
+                os.unlink(path.parent / name)
+            except OSError:
+                pass
+
+
+class DamagedState(ValueError):
+    """A run-state file that exists but cannot be read as one; `why` says how it is damaged."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"the run state {path} is damaged ({why})")
+        self.path, self.why = Path(path), why
+
+
+def quarantine(path: Path) -> Path:
+    """Move a damaged state aside (kept, never deleted) so the run can start over; returns the new path."""
+    bad = Path(path).with_name(f"{Path(path).name}.damaged-{time.strftime('%Y%m%d_%H%M%S')}")
+    os.replace(path, bad)
+    return bad
+
+
+def save_state(state: RunState, path: Path) -> None:
+    state.updated_at = time.time()
+    atomic_write_text(path, state.model_dump_json(indent=2))
+
+
+def load_state(path: Path) -> RunState | None:
+    """The run state, None when there is none; DamagedState when the file is not a readable one."""
+    try:
+        raw = Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    try:
+        return RunState.model_validate(json.loads(raw.decode()))
+    except UnicodeDecodeError:
+        raise DamagedState(path, "not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise DamagedState(path, f"not valid JSON: {e.msg} at byte {e.pos}") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the top level"
+        raise DamagedState(path, f"not a run state: {where}: {first['msg']}") from None
+
+
+def read_state(path: Path) -> RunState | None:
+    """load_state for readers (schedulers, status screens): a damaged file reads as no state; only the
+    supervisor of that run, holding its lock, quarantines it."""
+    try:
+        return load_state(path)
+    except DamagedState:
+        return None
