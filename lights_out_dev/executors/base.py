@@ -33,6 +33,8 @@ class ExitStatus:
 
 class Executor(Protocol):
     kind: str
+    poll_interval_s: float  # how long wait() blocks per call: the watch loop's tick
+    pins_gpus_itself: bool  # True when the backend pins the allocation's GPUs (Slurm); else the attempt does
 
     def start(self, argv: list[str], env: dict[str, str], log_path: Path, gpus: list[int] | None,
               time_limit_s: float | None = None, job_name: str = "lights-out") -> Handle:
@@ -49,3 +51,6 @@ class Executor(Protocol):
     def stop(self, handle: Handle, graceful: bool, grace_s: float) -> list[int]:
         """Stop the whole run (graceful: SIGINT, grace, SIGTERM, SIGKILL; else SIGKILL at once) and
         wait until its processes are gone. Returns the pids that survived (empty = clean)."""
+
+    def forget(self, handle: Handle) -> None:
+        """Drop what the executor keeps about a run that has ended (child objects, cached job states)."""

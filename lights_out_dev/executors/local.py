@@ -60,6 +60,7 @@ def run_pids(handle: Handle) -> list[int]:
 class LocalExecutor:
     kind = "local"
     poll_interval_s = 0.1  # how long monitor's wait() blocks between log reads
+    pins_gpus_itself = False  # CUDA_VISIBLE_DEVICES comes with the attempt's environment
 
     def __init__(self, cwd: Path | None = None):
         self.cwd = Path(cwd) if cwd else None

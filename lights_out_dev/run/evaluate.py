@@ -22,14 +22,22 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.executors.local import LaunchError, LocalExecutor
+from lights_out_dev.host import stopping
+from lights_out_dev.run.attempt import (
+    Ended,
+    environment,
+    limits_for,
+    new_scanner,
+    process_environment,
+    watch_to_end,
+)
+from lights_out_dev.run.monitor import LogTail
 
 PLAY_SUFFIX = "-play"  # task name of the evaluate/play twin of every single-GPU variant
 DEFAULT_METRIC = "Train/mean_reward"
@@ -236,42 +244,24 @@ def _last_error(log_lines: list[str]) -> str | None:
     return None
 
 
-def _kill_session(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)  # only the play process's own session (start_new_session)
-    except ProcessLookupError:
-        pass
-
-
-def _run(argv: list[str], env: dict, cwd: Path, log_path: Path, limit_s: float | None) -> tuple[int | None, list[str]]:
-    """Run the play process in its own session, tee its output to the log; (exit code | None on time out, lines).
-
-    A timer enforces the limit even while the process prints nothing; whatever the play process left
-    in its session is killed on the way out."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+def _run(spec: RunSpec, argv: list[str], gpus: list[int] | None, cfg, root: Path, log_path: Path,
+         limit_s: float | None) -> tuple[Ended, list[str]]:
+    """Run the play process as a run's attempt is run (one process session, identity-checked stop, the
+    project's stall limits, a stop request of this process honoured) and show its output as it comes;
+    (how it ended, its lines)."""
+    executor = LocalExecutor(cwd=root)  # an evaluation runs beside whoever asked for it, on its leased GPU
+    # no pinning: the play command names its one leased GPU in its device flag
+    env = process_environment(spec, environment(spec, executor, None, None))
+    handle = executor.start(argv, env, log_path, gpus, time_limit_s=limit_s, job_name="lights-out-play")
     lines: list[str] = []
-    timed_out: list[bool] = []
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", start_new_session=True)
-        timer = None
-        if limit_s is not None:
-            timer = threading.Timer(limit_s, lambda: (timed_out.append(True), _kill_session(proc.pid)))
-            timer.daemon = True
-            timer.start()
-        try:
-            for line in proc.stdout:  # tee
-                log.write(line)
-                log.flush()
-                sys.stdout.write(line)
-                lines.append(line.rstrip("\n"))
-            code = proc.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
-            _kill_session(proc.pid)
-            proc.wait()
-    return (None if timed_out else code), lines
+
+    def show(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        lines.append(line)
+
+    ended = watch_to_end(executor, handle, new_scanner(cfg, argv, spec, root), limits_for(cfg, executor, limit_s),
+                         LogTail(handle.log_path, 0), should_stop=stopping.requested, echo=show)
+    return ended, lines
 
 
 def evaluate_checkpoint(spec: RunSpec, ckpt: Path, passthrough: list[str], cfg, root: Path, label: str,
@@ -279,7 +269,6 @@ def evaluate_checkpoint(spec: RunSpec, ckpt: Path, passthrough: list[str], cfg, 
     """Run the play script of `spec`'s trainer on `ckpt` and return the eval record (metrics, paths).
 
     PlayError (one sentence) when it cannot start, fails, runs out of time or writes no metrics."""
-    from lights_out_dev.core import command
     from lights_out_dev.host import gpu_lock
 
     want_video = any(t == "--video" or t.startswith("--video=") for t in passthrough)
@@ -289,11 +278,10 @@ def evaluate_checkpoint(spec: RunSpec, ckpt: Path, passthrough: list[str], cfg, 
         lease = gpu_lock.acquire(1, cfg, root, prefer=[gpu] if gpu is not None else None,
                                  wait=cfg.monitor.busy_gpu_action == "wait")
         argv = play_argv(spec, lease.gpus, str(ckpt), passthrough)
-        env = {**os.environ, **command.trainer_env(spec), "PYTHONUNBUFFERED": "1"}
         print(f"lights-out: {label}: evaluating {ckpt}")
         started = time.time()
-        code, lines = _run(argv, env, root, log_path, spec.time_limit_s)
-    except gpu_lock.GpuLockError as e:
+        ended, lines = _run(spec, argv, lease.gpus, cfg, root, log_path, spec.time_limit_s)
+    except (gpu_lock.GpuLockError, LaunchError) as e:
         raise PlayError(str(e)) from None
     except OSError as e:  # e.g. the prefix is not executable, the logs dir not writable
         raise PlayError(f"cannot run the evaluation ({e.strerror or e}: {e.filename or '-'}); fix that path "
@@ -301,9 +289,15 @@ def evaluate_checkpoint(spec: RunSpec, ckpt: Path, passthrough: list[str], cfg, 
     finally:
         if lease is not None:
             lease.release()
-    if code is None:
+    stopped_by = ended.watched.stopped_by
+    if stopped_by == "timeout":
         raise PlayError(f"the evaluation did not finish within {spec.time_limit_s:.0f}s and was stopped; lower "
                         f"--num_episodes or raise --time_limit (log {log_path})")
+    if stopped_by == "user":
+        raise PlayError(f"the evaluation was stopped by {stopping.signal_name()} before it finished (log {log_path})")
+    if stopped_by is not None or ended.watched.exit is None:
+        raise PlayError(f"the evaluation was stopped: {ended.reason} (log {log_path})")
+    code = ended.watched.exit.exit_code
     if code != 0:
         raise PlayError(f"{_last_error(lines) or f'the play script exited with code {code}'} (log {log_path})")
     out_dir = ckpt.parent / "eval"

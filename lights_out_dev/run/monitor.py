@@ -208,10 +208,12 @@ def _raised(time_left: Callable[[], float | None] | None, left_now: float) -> bo
 def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: LogTail, *,
           gpus: list[int] | None = None, notify: Callable[[str], None] = lambda kind: None,
           should_stop: Callable[[], bool] = lambda: False,
-          time_left: Callable[[], float | None] | None = None) -> WatchResult:
+          time_left: Callable[[], float | None] | None = None,
+          echo: Callable[[str], None] | None = None) -> WatchResult:
     """Watch one attempt until it ends or is stopped; notify('progress'|'healthy'|'status'|'tb_dir').
 
-    time_left: asked when the time limit runs out; more time left (the limit was extended) moves it."""
+    time_left: asked when the time limit runs out; more time left (the limit was extended) moves it.
+    echo: given every line of the log as it is read (a foreground evaluation shows its output)."""
     start = last_output = last_status = time.monotonic()
     deadline = None if limits.time_left_s is None else start + max(0.0, limits.time_left_s)
     healthy_at = peak = idle_since = imbalanced_since = imbalance = None
@@ -234,6 +236,8 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
         if lines:
             for line in lines:
                 scanner.feed(line)
+                if echo is not None:
+                    echo(line)
             if scanner.tb_dir != tb_dir:
                 tb_dir = scanner.tb_dir
                 notify("tb_dir")
@@ -311,6 +315,8 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
         exit_status = executor.wait(handle, 1.0)
     for line in tail.read_lines(final=True):
         scanner.feed(line)
+        if echo is not None and stop is None:  # what a stopped process prints on its way out stays in the log
+            echo(line)
     return WatchResult(exit=exit_status, stopped_by=stopped_by, trigger=trigger, detected_at=detected_at,
                        survivors=survivors, peak_vram_mb=peak, healthy_at=healthy_at, cleanup_s=cleanup_s,
                        imbalance=imbalance,

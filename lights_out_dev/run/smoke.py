@@ -122,8 +122,15 @@ def gate(run) -> bool:
     True: go on with the long attempt. False: the run ended here, either failed (status 'failed',
     reason 'smoke failed: ...') or stopped by the user (status 'interrupted')."""
     from lights_out_dev.core import command
-    from lights_out_dev.run.monitor import Limits, LogTail, watch
-    from lights_out_dev.run.supervisor import _classify, _new_scanner
+    from lights_out_dev.run.attempt import (
+        classify_end,
+        environment,
+        limits_for,
+        new_scanner,
+        process_environment,
+        watch_to_end,
+    )
+    from lights_out_dev.run.monitor import LogTail
 
     st, cfg = run.state, run.cfg
     spec, gpus = run._effective_spec(), run._gpus()
@@ -139,10 +146,10 @@ def gate(run) -> bool:
 
     _stop_leftover(run)
     limit = cfg.monitor.startup_stall_s
-    env_over = {**spec.env, **command.gpu_env(spec, gpus), "LIGHTS_OUT_ATTEMPT": "0", "PYTHONUNBUFFERED": "1"}
-    env = {**os.environ, **command.trainer_env(spec), **env_over}
+    env_over = environment(spec, run.executor, gpus, 0)
+    env = process_environment(spec, env_over)
     log_path = run.logs_dir / f"{time.strftime('%Y%m%d_%H%M%S')}_{run.key}{SUFFIX}.log"
-    scanner = _new_scanner(cfg, argv, spec, run.root, run._target_iteration())
+    scanner = new_scanner(cfg, argv, spec, run.root, run._target_iteration())
     user_stop = []
 
     def stop() -> bool:  # the first iteration ends the smoke; the user's stop still counts as such
@@ -162,20 +169,16 @@ def gate(run) -> bool:
         run.save()
         run.say(f"[{st.task}] smoke: running the full command up to its first iteration "
                 f"(start-up limit {format_duration(limit)}); log {run.handle.log_path}")
-        tail = LogTail(run.handle.log_path, 0)
-        limits = Limits.from_config(cfg.monitor, limit, tick_s=getattr(run.executor, "poll_interval_s", 0.1))
-        result = watch(run.executor, run.handle, scanner, limits, tail, gpus=gpus, should_stop=stop)
-        tail.close()
+        ended = watch_to_end(run.executor, run.handle, scanner, limits_for(cfg, run.executor, limit),
+                             LogTail(run.handle.log_path, 0), gpus=gpus, should_stop=stop)
     except BaseException:
         run._abort()  # leaves no trainer behind and marks the run interrupted
         raise
-    if hasattr(run.executor, "forget"):
-        run.executor.forget(run.handle)
     run.handle = None
-    stopped_by = result.stopped_by
-    if stopped_by == "user" and not user_stop:
-        stopped_by = "smoke"
-    verdict, reason = _classify(scanner, result.exit, stopped_by)
+    result = ended.watched
+    verdict, reason = ended.verdict, ended.reason
+    if result.stopped_by == "user" and not user_stop:  # the gate's own stop at its first iteration
+        verdict, reason = classify_end(scanner, result.exit, "smoke")
     if verdict == Verdict.timeout:
         reason = f"no first iteration within the start-up limit of {format_duration(limit)}"
     elif verdict == Verdict.completed:

@@ -52,7 +52,15 @@ from lights_out_dev.executors.base import Executor, Handle
 from lights_out_dev.executors.local import LaunchError, LocalExecutor
 from lights_out_dev.host import events, gpu_lock, procs, stopping
 from lights_out_dev.run import run_requests
-from lights_out_dev.run.monitor import Limits, LogTail, WatchResult, watch
+from lights_out_dev.run.attempt import (
+    classify_end,
+    environment,
+    limits_for,
+    new_scanner,
+    process_environment,
+    watch_to_end,
+)
+from lights_out_dev.run.monitor import LogTail, WatchResult
 
 PROGRESS_SAVE_S = 1.0  # progress-only changes are persisted at most this often (start/health/end at once)
 LOG_TAIL_LINES = 20
@@ -186,44 +194,6 @@ def _tail_of(path: str | None, n: int = LOG_TAIL_LINES) -> list[str]:
             return f.read().decode(errors="replace").splitlines()[-n:]
     except OSError:
         return []
-
-
-def _argv_value(argv: list[str], flag: str) -> str | None:
-    value = None
-    for i, tok in enumerate(argv):
-        if tok == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif tok.startswith(flag + "="):
-            value = tok.split("=", 1)[1]
-    return value
-
-
-def _new_scanner(cfg: ProjectConfig, argv: list[str], spec: RunSpec | None = None, root: Path | None = None,
-                 total: int | None = None, offset: int = 0):
-    """A scanner reading the log as the run's trainer profile says; `total` is the run's target, for
-    trainers that print only what they have done."""
-    from lights_out_dev.run.scan import LogScanner
-    profile = spec.trainer if spec is not None else None
-    flag = profile.flags.run_name if profile is not None else "--run_name"
-    # The run name we passed completes the run directory Isaac Lab prints only as root + stamp.
-    return LogScanner(extra_patterns=cfg.monitor.extra_patterns or None,
-                      run_name=_argv_value(argv, flag) if flag else None, profile=profile, root=root,
-                      default_total=total if total is not None else (spec.max_iterations if spec else None),
-                      progress_offset=offset)
-
-
-def _classify(scanner, exit_status, stopped_by) -> tuple[Verdict, str]:
-    """classify() on the scanner's observations; an ended process is never 'running'."""
-    from lights_out_dev.core.classify import classify
-    verdict, reason = classify(scanner.observations(exit_status, stopped_by))
-    verdict = Verdict(verdict)
-    if verdict in (Verdict.running, Verdict.healthy):
-        # Only an adopted trainer (not our child) ends with an unknown exit code; judge it by its log.
-        unknown = (exit_status.reason if exit_status and exit_status.reason else "exit code unknown")
-        if scanner.end_marker:
-            return Verdict.completed, f"finished: {scanner.end_marker_text!r} in the log ({unknown})"
-        return Verdict.crash, f"ended with no end marker and no known error signature ({unknown})"
-    return verdict, reason
 
 
 class _Run:
@@ -439,10 +409,8 @@ class _Run:
             spec = spec.model_copy(update={"max_iterations": None if budget == "none" else left or spec.max_iterations})
         run_name = st.run_name if n == 1 else f"{st.run_name}_a{n}"  # unique trainer log dir per attempt
         argv = command.build_argv(spec, self._trainer_gpus(gpus), rid=st.rid, run_name=run_name, extra=extra)
-        gpu_env = command.gpu_env(spec, gpus) if self.executor.kind == "local" else {}  # Slurm sets its own
-        env_over = {**spec.env, **spec.trainer.attempt_environment(st.rid, run_name, n), **gpu_env,
-                    "LIGHTS_OUT_ATTEMPT": str(n), "PYTHONUNBUFFERED": "1"}
-        env = {**os.environ, **command.trainer_env(spec), **env_over}
+        env_over = environment(spec, self.executor, gpus, n, spec.trainer.attempt_environment(st.rid, run_name, n))
+        env = process_environment(spec, env_over)
         stamp = time.strftime("%Y%m%d_%H%M%S")
         log_path = self.logs_dir / f"{stamp}_{self.key}{'' if n == 1 else f'_a{n}'}.log"
         self.start_trainer(argv, env, log_path, gpus, purpose="attempt", env_overrides=env_over,
@@ -454,7 +422,7 @@ class _Run:
         st.status = "running"
         st.extra["handle"] = self.handle.__dict__
         st.extra.pop("intent", None)
-        self.scanner = _new_scanner(self.cfg, argv, self.spec, self.root, self._target_iteration(), offset)
+        self.scanner = new_scanner(self.cfg, argv, self.spec, self.root, self._target_iteration(), offset)
         self.tail = LogTail(self.handle.log_path, 0)
         self.save()
         self.emit("started", attempt=n, gpus=gpus, log_path=attempt.log_path, argv=argv)
@@ -475,7 +443,7 @@ class _Run:
         attempt = st.current
         hd = st.extra.get("handle")
         handle = Handle(**hd) if hd else None
-        self.scanner = _new_scanner(self.cfg, attempt.argv, self.spec, self.root, self._target_iteration(),
+        self.scanner = new_scanner(self.cfg, attempt.argv, self.spec, self.root, self._target_iteration(),
                                     attempt.step_offset)
         offset = int(st.extra.get("log_offset", 0))
         if attempt.log_path:  # rebuild the scanner's view (tb dir, health, progress) up to the offset, once
@@ -504,7 +472,7 @@ class _Run:
                 self.scanner.feed(line)
             self.tail.close()
             self.tail = None
-        verdict, reason = _classify(self.scanner, None, None)
+        verdict, reason = classify_end(self.scanner, None, None)
         if st.extra.pop("stopping", None) == "user" and verdict not in (Verdict.completed, Verdict.timeout):
             # a stop was under way when its supervisor died: what the trainer printed while being stopped
             # (an import cut short, say) is not its failure
@@ -631,18 +599,15 @@ class _Run:
             try:
                 attempt = st.current if adopted else self._launch()
                 adopted = False
-                trainer = self.spec.trainer
-                limits = Limits.from_config(self.cfg.monitor, self._time_left(),
-                                            tick_s=getattr(self.executor, "poll_interval_s", 0.1),
-                                            checkpoint_pattern=None if trainer.saves_on_interrupt
-                                            else trainer.checkpoint_pattern)
                 self.stop_request = None
-                result = watch(self.executor, self.handle, self.scanner, limits, self.tail, gpus=attempt.gpus,
-                               notify=self._notify, should_stop=self._should_stop, time_left=self._time_left)
+                ended = watch_to_end(self.executor, self.handle, self.scanner,
+                                     limits_for(self.cfg, self.executor, self._time_left(), self.spec), self.tail,
+                                     gpus=attempt.gpus, notify=self._notify, should_stop=self._should_stop,
+                                     time_left=self._time_left)
             except BaseException:
                 self._abort()
                 raise
-            verdict, reason = _classify(self.scanner, result.exit, result.stopped_by)
+            verdict, reason, result = ended.verdict, ended.reason, ended.watched
             if result.stopped_after_checkpoint:
                 reason += (f", right after its checkpoint {result.stopped_after_checkpoint} (its next save would "
                            f"have come after the limit, and it saves nothing when stopped)")
@@ -658,10 +623,7 @@ class _Run:
                 verdict, reason = Verdict.killed, f"stopped on request by an earlier supervisor ({reason})"
                 attempt.interrupted = True
             self._record_end(attempt, verdict, reason, result, result.exit)
-            self.tail.close()
             self.tail = None
-            if hasattr(self.executor, "forget"):
-                self.executor.forget(self.handle)
             self.handle = None
             if result.stopped_by == "user" and verdict is Verdict.killed:  # not a judge's stop (pruned, nan, ...)
                 attempt.interrupted = True

@@ -238,6 +238,7 @@ class SlurmExecutor:
 
     kind = "slurm"
     poll_interval_s = 0.5  # how often squeue is asked while a job runs (and monitor's tick)
+    pins_gpus_itself = True  # the job's --gres allocation sets CUDA_VISIBLE_DEVICES on the node
 
     def __init__(self, cfg: ProjectConfig, root: Path, *, runtime_check: bool = False,
                  array: JobArray | None = None):
