@@ -127,7 +127,7 @@ def test_play_task_evaluates_the_trained_checkpoint(tmp_path: Path):
     trained_metrics = json.loads(metrics_file.read_text())
     assert trained_metrics["num_episodes"] == 16 and rec["metrics"] == trained_metrics
     assert (run_dir / "eval" / "eval_metrics.csv").read_text().startswith("task,physics,checkpoint")
-    assert run_state(repo, "cartpole:base")["extra"]["eval"]["metrics"] == trained_metrics  # for the ledger
+    assert run_state(repo, "cartpole:base")["evaluation"]["metrics"] == trained_metrics  # for the ledger
 
     untrained = doit(repo, "cartpole:base-play", "--num_episodes", "16", "--checkpoint", "model_0.pt", "--video",
                      "--video_length", "30")
@@ -220,8 +220,8 @@ def test_a_sweep_ends_with_an_evaluation_of_its_best_run(tmp_path: Path):
     assert p.returncode == 0, out(p)
     runs = repo / "local_experiment_logs/sweeps/evaluated/runs"
     short, long_ = (json.loads((runs / f"{i:02d}.json").read_text()) for i in (1, 2))
-    assert "eval" not in short["extra"]  # only the best run is evaluated
-    ev = long_["extra"]["eval"]
+    assert not short["evaluation"]  # only the best run is evaluated
+    ev = long_["evaluation"]
     assert ev["checkpoint"] == long_["checkpoints"][-1] and ev["metrics"]["num_episodes"] == 8
     assert "eval return" in (repo / "lights_out_dev/sweep_log.md").read_text()
     report_md = (repo / "local_experiment_logs/sweeps/evaluated/report.md").read_text()

@@ -102,7 +102,7 @@ def test_a_passed_smoke_precedes_the_long_attempt_and_is_reused_while_the_comman
     assert first.returncode == 0 and executed(first, "cartpole:base"), out(first)
     st = run_state(repo, "cartpole:base")
     assert st["smoke"] == "passed" and st["status"] == "completed", st
-    rec = st["extra"]["smoke"]
+    rec = st["smoke_record"]
     assert rec["verdict"] == "completed" and "reused" not in rec
     assert rec["progress"]["iteration"] >= 1  # evidence: a finished training update, not just start-up
     assert rec["ended_at"] <= st["attempts"][0]["started_at"]  # the gate came first
@@ -116,7 +116,7 @@ def test_a_passed_smoke_precedes_the_long_attempt_and_is_reused_while_the_comman
     assert again.returncode == 0 and executed(again, "cartpole:base"), out(again)
     st2 = run_state(repo, "cartpole:base")
     assert st2["rid"] != st["rid"] and st2["status"] == "completed"
-    assert st2["smoke"] == "passed" and st2["extra"]["smoke"].get("reused"), st2["extra"]
+    assert st2["smoke"] == "passed" and st2["smoke_record"].get("reused"), st2["smoke_record"]
     assert st2["smoke_argv_hash"] == st["smoke_argv_hash"]
     assert "not run again" in again.stdout
     assert len(smoke_logs(repo)) == 1
@@ -125,7 +125,7 @@ def test_a_passed_smoke_precedes_the_long_attempt_and_is_reused_while_the_comman
     changed = doit(repo, *ARGS, "--seed", "7")
     assert changed.returncode == 0, out(changed)
     st3 = run_state(repo, "cartpole:base")
-    assert st3["smoke"] == "passed" and not st3["extra"]["smoke"].get("reused")
+    assert st3["smoke"] == "passed" and not st3["smoke_record"].get("reused")
     assert st3["smoke_argv_hash"] != st["smoke_argv_hash"]
     assert len(smoke_logs(repo)) == 2
 
@@ -167,10 +167,10 @@ def test_a_sweep_runs_the_smokes_of_a_phase_first_and_the_ledger_shows_their_ver
     good, bad = (json.loads((runs / f"{i:02d}.json").read_text()) for i in (1, 2))
     assert bad["status"] == "failed" and bad["smoke"] == "failed: config_error" and bad["attempts"] == [], out(p)
     assert good["status"] == "completed" and good["smoke"] == "passed", out(p)
-    assert good["extra"]["smoke"].get("reused")  # the long pass reused the gate of the smoke pass
+    assert good["smoke_record"].get("reused")  # the long pass reused the gate of the smoke pass
     # both gates were judged before the first long attempt started
     archived = [json.loads(f.read_text()) for f in sorted((runs / "archive").glob("*.json"))]
-    gate_ends = [a["extra"]["smoke"]["ended_at"] for a in archived] + [bad["extra"]["smoke"]["ended_at"]]
+    gate_ends = [a["smoke_record"]["ended_at"] for a in archived] + [bad["smoke_record"]["ended_at"]]
     assert max(gate_ends) <= good["attempts"][0]["started_at"]
     text = (repo / "lights_out_dev/sweep_log.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
@@ -201,7 +201,7 @@ def test_a_smoke_trainer_left_by_a_killed_supervisor_is_stopped_by_the_next_gate
         while leftover is None and time.monotonic() < deadline:
             time.sleep(0.2)
             try:
-                leftover = json.loads(state_file.read_text())["extra"]["smoke"]["handle"]
+                leftover = json.loads(state_file.read_text())["smoke_record"]["handle"]
             except (OSError, ValueError, KeyError):
                 pass
         assert leftover and procs.alive(leftover["pid"], leftover["start_time"])

@@ -276,7 +276,7 @@ def test_full_disk_while_writing_state_leaves_no_orphan(tmp_path, monkeypatch):
     with pytest.raises(sup.SupervisorError, match="No space left on device"):
         supervise(make_spec(max_iterations=50), cfg, tmp_path, path, executor=Recording(cwd=tmp_path),
                   status_line=lambda s: None)
-    assert load_state(path).extra["intent"]  # the last good write (the launch record) is intact, not a torn file
+    assert load_state(path).intent  # the last good write (the launch record) is intact, not a torn file
     (h,) = started
     assert procs.run_pids(h.pgid) == [] and not procs.alive(h.pid)  # the trainer did not outlive the error
 
@@ -305,7 +305,7 @@ def test_supervisor_sigkilled_then_restarted_adopts_trainer(tmp_path):
 
     def healthy():
         st = load_state(path) if path.exists() else None
-        return st if st and st.current and st.current.healthy_at and st.extra.get("log_offset") else None
+        return st if st and st.current and st.current.healthy_at and st.log_offset else None
 
     assert procs.wait_until(lambda: healthy() is not None, 60)
     before = healthy()

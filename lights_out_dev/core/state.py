@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from lights_out_dev.core.spec import RunSpec
 
@@ -60,6 +60,24 @@ class Attempt(BaseModel):
     interrupted: bool = False  # ended by a user's stop or the supervisor's own end: not a trainer failure
 
 
+_MOVED_FROM_EXTRA = {k: k for k in ("fingerprint", "intent", "handle", "log_offset", "resume_from", "stopping",
+                                     "exclude_nodes", "bad_iteration", "effective")} | {"smoke": "smoke_record",
+                                                                                        "eval": "evaluation"}
+
+
+class LaunchIntent(BaseModel):
+    """A launch written ahead of the process it starts: a supervisor that dies between starting the trainer
+    and recording it leaves this, and the next one finds the trainer by `token` (in its environment)."""
+    purpose: str  # "attempt" | "smoke"
+    token: str
+    argv: list[str]
+    log_path: str
+    gpus: list[int] | None = None
+    env_overrides: dict[str, str] = Field(default_factory=dict)
+    at: float
+    boot: str | None = None
+
+
 class RunState(BaseModel):
     run_key: str
     rid: str
@@ -83,7 +101,32 @@ class RunState(BaseModel):
     sweep: str | None = None
     index: int | None = None
     phase: int | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
+    # -- supervision: what a restarted supervisor needs to go on where the last one stopped
+    fingerprint: str | None = None  # of the spec the run was started with (a changed spec is a new run)
+    intent: LaunchIntent | None = None  # a launch under way, not yet recorded as an attempt
+    handle: dict[str, Any] | None = None  # the executor's handle of the running attempt, as data
+    log_offset: int = 0  # bytes of the running attempt's log already read
+    resume_from: str | None = None  # the checkpoint the next attempt starts from
+    stopping: str | None = None  # "user" while a stop by the user is under way
+    exclude_nodes: list[str] = Field(default_factory=list)  # Slurm nodes that failed under this run
+    bad_iteration: int | None = None  # where it diverged (NaN, a judge's stop): retries resume before it
+    effective: dict[str, int] = Field(default_factory=dict)  # num_envs / seed changed by the policy
+    # the smoke gate's and the evaluation's records (argv, log, verdict, metrics ...), shown by the ledger
+    smoke_record: dict[str, Any] = Field(default_factory=dict)
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)  # sweep-level notes: params, search, promotion, ...
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_extra(cls, data: Any) -> Any:
+        """States written before these fields existed kept them in `extra`."""
+        if isinstance(data, dict) and isinstance(data.get("extra"), dict):
+            extra = dict(data["extra"])
+            for old, new in _MOVED_FROM_EXTRA.items():
+                if old in extra and new not in data:
+                    data = {**data, new: extra.pop(old)}
+            data = {**data, "extra": extra}
+        return data
 
     @property
     def current(self) -> Attempt | None:

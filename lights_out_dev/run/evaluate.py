@@ -227,7 +227,7 @@ def record_in_state(state_path: Path, record: dict) -> str | None:
     try:
         st = load_state(state_path)
         if st is not None:
-            st.extra["eval"] = record
+            st.evaluation = record
             save_state(st, state_path)
     except Exception as e:  # the target JSON keeps the result either way
         return f"could not add the result to {state_path} ({e})"

@@ -106,7 +106,7 @@ def _stop_leftover(run) -> None:
     from lights_out_dev.host import procs
 
     found = _newest_archived(run.path, run.key)
-    rec = found[1].extra.get("smoke", {}) if found else {}
+    rec = found[1].smoke_record if found else {}
     if not rec.get("handle") or rec.get("ended_at"):
         return
     handle = Handle(**rec["handle"])
@@ -139,7 +139,7 @@ def gate(run) -> bool:
     earlier = previous_pass(st, run.path, run.key, digest)
     if earlier is not None:
         st.smoke, st.smoke_argv_hash = PASSED, digest
-        st.extra["smoke"] = {**earlier[1].extra.get("smoke", {}), "reused": str(earlier[0])}
+        st.smoke_record = {**earlier[1].smoke_record, "reused": str(earlier[0])}
         run.save()
         run.say(f"[{st.task}] smoke passed earlier for this exact command ({digest}); not run again.")
         return True
@@ -164,8 +164,8 @@ def gate(run) -> bool:
         run.start_trainer(argv, env, log_path, gpus, purpose="smoke", env_overrides=env_over,
                           job_name=f"lo-{run.key}-smoke", time_limit_s=limit, **run.placement(spec))
         record.update(log_path=run.handle.log_path, pid=run.handle.pid, handle=dict(run.handle.__dict__))
-        st.extra["smoke"] = record
-        st.extra.pop("intent", None)
+        st.smoke_record = record
+        st.intent = None
         run.save()
         run.say(f"[{st.task}] smoke: running the full command up to its first iteration "
                 f"(start-up limit {format_duration(limit)}); log {run.handle.log_path}")

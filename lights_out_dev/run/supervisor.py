@@ -40,6 +40,7 @@ from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import (
     Attempt,
     DamagedState,
+    LaunchIntent,
     Progress,
     RunState,
     atomic_write_text,
@@ -227,7 +228,7 @@ class _Run:
         if not force and now - self._last_save < PROGRESS_SAVE_S:
             return
         if self.tail is not None:
-            self.state.extra["log_offset"] = self.tail.offset
+            self.state.log_offset = self.tail.offset
         try:
             save_state(self.state, self.path)
         except OSError as e:
@@ -253,11 +254,11 @@ class _Run:
         if old is not None and self.on_spec_change == "wipe" and old.status not in FINAL_STATUSES:
             self._archive_state()  # --wipe: start afresh even with the same spec (its trainer is stopped first)
             old = None
-        if old is not None and (old.extra.get("fingerprint") or spec_fingerprint(old.spec)) != self.fingerprint:
+        if old is not None and (old.fingerprint or spec_fingerprint(old.spec)) != self.fingerprint:
             changed = spec_difference(old.spec, self.spec) or "the plan entry"
             if self.on_spec_change == "continue":
                 self.spec = old.spec  # continue the recorded run as it was started
-                self.fingerprint = old.extra.get("fingerprint") or spec_fingerprint(old.spec)
+                self.fingerprint = old.fingerprint or spec_fingerprint(old.spec)
             elif self.on_spec_change == "wipe" or old.status in FINAL_STATUSES:
                 self._archive_state()  # a finished run is kept in the archive; a new spec is a new run
                 old = None
@@ -265,7 +266,7 @@ class _Run:
                 raise SupervisorError(f"the unfinished run in {self.path} was started with a different spec "
                                       f"({changed}); pass --continue to finish it as it was started, or --wipe to "
                                       f"archive it and start this spec afresh.")
-        if old is not None and old.status not in FINAL_STATUSES and (old.attempts or old.extra.get("intent")):
+        if old is not None and old.status not in FINAL_STATUSES and (old.attempts or old.intent):
             if old.status == "running" and old.supervisor_host not in (None, socket.gethostname()):
                 raise SupervisorBusy(f"{self.spec.task} is being supervised on host {old.supervisor_host} "
                                      f"(pid {old.supervisor_pid}); stop it there or wait for it to finish.")
@@ -275,7 +276,7 @@ class _Run:
         rid = command.new_rid()
         return RunState(run_key=self.key, rid=rid, task=self.spec.task, spec=self.spec,
                         run_name=command.default_run_name(self.spec, self.lease.gpus if self.lease else None, rid),
-                        extra={"fingerprint": self.fingerprint}, **self.where)
+                        fingerprint=self.fingerprint, **self.where)
 
     def _archive_state(self) -> None:
         """Move the state to runs/archive/. A trainer a dead supervisor left running would be nobody's once
@@ -293,20 +294,19 @@ class _Run:
                       purpose: str, env_overrides: dict[str, str] | None = None, job_name: str,
                       time_limit_s: float | None = None, **placement) -> Handle:
         """executor.start() behind a write-ahead record (`placement`: the executor's nodes/exclusions). The state names the launch (its token, argv and log)
-        before the process exists; the caller records the handle and drops state.extra['intent'] in its
+        before the process exists; the caller records the handle and drops state.intent in its
         next save. A supervisor that dies in between leaves a trainer that _recover_intent() finds."""
         token = uuid.uuid4().hex
         env = {**env, procs.RUN_TOKEN_VAR: token, STATE_VAR: str(self.path)}
-        self.state.extra["intent"] = {"purpose": purpose, "token": token, "argv": argv, "log_path": str(log_path),
-                                      "gpus": gpus, "env_overrides": env_overrides or {}, "at": time.time(),
-                                      "boot": procs.boot_id()}
+        self.state.intent = LaunchIntent(purpose=purpose, token=token, argv=argv, log_path=str(log_path), gpus=gpus,
+                                         env_overrides=env_overrides or {}, at=time.time(), boot=procs.boot_id())
         self.save()
         try:
             self.handle = self.executor.start(argv, env, log_path, gpus, job_name=job_name,
                                               time_limit_s=self.limit if time_limit_s is None else time_limit_s,
                                               **placement)
         except Exception:  # nothing was started: the record must not send a rerun looking for it
-            self.state.extra.pop("intent", None)
+            self.state.intent = None
             self.save()
             raise
         return self.handle
@@ -316,23 +316,23 @@ class _Run:
         as the attempt it was meant to be, or stop what is left of it. Its processes are proven ours by the
         launch's token, never by a pid or a group id alone."""
         st = self.state
-        intent = st.extra.pop("intent", None)
+        intent, st.intent = st.intent, None
         if not intent or self.executor.kind != "local":
             return
-        token = intent["token"]
-        same_boot = intent.get("boot") in (None, procs.boot_id())
+        token = intent.token
+        same_boot = intent.boot in (None, procs.boot_id())
         pids = procs.pids_with_env(procs.RUN_TOKEN_VAR, token) if same_boot else []
         leader = next((p for p in pids if (ps := procs.stat(p)) and ps.sid == p and ps.pgid == p), None)
-        if intent["purpose"] == "attempt" and leader is not None:
+        if intent.purpose == "attempt" and leader is not None:
             ticks = procs.start_ticks(leader)
-            handle = Handle(kind="local", log_path=intent["log_path"], pid=leader, pgid=leader,
+            handle = Handle(kind="local", log_path=intent.log_path, pid=leader, pgid=leader,
                             start_time=float(ticks or 0),
-                            extra={"sid": leader, "gpus": intent["gpus"], "token": token, "boot": procs.boot_id()})
-            st.attempts.append(Attempt(number=len(st.attempts) + 1, argv=intent["argv"], gpus=intent["gpus"],
-                                       env_overrides=intent["env_overrides"], started_at=intent["at"], pid=leader,
-                                       pgid=leader, log_path=intent["log_path"]))
+                            extra={"sid": leader, "gpus": intent.gpus, "token": token, "boot": procs.boot_id()})
+            st.attempts.append(Attempt(number=len(st.attempts) + 1, argv=intent.argv, gpus=intent.gpus,
+                                       env_overrides=intent.env_overrides, started_at=intent.at, pid=leader,
+                                       pgid=leader, log_path=intent.log_path))
             st.status = "running"
-            st.extra["handle"], st.extra["log_offset"] = handle.__dict__, 0
+            st.handle, st.log_offset = handle.__dict__, 0
             self.say(f"lights-out: found {st.task}'s trainer (pid {leader}) started by a supervisor that died "
                      f"before recording it; adopting it as attempt {len(st.attempts)}.")
         elif pids:
@@ -356,7 +356,7 @@ class _Run:
         return gpus
 
     def _effective_spec(self) -> RunSpec:
-        eff = self.state.extra.get("effective", {})
+        eff = self.state.effective
         return self.spec.model_copy(update={k: v for k, v in eff.items() if k in ("num_envs", "seed")})
 
     def _target_iteration(self) -> int | None:
@@ -385,8 +385,8 @@ class _Run:
         placement = {}
         if spec.nodes > 1:
             placement["nodes"] = spec.nodes
-        if self.state.extra.get("exclude_nodes"):
-            placement["exclude_nodes"] = list(self.state.extra["exclude_nodes"])
+        if self.state.exclude_nodes:
+            placement["exclude_nodes"] = list(self.state.exclude_nodes)
         return placement
 
     def _launch(self) -> Attempt:
@@ -395,8 +395,7 @@ class _Run:
         gpus = self._gpus()
         spec = self._effective_spec()
         extra: list[str] = []
-        resume_from = st.extra.pop("resume_from", None)
-        st.extra.pop("stopping", None)
+        resume_from, st.resume_from, st.stopping = st.resume_from, None, None
         offset = 0
         if resume_from:
             extra = resume_flags(spec, resume_from)
@@ -420,8 +419,8 @@ class _Run:
                           node=self.handle.node, log_path=self.handle.log_path, step_offset=offset)
         st.attempts.append(attempt)
         st.status = "running"
-        st.extra["handle"] = self.handle.__dict__
-        st.extra.pop("intent", None)
+        st.handle = self.handle.__dict__
+        st.intent = None
         self.scanner = new_scanner(self.cfg, argv, self.spec, self.root, self._target_iteration(), offset)
         self.tail = LogTail(self.handle.log_path, 0)
         self.save()
@@ -441,11 +440,11 @@ class _Run:
         """Continue a run left 'running' by a dead supervisor. True if its trainer is still ours."""
         st = self.state
         attempt = st.current
-        hd = st.extra.get("handle")
+        hd = st.handle
         handle = Handle(**hd) if hd else None
         self.scanner = new_scanner(self.cfg, attempt.argv, self.spec, self.root, self._target_iteration(),
                                     attempt.step_offset)
-        offset = int(st.extra.get("log_offset", 0))
+        offset = int((st.log_offset or 0))
         if attempt.log_path:  # rebuild the scanner's view (tb dir, health, progress) up to the offset, once
             try:
                 with open(attempt.log_path, "rb") as f:
@@ -473,7 +472,8 @@ class _Run:
             self.tail.close()
             self.tail = None
         verdict, reason = classify_end(self.scanner, None, None)
-        if st.extra.pop("stopping", None) == "user" and verdict not in (Verdict.completed, Verdict.timeout):
+        stopping, st.stopping = st.stopping, None
+        if stopping == "user" and verdict not in (Verdict.completed, Verdict.timeout):
             # a stop was under way when its supervisor died: what the trainer printed while being stopped
             # (an import cut short, say) is not its failure
             verdict, reason = Verdict.killed, f"stopped on request; its supervisor ended before the stop did ({reason})"
@@ -509,8 +509,7 @@ class _Run:
                                                                           self.spec.trainer.checkpoint_pattern)]
         vram = [a.peak_vram_mb for a in st.attempts if a.peak_vram_mb]
         st.peak_vram_mb = max(vram) if vram else None
-        st.extra.pop("handle", None)
-        st.extra.pop("log_offset", None)
+        st.handle, st.log_offset = None, 0
 
     def _sync_from_scanner(self, attempt: Attempt) -> None:
         sc = self.scanner
@@ -568,11 +567,11 @@ class _Run:
         st = self.state
         self.previous_supervisor = st.supervisor_pid
         st.supervisor_pid, st.supervisor_host = os.getpid(), socket.gethostname()
-        st.extra["fingerprint"] = self.fingerprint
+        st.fingerprint = self.fingerprint
         self._recover_intent()
         adopted = False
         if st.attempts and st.current.verdict is not None and st.checkpoints:
-            st.extra.setdefault("resume_from", st.checkpoints[-1])  # an interrupted run continues its training
+            st.resume_from = st.resume_from or st.checkpoints[-1]  # an interrupted run continues its training
         if st.attempts and st.current.verdict is None:
             adopted = self._adopt()
             if not adopted:
@@ -614,10 +613,11 @@ class _Run:
             if self.stop_request and result.stopped_by == "user" and not self.should_stop():
                 verdict, reason = Verdict(self.stop_request.verdict), self.stop_request.reason
                 if self.stop_request.iteration is not None:
-                    st.extra["bad_iteration"] = self.stop_request.iteration
+                    st.bad_iteration = self.stop_request.iteration
             elif verdict is Verdict.nan and self.scanner.progress.iteration is not None:
-                st.extra["bad_iteration"] = self.scanner.progress.iteration  # the trainer's own NaN failure
-            if (st.extra.pop("stopping", None) == "user" and result.stopped_by is None
+                st.bad_iteration = self.scanner.progress.iteration  # the trainer's own NaN failure
+            stopping, st.stopping = st.stopping, None
+            if (stopping == "user" and result.stopped_by is None
                     and verdict not in (Verdict.completed, Verdict.timeout)):
                 # adopted while an earlier supervisor's stop was under way: the trainer was ending on request
                 verdict, reason = Verdict.killed, f"stopped on request by an earlier supervisor ({reason})"
@@ -642,8 +642,8 @@ class _Run:
         stopped leaves the next one knowing that what the trainer did meanwhile was on request."""
         if not self.should_stop():
             return False
-        if self.state.extra.get("stopping") != "user":
-            self.state.extra["stopping"] = "user"
+        if self.state.stopping != "user":
+            self.state.stopping = "user"
             self.save()
         return True
 
@@ -663,7 +663,7 @@ class _Run:
                 self._sync_from_scanner(attempt)
             self.state.checkpoints = [c for a in self.state.attempts for c in checkpoints_in(a.tb_dir)]
         self.state.status = "interrupted"
-        self.state.extra.pop("handle", None)
+        self.state.handle = None
         self.handle = None
         try:
             save_state(self.state, self.path)
@@ -685,7 +685,7 @@ class _Run:
         if attempt.interrupted:  # the supervisor died under it: go on from its checkpoint, nothing counted
             attempt.decision = "retry: ended while no supervisor watched it (not a failure)"
             if st.checkpoints:
-                st.extra["resume_from"] = st.checkpoints[-1]
+                st.resume_from = st.checkpoints[-1]
             st.status = "running"
             return False
         history = [Verdict(a.verdict) for a in st.attempts[:-1] if a.verdict and not a.interrupted]
@@ -703,7 +703,7 @@ class _Run:
             st.status, st.final_verdict, st.reason = "failed", verdict.value, f"{attempt.reason}; {d.reason}"
             self.emit("gave_up", attempt=attempt.number, verdict=verdict.value, reason=st.reason)
             return True
-        eff = st.extra.setdefault("effective", {})
+        eff = st.effective
         if d.action == "halve_envs" and d.num_envs:
             eff["num_envs"] = d.num_envs
         if d.action == "other_gpu" and self.lease and self.lease.gpus:
@@ -714,15 +714,15 @@ class _Run:
         if d.action == "fewer_gpus" and self.lease and d.gpus:
             self.lease.shrink(d.gpus)
         if d.action == "exclude_node" and attempt.failed_nodes:
-            st.extra["exclude_nodes"] = sorted({*st.extra.get("exclude_nodes", []), *attempt.failed_nodes})
-            attempt.decision += f" (excluding {', '.join(st.extra['exclude_nodes'])})"
+            st.exclude_nodes = sorted({*(st.exclude_nodes or []), *attempt.failed_nodes})
+            attempt.decision += f" (excluding {', '.join(st.exclude_nodes)})"
         if d.action == "reseed":
             eff["seed"] = (spec.seed or 0) + RESEED_STEP * (len(st.attempts))
-            good = _checkpoints_before(st.checkpoints, st.extra.get("bad_iteration"), self.spec.trainer.checkpoint_pattern)
+            good = _checkpoints_before(st.checkpoints, st.bad_iteration, self.spec.trainer.checkpoint_pattern)
             if good:
-                st.extra["resume_from"] = good[-1]
+                st.resume_from = good[-1]
         elif d.resume and st.checkpoints:
-            st.extra["resume_from"] = st.checkpoints[-1]
+            st.resume_from = st.checkpoints[-1]
         st.status = "running"
         self.emit("retry", attempt=attempt.number, verdict=verdict.value, reason=attempt.reason,
                   action=d.action, decision=d.reason)

@@ -68,13 +68,13 @@ def run_compute(state: RunState, now: float) -> RunCompute:
             c.failed_s += s
         if a.started_at is not None:
             spans.append((a.started_at, a.ended_at or now, _slots(a.gpus)))
-    smoke = state.extra.get("smoke") or {}
+    smoke = state.smoke_record or {}
     if smoke.get("started_at") is not None and smoke.get("reused") is None:
         gpus = state.attempts[0].gpus if state.attempts else None  # the gate runs on the run's own slots
         end = smoke.get("ended_at") or now
         c.smoke_s = max(0.0, end - smoke["started_at"]) * _slots(gpus)
         spans.append((smoke["started_at"], end, _slots(gpus)))
-    ev = state.extra.get("eval") or {}
+    ev = state.evaluation or {}
     if ev.get("started_at") is not None and ev.get("finished_at") is not None:
         c.eval_s = max(0.0, ev["finished_at"] - ev["started_at"])
         spans.append((ev["started_at"], ev["finished_at"], 1))

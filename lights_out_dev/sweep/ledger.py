@@ -129,7 +129,7 @@ def notes(state: RunState | None, run: PlannedRun) -> str:
             parts.append(f"smoke {state.smoke}")
         elif state.spec.smoke:
             parts.append("smoke gate")
-        evaluated = eval_text(state.extra.get("eval", {}).get("metrics"))
+        evaluated = eval_text(state.evaluation.get("metrics"))
         if evaluated:
             parts.append(evaluated)
     elif run.smoke:
@@ -166,7 +166,7 @@ def run_section(run: PlannedRun, state: RunState, root: str | None = None) -> li
     title = f"### Run {run.index}: {state.task} ({envs if envs else '?'} envs, {gpus_text(state, run)})"
     first = state.attempts[0] if state.attempts else None
     last = state.current
-    smoke = state.extra.get("smoke", {})  # a run that failed its smoke gate has no attempt: show the gate
+    smoke = state.smoke_record  # a run that failed its smoke gate has no attempt: show the gate
     lines = [title, f"- Started: {stamp(first.started_at if first else smoke.get('started_at'))}"]
     if state.status in ("completed", "timeout", "failed", "skipped", "pruned"):
         why = state.final_verdict or state.status
@@ -196,7 +196,7 @@ def run_section(run: PlannedRun, state: RunState, root: str | None = None) -> li
         if smoke.get("reused"):
             how = f"reused: passed earlier for the same command, {how}"
         lines.append(f"- Smoke: {state.smoke} ({how})")
-    evaluated = state.extra.get("eval")
+    evaluated = state.evaluation
     if evaluated and eval_text(evaluated.get("metrics")):
         lines.append(f"- Eval: {eval_text(evaluated['metrics'])} of {_rel(evaluated.get('checkpoint'), root)}")
     if state.status == "failed" and last and last.log_tail:

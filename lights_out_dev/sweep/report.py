@@ -95,7 +95,7 @@ def eval_metrics(state: RunState) -> dict | None:
     """The run's evaluation: recorded by a play task in its state, else found beside its checkpoints."""
     from lights_out_dev.run.evaluate import read_eval
 
-    recorded = state.extra.get("eval", {}).get("metrics")
+    recorded = state.evaluation.get("metrics")
     if recorded:
         return recorded
     tb = next((a.tb_dir for a in reversed(state.attempts) if a.tb_dir), None)

@@ -438,7 +438,7 @@ class Sweep:
             spec = self.spec(run)
         except SweepError:
             return None  # an unknown task is reported by the task check, in its own sentence
-        if state.extra.get("fingerprint", spec_fingerprint(state.spec)) == spec_fingerprint(spec):
+        if (state.fingerprint or spec_fingerprint(state.spec)) == spec_fingerprint(spec):
             return None
         return spec_difference(state.spec, spec) or "another plan entry"
 
@@ -743,7 +743,7 @@ class Sweep:
         """Peak VRAM of the run measured so far: its attempts', else its smoke gate's."""
         if state is None:
             return None
-        return state.peak_vram_mb or (state.extra.get("smoke") or {}).get("peak_vram_mb")
+        return state.peak_vram_mb or state.smoke_record.get("peak_vram_mb")
 
     def _packed_lease(self, run: PlannedRun, state: RunState | None):
         """Plan `runs_per_gpu`: a share of a GPU our own measured runs use, when this run's peak fits
@@ -1042,7 +1042,7 @@ def evaluate_best(sweep: Sweep) -> None:
     scored.sort(key=lambda x: x[0], reverse=ev.mode == "max")
     for value, index, st in scored[:ev.best]:
         checkpoint = Path(st.checkpoints[-1])
-        if st.extra.get("eval", {}).get("checkpoint") == str(checkpoint):
+        if st.evaluation.get("checkpoint") == str(checkpoint):
             continue
         try:
             record = evaluate_checkpoint(st.spec, checkpoint, ["--num_episodes", str(ev.num_episodes), *ev.args],
