@@ -45,19 +45,19 @@ def test_random_search_expands_configurations_times_seeds_the_same_way_every_tim
     again = plan_of(PLAN.format(method="random")).runs
     assert [r.trainer_args for r in runs] == [r.trainer_args for r in again]
     first = runs[0]
-    params = first.extra["params"]
+    params = first.params
     assert first.num_envs == params["num_envs"]  # a runner key goes to the spec
     assert first.trainer_args[:2] == ["--foo", "a"]
     assert f"agent.algorithm.learning_rate={params['agent.algorithm.learning_rate']:.6g}" in first.trainer_args
     assert first.trainer_args[-2:] == ["--clip", str(params["--clip"])]
     assert 1e-4 <= params["agent.algorithm.learning_rate"] <= 1e-2
-    assert runs[0].extra["params"] == runs[1].extra["params"]  # repeats share the configuration
+    assert runs[0].params == runs[1].params  # repeats share the configuration
 
 
 def test_optuna_runs_are_left_open_until_launch():
     runs = plan_of(PLAN.format(method="optuna")).runs
-    assert len(runs) == 6 and all("params" not in r.extra for r in runs)
-    assert [r.extra["search"]["trial"] for r in runs] == [0, 0, 1, 1, 2, 2]
+    assert len(runs) == 6 and all(r.params is None for r in runs)
+    assert [r.search.trial for r in runs] == [0, 0, 1, 1, 2, 2]
 
 
 def test_grid_search_is_every_combination():

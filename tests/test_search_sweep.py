@@ -242,7 +242,7 @@ def test_resume_best_continues_the_pruned_seeds_of_the_best_configuration(tmp_pa
     assert done.returncode == 0, out
     sts = states(repo, "resume")
     assert all(s["status"] == "completed" for s in sts.values()), {i: s["status"] for i, s in sts.items()}
-    resumed = [s for s in sts.values() if s["extra"].get("resumed_after_pruning")]
+    resumed = [s for s in sts.values() if s["resumed_after_pruning"]]
     # one configuration, 6 seeds, only the best so far kept at the rung: none pruned would need each seed to
     # beat all before it (about 1 in 720)
     assert resumed, out

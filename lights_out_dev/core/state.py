@@ -60,9 +60,11 @@ class Attempt(BaseModel):
     interrupted: bool = False  # ended by a user's stop or the supervisor's own end: not a trainer failure
 
 
-_MOVED_FROM_EXTRA = {k: k for k in ("fingerprint", "intent", "handle", "log_offset", "resume_from", "stopping",
-                                     "exclude_nodes", "bad_iteration", "effective")} | {"smoke": "smoke_record",
-                                                                                        "eval": "evaluation"}
+# state files written before these were fields kept them in an `extra` dict: key there -> field
+_MOVED_FROM_EXTRA = {**{k: k for k in ("fingerprint", "intent", "handle", "log_offset", "resume_from", "stopping",
+                                      "exclude_nodes", "bad_iteration", "effective", "judged_rungs",
+                                      "resumed_after_pruning")},
+                     "smoke": "smoke_record", "eval": "evaluation"}
 
 
 class LaunchIntent(BaseModel):
@@ -114,18 +116,20 @@ class RunState(BaseModel):
     # the smoke gate's and the evaluation's records (argv, log, verdict, metrics ...), shown by the ledger
     smoke_record: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
-    extra: dict[str, Any] = Field(default_factory=dict)  # sweep-level notes: params, search, promotion, ...
+    # -- sweep decisions about it
+    judged_rungs: list[int] = Field(default_factory=list)  # early-stopping rungs it has passed
+    resumed_after_pruning: bool = False  # a pruned run that a later phase resumed
 
     @model_validator(mode="before")
     @classmethod
     def _from_extra(cls, data: Any) -> Any:
         """States written before these fields existed kept them in `extra`."""
         if isinstance(data, dict) and isinstance(data.get("extra"), dict):
-            extra = dict(data["extra"])
+            extra = data["extra"]
+            data = {k: v for k, v in data.items() if k != "extra"}
             for old, new in _MOVED_FROM_EXTRA.items():
                 if old in extra and new not in data:
-                    data = {**data, new: extra.pop(old)}
-            data = {**data, "extra": extra}
+                    data[new] = extra[old]
         return data
 
     @property

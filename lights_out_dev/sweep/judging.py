@@ -90,13 +90,13 @@ class RunJudge:
         progress = state.current.progress if state.current else None
         if self.prune is None or (progress and progress.total and (progress.iteration or 0) >= progress.total):
             return None  # a run that has finished training is not stopped early
-        if state.extra.get("resumed_after_pruning"):
+        if state.resumed_after_pruning:
             return None  # brought back on purpose (prune.resume_best): it runs to its end
         mine = points(self.cache.series(self.run.index, state), self.prune.metric)
         rung = pruning.highest_rung(mine, self.prune)
         # the rungs passed are kept in the run's state (saved by its supervisor): an adopted run is not
         # judged again at a rung it passed before the sweep was killed
-        passed = state.extra.setdefault("judged_rungs", [])
+        passed = state.judged_rungs
         if rung is None or rung in passed:
             return None
         passed.append(rung)
@@ -108,11 +108,11 @@ class RunJudge:
 
     def others(self) -> list[tuple[list[tuple[int, float]], str]]:
         """(metric points, status) of the other runs of this run's search."""
-        group = self.run.extra["search"]["group"]
+        group = self.run.search.group
         out = []
         for index, st in self.sweep.states().items():
             other = self.sweep.loaded.run(index)
-            if index == self.run.index or other.extra.get("search", {}).get("group") != group:
+            if index == self.run.index or (other.search.group if other.search else None) != group:
                 continue
             out.append((points(self.cache.series(index, st), self.prune.metric), st.status))
         return out

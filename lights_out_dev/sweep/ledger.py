@@ -123,8 +123,6 @@ def notes(state: RunState | None, run: PlannedRun) -> str:
             parts.append("stopped by the user")
         if state.status in ("failed", "timeout", "pruned") and state.reason:
             parts.append(state.reason)
-        if state.extra.get("note"):
-            parts.append(str(state.extra["note"]))
         if state.smoke and not (state.reason or "").startswith("smoke "):  # a failed gate is the reason
             parts.append(f"smoke {state.smoke}")
         elif state.spec.smoke:

@@ -13,7 +13,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Iterable, Literal
+from typing import Annotated, Any, Iterable, Literal
 
 import yaml
 from pydantic import (
@@ -194,6 +194,13 @@ class Plan(_Strict):
         return self
 
 
+@dataclass(frozen=True)
+class SearchSlot:
+    group: str  # "entry<N>": the plan entry whose search this run belongs to
+    trial: int
+    repeat: int
+
+
 @dataclass
 class PlannedRun:
     """One concrete run of a plan, numbered from 1 in plan order (promotion runs last)."""
@@ -212,7 +219,10 @@ class PlannedRun:
     nodes: int = 1
     notes: str = ""
     promotion: Promotion | None = None
-    extra: dict = field(default_factory=dict)
+    search: SearchSlot | None = None  # its place in a search: entry group, trial, repeat
+    params: dict[str, Any] | None = None  # the search configuration applied to it (None: not sampled yet)
+    varied: dict[str, Any] = field(default_factory=dict)  # what tells it apart from its grid siblings
+    promoted: dict[str, Any] | None = None  # the promotion decision applied to it (task, envs, source, value)
 
     @property
     def key(self) -> str:
@@ -313,7 +323,7 @@ def _search_runs(plan: Plan, i: int, entry: RunEntry, line: int | None) -> list[
                 trainer_args=list(entry.overrides.trainer_args), gpus=entry.gpus,
                 time_limit_s=entry.time_limit if entry.time_limit is not None else plan.time_limit,
                 smoke=plan.smoke if entry.smoke is None else entry.smoke, line=line, notes=entry.notes,
-                extra={"search": {"group": search_group(i), "trial": trial, "repeat": repeat}})
+                search=SearchSlot(search_group(i), trial, repeat))
             if params is not None:
                 set_params(run, params)
             out.append(run)
@@ -325,23 +335,22 @@ def set_params(run: PlannedRun, params: dict) -> None:
     runner, run.trainer_args = apply_params(params, run.trainer_args)
     for key, value in runner.items():
         setattr(run, key, value)
-    run.extra["params"] = dict(params)
+    run.params = dict(params)
 
 
 def varied(run: PlannedRun) -> str:
     """The run's search parameters and seed as text (ledger, report, legends); '' for a plain run."""
-    params = run.extra.get("params")
-    if params is None and "search" not in run.extra:
+    params = run.params
+    if params is None and run.search is None:
         return ""
     text = params_text(params) if params else "(configuration asked at launch)"
     return f"{text}, seed={run.seed}"
 
 
 def entry_search(plan: Plan, run: PlannedRun) -> Search | None:
-    group = run.extra.get("search", {}).get("group")
-    if group is None:
+    if run.search is None:
         return None
-    return plan.runs[int(group.removeprefix("entry")) - 1].search
+    return plan.runs[int(run.search.group.removeprefix("entry")) - 1].search
 
 
 def expand(plan: Plan, lines: dict[int, int] | None = None) -> list[PlannedRun]:
@@ -384,7 +393,7 @@ def expand(plan: Plan, lines: dict[int, int] | None = None) -> list[PlannedRun]:
         peers = [f for r, f in zip(out, flag_values) if r.task == run.task]
         values = {**values, **{k: v for k, v in flags.items() if len({str(p.get(k)) for p in peers}) > 1}}
         if values:
-            run.extra["varied"] = values
+            run.varied = values
     return out
 
 
@@ -404,7 +413,7 @@ def varied_values(runs: list[PlannedRun]) -> list[dict[str, int]]:
 
 def varied_text(run: PlannedRun, skip: tuple[str, ...] = ()) -> str:
     """'seed=2 num_envs=32' for a run of a grid ('' when nothing varies). Pure."""
-    return " ".join(f"{k}={v}" for k, v in run.extra.get("varied", {}).items() if k not in skip)
+    return " ".join(f"{k}={v}" for k, v in run.varied.items() if k not in skip)
 
 
 def load_plan(path: Path | str) -> LoadedPlan:

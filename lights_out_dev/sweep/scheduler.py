@@ -486,7 +486,7 @@ class Sweep:
         run.max_iterations = d.get("max_iterations", run.max_iterations)
         run.trainer_args = d.get("trainer_args", run.trainer_args)
         run.notes = d["note"]
-        run.extra["promotion"] = d
+        run.promoted = d
 
     def metric_value(self, state: RunState, metric: str) -> float | None:
         """Last value of a TensorBoard tag of the run; falls back to the run state's final numbers."""
@@ -556,9 +556,9 @@ class Sweep:
         """Put the parameters of trials already asked (Optuna) back on their runs: a resumed sweep keeps them."""
         store = self._trial_store()
         for run in self.loaded.runs:
-            sr = run.extra.get("search")
-            if sr and "params" not in run.extra:
-                params = store.load(sr["group"], sr["trial"])
+            sr = run.search
+            if sr and run.params is None:
+                params = store.load(sr.group, sr.trial)
                 if params is not None:
                     set_params(run, params)
 
@@ -567,21 +567,21 @@ class Sweep:
         the runs' states) for its trial, and write the trial file before anything starts."""
         from lights_out_dev.sweep.search import TrialResult, ask
 
-        sr = run.extra.get("search")
-        if not sr or "params" in run.extra:
+        sr = run.search
+        if not sr or run.params is not None:
             return
         store = self._trial_store()
-        params = store.load(sr["group"], sr["trial"])
+        params = store.load(sr.group, sr.trial)
         if params is None:
             search = entry_search(self.loaded.plan, run)
             states = self.states()
             results = []
-            for t in range(sr["trial"]):
-                asked = store.load(sr["group"], t)
+            for t in range(sr.trial):
+                asked = store.load(sr.group, t)
                 if asked is None:
                     continue  # never asked (its runs were skipped): not part of the study
-                runs = [r for r in self.loaded.runs if r.extra.get("search", {}).get("group") == sr["group"]
-                        and r.extra["search"]["trial"] == t]
+                runs = [r for r in self.loaded.runs if r.search is not None and r.search.group == sr.group
+                        and r.search.trial == t]
                 sts = [states.get(r.index) for r in runs]
                 values = [v for st in sts if st and st.status in ("completed", "timeout")
                           and (v := self.metric_value(st, search.metric)) is not None]
@@ -589,12 +589,12 @@ class Sweep:
                 results.append(TrialResult(t, asked, values, pruned=any(st and st.status == "pruned" for st in sts),
                                            failed=not values and not running, running=running))
             params = ask(search, results)
-            store.save(sr["group"], sr["trial"], params)
-            self.say(f"[sweep {self.loaded.name}] run {run.index}: optuna trial {sr['trial']}: "
+            store.save(sr.group, sr.trial, params)
+            self.say(f"[sweep {self.loaded.name}] run {run.index}: optuna trial {sr.trial}: "
                      + ", ".join(f"{k}={v}" for k, v in params.items()))
         for other in self.loaded.runs:  # every repeat of the trial gets the same configuration
-            o = other.extra.get("search")
-            if o and o["group"] == sr["group"] and o["trial"] == sr["trial"] and "params" not in other.extra:
+            o = other.search
+            if o and o.group == sr.group and o.trial == sr.trial and other.params is None:
                 set_params(other, params)
 
     def _resume_best(self, indices: list[int]) -> list[int]:
@@ -606,9 +606,9 @@ class Sweep:
         states, groups = self.states(), {}
         for i in indices:
             run = self.loaded.run(i)
-            sr, search = run.extra.get("search"), entry_search(self.loaded.plan, run)
+            sr, search = run.search, entry_search(self.loaded.plan, run)
             if sr and search and search.prune and search.prune.resume_best:
-                groups.setdefault(sr["group"], (search, {}))[1].setdefault(sr["trial"], []).append(i)
+                groups.setdefault(sr.group, (search, {}))[1].setdefault(sr.trial, []).append(i)
         resumed = []
         for search, trials in groups.values():
             if not all(is_final(states.get(i)) for runs in trials.values() for i in runs):
@@ -624,9 +624,9 @@ class Sweep:
             best = (max if search.mode == "max" else min)(means, key=means.get)
             for i in trials[best]:
                 st = states[i]
-                if st.status != "pruned" or not st.checkpoints or st.extra.get("resumed_after_pruning"):
+                if st.status != "pruned" or not st.checkpoints or st.resumed_after_pruning:
                     continue
-                st.status, st.extra["resumed_after_pruning"] = "interrupted", True
+                st.status, st.resumed_after_pruning = "interrupted", True
                 st.reason = f"resumed after pruning: configuration {best} is the best ({means[best]:.4g} {search.metric})"
                 save_state(st, self.paths.state(i))
                 self.paths.target(i).unlink(missing_ok=True)  # not final any more: the doit graph must agree

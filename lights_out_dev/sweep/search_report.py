@@ -16,10 +16,10 @@ FINISHED = ("completed", "timeout")
 
 def configuration(run: PlannedRun, state: RunState | None) -> str:
     """What a run's seeds share: its task and every varied parameter but the seed."""
-    params = run.extra.get("params")
+    params = run.params
     if params is not None:
         return f"{run.task}: {params_text(params)}"
-    if "search" in run.extra:
+    if run.search is not None:
         return f"{run.task}: (not asked yet)"
     envs = state.spec.num_envs if state else run.num_envs
     args = " ".join(run.trainer_args)
@@ -58,7 +58,7 @@ def configuration_table(plan: LoadedPlan, states: dict[int, RunState], series: d
     for run in plan.runs:
         if run.promotion is None:
             groups.setdefault(configuration(run, states.get(run.index)), []).append(run)
-    shown = {k: v for k, v in groups.items() if len(v) > 1 or "search" in v[0].extra}
+    shown = {k: v for k, v in groups.items() if len(v) > 1 or v[0].search is not None}
     if not shown:
         return None
     unit = "GPU-s" if compute is None or compute.gpu else "slot-s"
@@ -81,9 +81,9 @@ def configuration_table(plan: LoadedPlan, states: dict[int, RunState], series: d
 
 def winner_line(plan: LoadedPlan, states: dict[int, RunState], series: dict[int, dict]) -> str | None:
     """Why the promoted (else the best finished) run won: its value, the runner-up, how many competed."""
-    promo = next((r for r in plan.runs if r.promotion and r.extra.get("promotion")), None)
+    promo = next((r for r in plan.runs if r.promotion and r.promoted), None)
     if promo is not None:
-        p, d = promo.promotion, promo.extra["promotion"]
+        p, d = promo.promotion, promo.promoted
         metric, mode, pool = p.metric, p.mode, [r for r in plan.runs if r.phase == p.from_phase]
     else:
         metric, mode, pool = "Train/mean_reward", "max", [r for r in plan.runs if r.promotion is None]
