@@ -194,6 +194,19 @@ class Plan(_Strict):
         return self
 
 
+class Promoted(BaseModel):
+    """What a promoted run becomes: the winner's configuration, scaled to its GPUs."""
+    task: str
+    num_envs: int | None
+    gpus: int
+    source: int  # the winning run's index
+    value: float  # its metric value
+    note: str  # one line for the ledger: why this run, and any fallback taken
+    seed: int | None = None
+    max_iterations: int | None = None
+    trainer_args: list[str] = []
+
+
 @dataclass(frozen=True)
 class SearchSlot:
     group: str  # "entry<N>": the plan entry whose search this run belongs to
@@ -222,7 +235,7 @@ class PlannedRun:
     search: SearchSlot | None = None  # its place in a search: entry group, trial, repeat
     params: dict[str, Any] | None = None  # the search configuration applied to it (None: not sampled yet)
     varied: dict[str, Any] = field(default_factory=dict)  # what tells it apart from its grid siblings
-    promoted: dict[str, Any] | None = None  # the promotion decision applied to it (task, envs, source, value)
+    promoted: Promoted | None = None  # the promotion decision applied to it (promotion.py)
 
     @property
     def key(self) -> str:

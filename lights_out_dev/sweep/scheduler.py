@@ -38,14 +38,13 @@ from lights_out_dev.core.state import RunState, atomic_write_text, read_state
 from lights_out_dev.core.verdicts import FINAL_STATUSES
 from lights_out_dev.host import procs, stopping
 from lights_out_dev.run.supervisor import spec_fingerprint
-from lights_out_dev.sweep import ledger
+from lights_out_dev.sweep import ledger, promotion
 from lights_out_dev.sweep.plan import (
     LoadedPlan,
     PlannedRun,
     check_tasks,
     entry_search,
     load_plan,
-    promoted_task,
     set_params,
 )
 
@@ -468,82 +467,23 @@ class Sweep:
         lock.release()
         return None
 
-    # -- promotion ----------------------------------------------------------------------
+    # -- promotion (promotion.py) ------------------------------------------------------------
     def _load_promotions(self) -> None:
         """Reapply promotion decisions already taken (a restarted sweep promotes the same run)."""
         for run in self.loaded.runs:
-            if run.promotion:
-                try:
-                    d = json.loads(self.paths.promotion(run.index).read_text())
-                except (OSError, ValueError):
-                    continue
-                self._apply_promotion(run, d)
-
-    @staticmethod
-    def _apply_promotion(run: PlannedRun, d: dict) -> None:
-        run.task, run.num_envs, run.gpus = d["task"], d["num_envs"], d["gpus"]
-        run.seed = d.get("seed", run.seed)
-        run.max_iterations = d.get("max_iterations", run.max_iterations)
-        run.trainer_args = d.get("trainer_args", run.trainer_args)
-        run.notes = d["note"]
-        run.promoted = d
-
-    def metric_value(self, state: RunState, metric: str) -> float | None:
-        """Last value of a TensorBoard tag of the run; falls back to the run state's final numbers."""
-        last = state.current
-        if last and last.tb_dir:
-            try:
-                from lights_out_dev.core.tb import read_scalars
-
-                series = read_scalars(last.tb_dir).get(state.spec.trainer.metrics.resolve(metric))
-                if series:
-                    return float(series[-1][2])
-            except Exception:  # unreadable events file: fall back, the state has the stdout numbers
-                pass
-        tags = state.spec.trainer.metrics
-        fallback = {tags.reward: state.final.mean_reward, tags.fps: state.final.steps_per_s,
-                    tags.episode_length: state.final.mean_episode_length}
-        return fallback.get(tags.resolve(metric))
+            if run.promotion and (taken := promotion.load(self.paths.promotion(run.index))) is not None:
+                promotion.apply(run, taken)
 
     def decide_promotion(self, run: PlannedRun) -> str | None:
-        """Choose the best run of the source phase; returns why there is nothing to promote, or None."""
+        """Choose the best run of the source phase and record it; returns why there is nothing to promote."""
         if run.task is not None:
             return None
-        p = run.promotion
-        states = self.states()
-        scored = []
-        for src in self.loaded.runs:
-            s = states.get(src.index)
-            if src.phase == p.from_phase and s and s.status in ("completed", "timeout"):
-                v = self.metric_value(s, p.metric)
-                if v is not None:
-                    scored.append((v, src, s))
-        if not scored:
-            return f"no run of phase {p.from_phase} finished with a {p.metric} value"
-        value, best, best_state = (max if p.mode == "max" else min)(scored, key=lambda x: x[0])
-        n_gpu = gpu_count()
-        gpus = (n_gpu if p.gpus == "all" else p.gpus) if n_gpu else p.cpu_ranks
-        task = promoted_task(best.task, p.suffix)
-        known = set(known_tasks(self.root))
-        note = f"promoted from run {best.index} ({p.metric} {value:.2f}, {p.mode})"
-        if task not in known:
-            if n_gpu:
-                return f"run {best.index} is best but its multi-GPU variant '{task}' is not a task; add it (lab() makes one)"
-            task = best.task  # documented CPU-only fallback: single-process variant with scaled envs
-            note += f"; no '{promoted_task(best.task, p.suffix)}' task, single-process variant on CPU"
-        envs = ledger.effective_envs(best_state, best)
-        if p.scale_envs and envs:
-            envs *= gpus
-        if p.overrides.num_envs:
-            envs = p.overrides.num_envs
-        # the best run's configuration (seed, iterations, trainer flags) goes with it; the promote block's
-        # own overrides win, last flag wins
-        d = {"task": task, "num_envs": envs, "gpus": gpus, "source": best.index, "value": value, "note": note,
-             "seed": p.overrides.seed if p.overrides.seed is not None else best.seed,
-             "max_iterations": p.overrides.max_iterations or best.max_iterations,
-             "trainer_args": merge_flags(best.trainer_args, p.overrides.trainer_args)}
-        atomic_write_text(self.paths.promotion(run.index), json.dumps(d, indent=2))
-        self._apply_promotion(run, d)
+        chosen = promotion.choose(run, self.loaded.runs, self.states(), n_gpu=gpu_count(),
+                                  known_tasks=set(known_tasks(self.root)))
+        if isinstance(chosen, str):
+            return chosen
+        promotion.save(self.paths.promotion(run.index), chosen)
+        promotion.apply(run, chosen)
         return None
 
     # -- search (search.py) and budget ------------------------------------------------------
@@ -584,7 +524,7 @@ class Sweep:
                         and r.search.trial == t]
                 sts = [states.get(r.index) for r in runs]
                 values = [v for st in sts if st and st.status in ("completed", "timeout")
-                          and (v := self.metric_value(st, search.metric)) is not None]
+                          and (v := promotion.metric_value(st, search.metric)) is not None]
                 running = any(not is_final(st) for st in sts)
                 results.append(TrialResult(t, asked, values, pruned=any(st and st.status == "pruned" for st in sts),
                                            failed=not values and not running, running=running))
@@ -616,7 +556,7 @@ class Sweep:
             means = {}
             for trial, runs in trials.items():
                 values = [v for i in runs if states[i].status in ("completed", "timeout")
-                          and (v := self.metric_value(states[i], search.metric)) is not None]
+                          and (v := promotion.metric_value(states[i], search.metric)) is not None]
                 if values:
                     means[trial] = sum(values) / len(values)
             if not means:
@@ -1036,7 +976,7 @@ def evaluate_best(sweep: Sweep) -> None:
     scored = []
     for index, st in sweep.states().items():
         if st.status in ("completed", "timeout") and st.checkpoints:
-            value = sweep.metric_value(st, ev.metric)
+            value = promotion.metric_value(st, ev.metric)
             if value is not None:
                 scored.append((value, index, st))
     scored.sort(key=lambda x: x[0], reverse=ev.mode == "max")

@@ -94,8 +94,7 @@ def winner_line(plan: LoadedPlan, states: dict[int, RunState], series: dict[int,
         return None
     (value, best), rest = scored[0], scored[1:]
     if promo is not None:
-        value = d.get("value", value)
-        best = plan.run(d["source"]) if d.get("source") else best
+        value, best = d.value, plan.run(d.source)
     others = len(pool) - 1
     pruned = sum(1 for r in pool if (st := states.get(r.index)) and st.status == "pruned")
     text = (f"Run {best.index} ({label(best, states.get(best.index)).split(': ', 1)[1]}) won: final {metric} "
