@@ -26,6 +26,7 @@ from pathlib import Path
 
 from lights_out_dev.core.config import ProjectConfig, format_duration, parse_duration
 from lights_out_dev.core.state import RunState, load_state
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.host import events
 from lights_out_dev.run import run_requests
 from lights_out_dev.sweep.plan import PlanError, check_tasks, load_plan, varied_text
@@ -43,7 +44,7 @@ DEFAULT_TAGS = ("Train/mean_reward", "Train/mean_episode_length", "Perf/total_fp
 RUN_FIELDS = ("num_envs", "max_iterations", "seed", "trainer_args", "time_limit")
 
 
-class AgentError(Exception):
+class AgentError(LightsOutError):
     """A problem the caller can fix; str() is one sentence naming the value and the fix."""
 
 

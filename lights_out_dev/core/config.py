@@ -21,12 +21,14 @@ from pydantic import (
     model_validator,
 )
 
+from lights_out_dev.errors import LightsOutError
+
 LauncherKind = Literal["lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu"]
 LAUNCHER_KINDS: tuple[str, ...] = ("lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu")
 MULTI_GPU_LAUNCHERS = frozenset({"lab_mgpu", "newton_mgpu"})
 
 
-class ConfigError(Exception):
+class ConfigError(LightsOutError):
     """A user-caused configuration problem; str() is one sentence naming the value and the fix."""
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from lights_out_dev.errors import LightsOutError
 
 
 class _Strict(BaseModel):
@@ -305,7 +306,7 @@ BUILTIN_PROFILES: dict[str, dict] = {
 }
 
 
-class ProfileError(ValueError):
+class ProfileError(LightsOutError, ValueError):
     """A trainer profile that cannot be built; str() is one sentence naming the key and the fix."""
 
 

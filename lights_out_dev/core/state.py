@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.errors import LightsOutError
 
 
 class Progress(BaseModel):
@@ -133,7 +134,7 @@ def _remove_dead_writers_tmp(path: Path) -> None:
                 pass
 
 
-class DamagedState(ValueError):
+class DamagedState(LightsOutError, ValueError):
     """A run-state file that exists but cannot be read as one; `why` says how it is damaged."""
 
     def __init__(self, path: Path, why: str):

@@ -19,11 +19,12 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from lights_out_dev.core.config import ProjectConfig
+from lights_out_dev.errors import LightsOutError
 
 RETRY_S = 0.5  # how often a waiting acquire looks again
 
 
-class GpuLockError(Exception):
+class GpuLockError(LightsOutError):
     """No GPU/slot could be leased; str() is one sentence naming the cause and the fix."""
 
 

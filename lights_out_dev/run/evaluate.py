@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.errors import LightsOutError
 
 PLAY_SUFFIX = "-play"  # task name of the evaluate/play twin of every single-GPU variant
 DEFAULT_METRIC = "Train/mean_reward"
@@ -39,7 +40,7 @@ _MODEL_RE = re.compile(r"^model_(\d+)\.pt$")
 _ERROR_LINE = re.compile(r"^[\w.-]+: error: (.+)$")
 
 
-class PlayError(Exception):
+class PlayError(LightsOutError):
     """A user-fixable evaluation problem; str() is one sentence naming the value and the fix."""
 
 

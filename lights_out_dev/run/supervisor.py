@@ -30,11 +30,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from lights_out_dev.core import command
-from lights_out_dev.core.config import (
-    ConfigError,
-    ProjectConfig,
-    load_project_or_report,
-)
+from lights_out_dev.core.config import ProjectConfig, load_project_or_report
 from lights_out_dev.core.profiles import TrainerProfile, checkpoint_values, fill
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import (
@@ -48,8 +44,9 @@ from lights_out_dev.core.state import (
     save_state,
 )
 from lights_out_dev.core.verdicts import FINAL_STATUSES, StopRequest, Verdict
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.executors.base import Executor, Handle
-from lights_out_dev.executors.local import LaunchError, LocalExecutor
+from lights_out_dev.executors.local import LocalExecutor
 from lights_out_dev.host import events, gpu_lock, procs, stopping
 from lights_out_dev.run import run_requests
 from lights_out_dev.run.monitor import Limits, LogTail, WatchResult, watch
@@ -65,7 +62,7 @@ STATE_VAR = "LIGHTS_OUT_STATE"
 _OPERATIONAL_FIELDS = {"time_limit_s", "smoke", "secret_env", "prefix"}
 
 
-class SupervisorError(Exception):
+class SupervisorError(LightsOutError):
     """A problem the user can fix; str() is one sentence naming it and the fix."""
 
 
@@ -915,7 +912,7 @@ def run_task(spec: RunSpec, target: Path) -> bool:
             Path(target).unlink(missing_ok=True)  # a target from an earlier run must not outlive this one's failure
             state = supervise(spec, cfg, root, state_path, executor=executor, lease=lease, run_key=run_key(spec.task),
                               should_stop=stopping.requested, on_spec_change=on_change)
-        except (SupervisorError, LaunchError, gpu_lock.GpuLockError, ConfigError) as e:
+        except LightsOutError as e:
             print(f"lights-out: {e}")
             return False
         finally:

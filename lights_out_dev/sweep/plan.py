@@ -28,6 +28,7 @@ from pydantic import (
 
 from lights_out_dev.core.command import merge_flags
 from lights_out_dev.core.config import format_duration, parse_duration
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.sweep.compute import budget_seconds
 from lights_out_dev.sweep.health import HealthRule
 from lights_out_dev.sweep.search import (
@@ -40,7 +41,7 @@ from lights_out_dev.sweep.search import (
 GRID_KEYS = ("num_envs", "max_iterations", "seed")
 
 
-class PlanError(Exception):
+class PlanError(LightsOutError):
     """A user-caused plan problem; str() is one sentence naming file, line, field and the fix."""
 
 

@@ -36,6 +36,7 @@ from lights_out_dev.core.config import ProjectConfig
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import RunState, atomic_write_text, read_state
 from lights_out_dev.core.verdicts import FINAL_STATUSES
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.host import procs, stopping
 from lights_out_dev.run.supervisor import spec_fingerprint
 from lights_out_dev.sweep import ledger
@@ -55,7 +56,7 @@ LEDGER_REFRESH_S = 30.0  # ledger rewrite for progress only (starts and ends rew
 HOLDER_WAIT_S = 2.0  # time a just-started sweep process gets to write its pid beside the lock it took
 
 
-class SweepError(Exception):
+class SweepError(LightsOutError):
     """A user-facing sweep problem; str() is one sentence naming the cause and the fix."""
 
 

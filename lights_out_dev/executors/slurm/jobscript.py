@@ -29,6 +29,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from lights_out_dev.core.config import SlurmConfig
+from lights_out_dev.errors import LightsOutError
 
 EXIT_GPU_COUNT = 42
 EXIT_GPU_MODEL = 43
@@ -55,7 +56,7 @@ _RDZV_FLAGS = ("--nnodes", "--node_rank", "--master_addr", "--master_port", "--r
 _SLURM_OWNED_ENV = frozenset({"CUDA_VISIBLE_DEVICES"})
 
 
-class JobScriptError(ValueError):
+class JobScriptError(LightsOutError, ValueError):
     """A request that cannot become a valid batch script; str() names the value and the fix."""
 
 
