@@ -370,7 +370,8 @@ class Agent:
         if parsed.plan or parsed.continue_ or parsed.wipe:
             return error("--plan, --continue and --wipe belong to start_sweep; remove them from the overrides")
         from lights_out_dev.core.command import launch_problem
-        from lights_out_dev.sweep.scheduler import base_spec, gpu_count
+        from lights_out_dev.host.nvml import gpu_count
+        from lights_out_dev.sweep.scheduler import base_spec
 
         problem = launch_problem(base_spec(self.root, task), self.root, parsed.gpu, gpu_count())
         if problem:
@@ -557,7 +558,8 @@ class Agent:
         return d / f"{time.strftime('%Y%m%d_%H%M%S')}_{kind}_{secrets.token_hex(2)}.out"
 
     def _plan(self, plan: str):
-        from lights_out_dev.sweep.scheduler import gpu_count, known_tasks, plan_path
+        from lights_out_dev.host.nvml import gpu_count
+        from lights_out_dev.sweep.scheduler import known_tasks, plan_path
 
         try:
             loaded = load_plan(plan_path(self.root, self.cfg, plan))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import socket
 import sys
 import time
@@ -31,7 +30,13 @@ from filelock import FileLock, Timeout
 
 from lights_out_dev.core import command
 from lights_out_dev.core.config import ProjectConfig, load_project_or_report
-from lights_out_dev.core.profiles import TrainerProfile, checkpoint_values, fill
+from lights_out_dev.core.profiles import (
+    DEFAULT_CHECKPOINT_PATTERN,
+    checkpoint_iteration,
+    checkpoint_values,
+    checkpoints_in,
+    fill,
+)
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import (
     Attempt,
@@ -53,7 +58,6 @@ from lights_out_dev.run.monitor import Limits, LogTail, WatchResult, watch
 
 PROGRESS_SAVE_S = 1.0  # progress-only changes are persisted at most this often (start/health/end at once)
 LOG_TAIL_LINES = 20
-DEFAULT_CHECKPOINT_PATTERN = TrainerProfile.model_fields["checkpoint_pattern"].default
 RESEED_STEP = 1000  # a reseeded attempt n runs with seed + RESEED_STEP * (n - 1): never a seed of its siblings
 Judge = Callable[[RunState], StopRequest | None]
 # Every trainer carries the path of its run state: a trainer whose state file was damaged is still found.
@@ -106,20 +110,6 @@ def lock_path(state_path: Path) -> Path:
 
 def state_path_for(root: Path, cfg: ProjectConfig, task: str) -> Path:
     return cfg.path(root, cfg.logs_dir) / "runs" / f"{run_key(task)}.json"
-
-
-def checkpoint_iteration(path: str | Path, pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> int | None:
-    """The iteration of a checkpoint file (model_<iter>.pt by default), None for any other name."""
-    m = re.fullmatch(pattern, Path(path).name)
-    return int(m.group(1)) if m and m.groups() else None
-
-
-def checkpoints_in(tb_dir: str | None, pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> list[str]:
-    """Checkpoint files of one trainer run directory, oldest iteration first."""
-    if not tb_dir or not Path(tb_dir).is_dir():
-        return []
-    found = [(it, str(p)) for p in Path(tb_dir).iterdir() if (it := checkpoint_iteration(p, pattern)) is not None]
-    return [p for _, p in sorted(found)]
 
 
 def _checkpoints_before(checkpoints: list[str], iteration: int | None,

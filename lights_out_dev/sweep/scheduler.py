@@ -38,6 +38,7 @@ from lights_out_dev.core.state import RunState, atomic_write_text, read_state
 from lights_out_dev.core.verdicts import FINAL_STATUSES
 from lights_out_dev.errors import LightsOutError
 from lights_out_dev.host import procs, stopping
+from lights_out_dev.host.nvml import gpu_count
 from lights_out_dev.run.supervisor import spec_fingerprint
 from lights_out_dev.sweep import ledger
 from lights_out_dev.sweep.plan import (
@@ -228,14 +229,6 @@ def check_placement(loaded: "LoadedPlan", root: Path, cfg: ProjectConfig, execut
             if problem:
                 where = f" line {run.line}" if run.line else ""
                 raise SweepError(f"{loaded.path}{where}: {problem}")
-
-
-def gpu_count() -> int:
-    try:
-        from lights_out_dev.host.nvml import gpu_count as count
-    except ImportError:
-        return 0
-    return count()
 
 
 def gpu_memory_gb(index: int) -> float | None:
