@@ -77,6 +77,9 @@ POWER = [
     ("limit too high", PowerPolicy(watts=275), gpu(0, power_limit=450), False, "MISMATCH"),
     ("within tolerance", PowerPolicy(watts=275, tolerance_watts=2), gpu(0, power_limit=276.5), True, "ok"),
     ("clock above cap", PowerPolicy(sm_clock_mhz=1700), gpu(0, clock=1980), False, "ABOVE CAP"),
+    ("clock one step above cap", PowerPolicy(sm_clock_mhz=1700), gpu(0, clock=1715), True, "ok"),
+    ("limit unreadable", PowerPolicy(watts=275), gpu(0, power_limit=None), False, "power limit unreadable"),
+    ("clock unreadable", PowerPolicy(sm_clock_mhz=1700), gpu(0, clock=None), True, "SM clock unreadable"),
     ("no policy", PowerPolicy(), gpu(0), True, "no power policy set"),
 ]
 
