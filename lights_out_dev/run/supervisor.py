@@ -54,7 +54,7 @@ from lights_out_dev.executors.base import Executor, Handle
 from lights_out_dev.executors.local import LocalExecutor
 from lights_out_dev.host import events, gpu_lock, procs, stopping
 from lights_out_dev.run import run_requests
-from lights_out_dev.run.monitor import Limits, LogTail, WatchResult, watch
+from lights_out_dev.run.monitor import Limits, LogTail, WatchResult, tail_lines, watch
 
 PROGRESS_SAVE_S = 1.0  # progress-only changes are persisted at most this often (start/health/end at once)
 LOG_TAIL_LINES = 20
@@ -160,19 +160,6 @@ def _fmt_clock(s: float | None) -> str:
         return "none"
     s = int(s)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def _tail_of(path: str | None, n: int = LOG_TAIL_LINES) -> list[str]:
-    """Last n lines of a log, reading only its last 16 KiB."""
-    if not path:
-        return []
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            return f.read().decode(errors="replace").splitlines()[-n:]
-    except OSError:
-        return []
 
 
 def _argv_value(argv: list[str], flag: str) -> str | None:
@@ -522,7 +509,7 @@ class _Run:
             attempt.imbalance = result.imbalance
             attempt.healthy_at = attempt.healthy_at or result.healthy_at
         self._sync_from_scanner(attempt)
-        attempt.log_tail = redact(_tail_of(attempt.log_path), self.cfg.secrets + self.spec.secret_env)
+        attempt.log_tail = redact(tail_lines(attempt.log_path, LOG_TAIL_LINES), self.cfg.secrets + self.spec.secret_env)
         st = self.state
         st.checkpoints = [c for a in st.attempts for c in checkpoints_in(a.checkpoint_dir or a.tb_dir,
                                                                           self.spec.trainer.checkpoint_pattern)]
