@@ -168,3 +168,15 @@ def test_the_tracker_run_its_log_printed_is_in_the_run_section():
     st = state(2, "completed", [attempt(1, "crash", "SIGKILL", "retry"), tracked], verdict="completed")
     section = ledger.render(loaded(), {2: st}, started_at=T0).split("### Run 2:", 1)[1].split("\n\n")[0]
     assert "- Tracker run: https://wandb.ai/me/p/runs/r\n- Retries: 1" in section
+
+
+@pytest.mark.parametrize("statuses, counts, text", [
+    ([], {}, ""),
+    (["running", "completed", "pending", "completed"], {"completed": 2, "pending": 1, "running": 1},
+     "2 completed, 1 pending, 1 running"),
+])
+def test_status_counts_are_by_status_name(statuses, counts, text):
+    from lights_out_dev.core.verdicts import counts_text, status_counts
+
+    got = status_counts(statuses)
+    assert got == counts and list(got) == sorted(got) and counts_text(got) == text

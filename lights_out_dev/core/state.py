@@ -67,7 +67,7 @@ class RunState(BaseModel):
     run_name: str
     task: str
     spec: RunSpec
-    status: str = "pending"  # see verdicts.RUN_STATUSES
+    status: str = "pending"  # pending, running, interrupted or one of verdicts.FINAL_STATUSES
     final_verdict: str | None = None
     reason: str | None = None
     attempts: list[Attempt] = Field(default_factory=list)
@@ -132,6 +132,11 @@ def _remove_dead_writers_tmp(path: Path) -> None:
                 os.unlink(path.parent / name)
             except OSError:
                 pass
+
+
+def status_of(state: RunState | None) -> str:
+    """A planned run's status: its state's, or 'pending' before it has one."""
+    return state.status if state else "pending"
 
 
 class DamagedState(LightsOutError, ValueError):

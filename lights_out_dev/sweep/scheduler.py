@@ -34,8 +34,8 @@ from filelock import FileLock, Timeout
 from lights_out_dev.core.command import merge_flags
 from lights_out_dev.core.config import ProjectConfig
 from lights_out_dev.core.spec import RunSpec
-from lights_out_dev.core.state import RunState, atomic_write_text, read_state
-from lights_out_dev.core.verdicts import FINAL_STATUSES
+from lights_out_dev.core.state import RunState, atomic_write_text, read_state, status_of
+from lights_out_dev.core.verdicts import FINAL_STATUSES, counts_text, status_counts
 from lights_out_dev.errors import LightsOutError
 from lights_out_dev.host import procs, stopping
 from lights_out_dev.host.nvml import gpu_count
@@ -258,10 +258,6 @@ def print_line(line: str) -> None:
 
 
 # --- the sweep ---------------------------------------------------------------------------
-
-def _status(state: RunState | None) -> str:
-    return state.status if state else "pending"
-
 
 def _started(state: RunState | None) -> bool:
     """The run has had a long attempt (its smoke gate, if any, is behind it)."""
@@ -875,7 +871,7 @@ class Sweep:
                 if not pending and not active:
                     break
                 now = time.monotonic()
-                seen = {i: (_status(s), len(s.attempts)) for i, s in self.states().items()}
+                seen = {i: (status_of(s), len(s.attempts)) for i, s in self.states().items()}
                 if seen != last_seen or now - last_line >= LEDGER_REFRESH_S:
                     self.refresh_ledger()
                     last_seen = seen
@@ -923,11 +919,8 @@ class Sweep:
             t.join()
 
     def status_line(self, n_active: int, n_pending: int, waiting_on: dict, blocked: bool) -> str:
-        counts: dict[str, int] = {}
-        for run in self.loaded.runs:
-            s = _status(read_state(self.paths.state(run.index)))
-            counts[s] = counts.get(s, 0) + 1
-        line = (f"[sweep {self.loaded.name}] " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        counts = status_counts(status_of(read_state(self.paths.state(run.index))) for run in self.loaded.runs)
+        line = (f"[sweep {self.loaded.name}] " + counts_text(counts)
                 + f" | {slots_text(self.cfg)}")
         if waiting_on:
             who = ", ".join(f"run {i} (pid {p})" for i, p in sorted(waiting_on.items()))
@@ -1064,14 +1057,11 @@ def finish(sweep: Sweep) -> bool:
     except OSError as e:
         sweep.say(f"[sweep {sweep.loaded.name}] cannot write the report ({e.strerror}); free disk space and run "
                   f"`doit sweep_report`.")
-    counts: dict[str, int] = {}
-    for run in sweep.loaded.runs:
-        s = _status(states.get(run.index))
-        counts[s] = counts.get(s, 0) + 1
+    counts = status_counts(status_of(states.get(run.index)) for run in sweep.loaded.runs)
     done = all(is_final(states.get(r.index)) for r in sweep.loaded.runs)
     events.emit(sweep.root, sweep.cfg, "sweep_finished", sweep=sweep.loaded.name, ok=done, counts=counts,
                 report=str(report) if report else None, ledger=str(ledger_path(sweep.root, sweep.cfg)))
-    sweep.say(f"[sweep {sweep.loaded.name}] finished: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    sweep.say(f"[sweep {sweep.loaded.name}] finished: " + counts_text(counts)
               + (f"; report {report}" if report else ""))
     return done
 

@@ -18,6 +18,7 @@ from lights_out_dev.core.config import (
     format_duration,
 )
 from lights_out_dev.core.state import RunState, load_state
+from lights_out_dev.core.verdicts import counts_text, status_counts
 from lights_out_dev.sweep.plan import varied, varied_text
 
 
@@ -184,10 +185,7 @@ def collect(root: Path, cfg: ProjectConfig, plan: str | None = None, now: float 
         if st and st.status == "running":
             others.append(_row(None, st, st.task, now))
     gpu_text, gpus = gpu_summary(root, cfg)
-    counts: dict[str, int] = {}
-    for r in runs:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return {"sweep": name, "counts": counts, "runs": runs, "other_runs": others, "gpus": gpus, "gpu_summary": gpu_text,
+    return {"sweep": name, "counts": status_counts(r["status"] for r in runs), "runs": runs, "other_runs": others, "gpus": gpus, "gpu_summary": gpu_text,
             "time": now, "compute": compute}
 
 
@@ -199,7 +197,7 @@ def _safe_load(path: Path) -> RunState | None:
 
 
 def summary_line(data: dict) -> str:
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(data["counts"].items())) or "no runs"
+    counts = counts_text(data["counts"]) or "no runs"
     active = [r for r in data["runs"] + data["other_runs"] if r["status"] == "running"]
     bits = [" ".join(b for b in (r["task"], r.get("params"), f"it {r['iteration'] if r['iteration'] is not None else '-'}"
                                  f"/{r['total'] or '-'}", silence(r)) if b) for r in active][:4]
@@ -208,8 +206,7 @@ def summary_line(data: dict) -> str:
 
 
 def render(data: dict) -> str:
-    lines = [f"sweep {data['sweep'] or '(none)'}: " + (", ".join(f"{n} {s}" for s, n in sorted(data["counts"].items()))
-                                                       or "no runs")]
+    lines = [f"sweep {data['sweep'] or '(none)'}: " + (counts_text(data["counts"]) or "no runs")]
     lines += [format_row(r) for r in data["runs"]]
     if data["other_runs"]:
         lines.append("other runs:")
