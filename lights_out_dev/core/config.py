@@ -23,9 +23,7 @@ from pydantic import (
 from lights_out_dev.core.models import StrictModel
 from lights_out_dev.errors import LightsOutError
 
-LauncherKind = Literal["lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu"]
 LAUNCHER_KINDS: tuple[str, ...] = ("lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu")
-MULTI_GPU_LAUNCHERS = frozenset({"lab_mgpu", "newton_mgpu"})
 
 
 class ConfigError(LightsOutError):
@@ -308,7 +306,3 @@ def load_project_or_report(prefix: str = "", file=None) -> tuple[Path, ProjectCo
     except ConfigError as e:
         print(f"{prefix}{e}", file=file or sys.stdout)
         return None
-
-
-def python_prefix() -> list[str]:
-    return [sys.executable]

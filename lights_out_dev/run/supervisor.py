@@ -826,14 +826,9 @@ def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *
 # -- doit entry point -------------------------------------------------------------------------------
 
 def _overrides():
-    try:
-        from lights_out_dev.core import overrides
-    except ImportError:
-        return None
-    try:
-        return overrides.current()
-    except Exception:
-        return None
+    from lights_out_dev.core import overrides
+
+    return overrides.current()
 
 
 def _executor_for(name: str, cfg: ProjectConfig, root: Path) -> Executor:

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from lights_out_dev.core.command import merge_flags
-from lights_out_dev.core.config import Duration, format_duration
+from lights_out_dev.core.config import Duration
 from lights_out_dev.core.models import StrictModel
 from lights_out_dev.errors import LightsOutError
 from lights_out_dev.sweep.compute import budget_seconds
@@ -428,18 +428,6 @@ def check_tasks(loaded: LoadedPlan, known: Iterable[str]) -> None:
 
 def promoted_task(task: str, suffix: str) -> str:
     return task if task.endswith(suffix) else task + suffix
-
-
-def describe(run: PlannedRun) -> str:
-    """Short one-line description used in status lines and the ledger notes."""
-    parts = [run.task or "(promotion)"]
-    if run.num_envs:
-        parts.append(f"{run.num_envs} envs")
-    if run.seed is not None:
-        parts.append(f"seed {run.seed}")
-    if run.time_limit_s:
-        parts.append(format_duration(run.time_limit_s))
-    return ", ".join(parts)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")

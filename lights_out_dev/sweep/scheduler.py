@@ -987,11 +987,9 @@ def _warm_imports() -> None:
     ~100 ms while a slot sits idle (measured by bench/sweep_schedule.py)."""
     import importlib
 
-    for name in ("supervisor", "gpu_lock", "scan", "classify", "policy", "tb", "local_executor", "events"):
-        try:
-            importlib.import_module(f"lights_out_dev.{name}")
-        except ImportError:
-            pass
+    for name in ("run.supervisor", "host.gpu_lock", "run.scan", "core.classify", "core.policy", "core.tb",
+                 "executors.local", "host.events"):
+        importlib.import_module(f"lights_out_dev.{name}")
 
 
 # --- helpers for the doit tasks and scripts -----------------------------------------------------

@@ -19,6 +19,7 @@ from lights_out_dev.core.config import (
 )
 from lights_out_dev.core.state import RunState, load_state
 from lights_out_dev.core.verdicts import counts_text, status_counts
+from lights_out_dev.host.nvml import NvmlUnavailable, query_gpus
 from lights_out_dev.sweep.plan import varied, varied_text
 
 
@@ -95,15 +96,9 @@ def _row(index: int | None, st: RunState | None, task: str, now: float, params: 
 
 def gpu_summary(root: Path, cfg: ProjectConfig) -> tuple[str, list[dict]]:
     try:
-        from lights_out_dev.host.nvml import NvmlUnavailable, query_gpus
-    except ImportError:
-        NvmlUnavailable, query_gpus = Exception, None  # noqa: N806
-    gpus = []
-    if query_gpus is not None:
-        try:
-            gpus = query_gpus()
-        except NvmlUnavailable:
-            gpus = []
+        gpus = query_gpus()
+    except NvmlUnavailable:
+        gpus = []
     if not gpus:
         busy = _cpu_slots_in_use(root, cfg)
         return f"no GPU: {cfg.cpu_slots} CPU slots ({busy} in use)", []
