@@ -1,4 +1,4 @@
-"""Isaac Lab environment defaults (seed 002): detection, config overrides, what extract_cmd shows, and
+"""Isaac Lab environment defaults (command.ISAAC_ENV_DEFAULTS): detection, config overrides, what extract_cmd shows, and
 the classifier recognising the failures they prevent."""
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Pure ledger rendering (DESIGN.md §7 / seed 000 shape) and the report table: table-driven."""
+"""Pure ledger rendering (title, Started, Plan, Progress, the Run Plan table, the Run Log) and the report
+table: table-driven."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -86,7 +87,7 @@ def test_plan_table_rows(desc, states, rows):
         assert row in text.splitlines(), (desc, row, text)
 
 
-def test_shape_matches_design():
+def test_ledger_sections_in_order():
     text = ledger.render(loaded(), {}, started_at=T0, state_dir="local_experiment_logs/sweeps/demo/runs",
                          report="local_experiment_logs/sweeps/demo/report.md")
     lines = text.splitlines()
