@@ -223,6 +223,6 @@ def test_a_sweep_ends_with_an_evaluation_of_its_best_run(tmp_path: Path):
     assert "eval" not in short["extra"]  # only the best run is evaluated
     ev = long_["extra"]["eval"]
     assert ev["checkpoint"] == long_["checkpoints"][-1] and ev["metrics"]["num_episodes"] == 8
-    assert "eval return" in (repo / "lights_out_dev/sweep_log.md").read_text()
+    assert "eval return" in (repo / "local_experiment_logs/sweep_log.md").read_text()
     report_md = (repo / "local_experiment_logs/sweeps/evaluated/report.md").read_text()
     assert "| Eval return |" in report_md

@@ -172,7 +172,7 @@ def test_a_sweep_runs_the_smokes_of_a_phase_first_and_the_ledger_shows_their_ver
     archived = [json.loads(f.read_text()) for f in sorted((runs / "archive").glob("*.json"))]
     gate_ends = [a["extra"]["smoke"]["ended_at"] for a in archived] + [bad["extra"]["smoke"]["ended_at"]]
     assert max(gate_ends) <= good["attempts"][0]["started_at"]
-    text = (repo / "lights_out_dev/sweep_log.md").read_text()
+    text = (repo / "local_experiment_logs/sweep_log.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
     assert "smoke passed" in rows[0] and "smoke failed: config_error" in rows[1], text
 

@@ -165,7 +165,7 @@ class SlurmConfig(StrictModel):
 
 class ProjectConfig(StrictModel):
     logs_dir: str = "local_experiment_logs"
-    ledger: str = "lights_out_dev/sweep_log.md"
+    ledger: str | None = Field(default=None, description="the sweep ledger (markdown); default <logs_dir>/sweep_log.md")
     default_plan: str = "sweeps/default.yaml"
     trainer_logs_dir: str = "logs/rsl_rl"
     cpu_slots: int = Field(default=2, ge=1)

@@ -133,7 +133,8 @@ def paths_for(root: Path, cfg: ProjectConfig, name: str) -> SweepPaths:
 
 
 def ledger_path(root: Path, cfg: ProjectConfig) -> Path:
-    return cfg.path(root, cfg.ledger)
+    """[tool.lights_out] ledger, else <logs_dir>/sweep_log.md (beside the runs it describes, outside the source)."""
+    return cfg.path(root, cfg.ledger) if cfg.ledger else cfg.path(root, cfg.logs_dir) / "sweep_log.md"
 
 
 def ledger_lock(root: Path, cfg: ProjectConfig) -> Path:
