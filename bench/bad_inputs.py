@@ -245,7 +245,7 @@ def _repo() -> Path:
         for name in ("dodo.py", "pyproject.toml", "tasks", "lights_out_dev", "workloads", "sweeps"):
             src = ROOT / name
             if src.is_dir():
-                shutil.copytree(src, _REPO / name, ignore=shutil.ignore_patterns("__pycache__", "sweep_log*.md"))
+                shutil.copytree(src, _REPO / name, ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy2(src, _REPO / name)
     return _REPO

@@ -70,7 +70,7 @@ def make_repo(dest: Path) -> Path:
     for name in COPIED:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sweep_log*.md"))
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(src, dest / name)
     (dest / "chaos.toml").write_text(f'locks_dir = "{dest / "locks"}"\n' + OVERLAY)
@@ -174,7 +174,7 @@ class Campaign:
         name = f"c{self.args.seed}x{n:04d}"
         plan = f"sweeps/{name}.yaml"
         (self.repo / plan).write_text(plan_text(name, self.rng, n))
-        (self.repo / "lights_out_dev" / "sweep_log.md").unlink(missing_ok=True)  # each trial owns the ledger
+        (self.repo / "local_experiment_logs" / "sweep_log.md").unlink(missing_ok=True)  # each trial owns the ledger
         log = self.work / f"{name}.log"
         for _ in range(self.rng.randint(0, self.args.max_disruptions)):
             p = self.doit(plan, log)

@@ -201,7 +201,7 @@ def sweep(plan_text: str, name: str, overlay: str, timeout: float, *extra: str) 
     res = doit("sweep", "--plan", str(plan.relative_to(ROOT)), "--wipe", *extra, timeout=timeout, overlay=overlay)
     runs_dir = LOGS / "sweeps" / name / "runs"
     states = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("[0-9]*.json")) if "promotion" not in p.name]
-    ledger = ROOT / "lights_out_dev" / "sweep_log.md"
+    ledger = LOGS / "sweep_log.md"
     report = LOGS / "sweeps" / name / "report.md"
     return {"result": res,
             "runs": [{"index": s.get("index"), "task": s["task"], "status": s["status"],
@@ -366,9 +366,8 @@ def main() -> int:
         result = part_one(args.out) if args.part == "one" else part_two(args.out, tuple(args.steps.split(",")))
     (args.out / f"gpu_validation_{args.only or args.part}.json").write_text(json.dumps(dict(result), indent=2, default=str))
     with tarfile.open(args.out / f"logs_{args.part}.tar.gz", "w:gz") as tar:
-        for p in (LOGS, ROOT / "lights_out_dev" / "sweep_log.md"):
-            if p.exists():
-                tar.add(p, arcname=p.relative_to(ROOT))
+        if LOGS.exists():  # the ledger is in it too
+            tar.add(LOGS, arcname=LOGS.relative_to(ROOT))
     print(json.dumps({k: (v.get("ok") if isinstance(v, dict) else None) for k, v in result.items()}))
     return 0
 

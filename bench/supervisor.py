@@ -1,15 +1,16 @@
-"""Supervisor vs. the seed's bash watchdog loop, side by side on the same real trainer processes.
+"""Supervisor vs. a bash watchdog loop (the hand-written way to babysit a run), side by side on the same
+real trainer processes.
 
     python bench/supervisor.py --quick --out bench/results/supervisor_cpu.json
 
-Measures (DESIGN.md §9: targets live here, not in unit tests):
+Measures (the speed targets live here, in TARGETS, not in unit tests: tests never assert speed):
 - detection latency for a crash (trainer SIGKILLs itself), for an error line printed by a process
   that stays alive, and for a stall beyond its threshold;
 - time from the verdict to the restarted trainer's spawn (and that trainer's start-up to first output);
 - CPU used by the watcher per watched run;
 - the trainer's steps/s with and without supervision (interleaved repeats, ratio).
 
-The bash side is a faithful re-implementation of seed 000's loop (5 s tick, `wc -l` + `tail | grep -iE`
+The bash side is the usual hand-written watchdog loop (5 s tick, `wc -l` + `tail | grep -iE`
 of new lines for malloc|CUDA error|OutOfMemoryError|Segmentation fault|RuntimeError|NCCL, the GPU check
 each tick, a stall counter, kill then `sleep 10` before relaunching), run as real bash. One deviation:
 the kill is `kill -9 -- -PGID` of the run's own session instead of `pkill -9 -f "$RID"` (same effect for
@@ -47,7 +48,7 @@ ERROR_LINE = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00
 TARGETS = {"crash_detect_p95_s": 0.5, "error_detect_p95_s": 0.5, "restart_gap_s": 2.0, "overhead_pct": 1.0}
 
 BASH_LOOP = r'''
-# seed 000's monitoring loop for one run (see bench/supervisor.py docstring)
+# a hand-written bash watchdog loop for one run (see bench/supervisor.py docstring)
 LOG=$1; TIME_LIMIT=$2; STALL=$3; GPU_CHECK=$4; shift 4
 ERROR_PATTERNS="malloc|CUDA error|OutOfMemoryError|Segmentation fault|RuntimeError|NCCL"
 setsid "$@" &> "$LOG" &
@@ -385,7 +386,7 @@ def table(s: dict, stall_s: float) -> str:
          f"{ratio:.3f} ({_mean(s['steps_per_s']['supervised'])} vs {_mean(s['steps_per_s']['unsupervised'])})"
          if ratio else "-", "-", "> 0.99"),
     ]
-    out = ["| metric | supervisor | seed bash loop | target |", "|---|---|---|---|"]
+    out = ["| metric | supervisor | bash loop | target |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     out += ["", "Latencies are watcher decision minus ground truth; a crash latency of -0.00 means the supervisor's",
             "own pidfd woke before the separate ground-truth process was scheduled (both within a few ms).",

@@ -1,13 +1,14 @@
-"""Slot idle time and makespan: this project's sweep scheduler vs seed 000's batch protocol.
+"""Slot idle time and makespan: this project's sweep scheduler vs running the runs by hand in
+batches (one run per slot, a pause between batches).
 
-    python bench/sweep_schedule.py [--quick] [--slots N] [--seed-sleep S] [--json PATH]
+    python bench/sweep_schedule.py [--quick] [--slots N] [--batch-sleep S] [--json PATH]
 
 The same runs (real processes of mixed lengths that print rsl_rl-like lines; a few crash on
 their first attempt and succeed when retried) are run twice:
 
 - lights-out: `sweep.Sweep.schedule` (one supervisor thread per run, gpu_lock leases over
   N CPU slots, the next pending run starts the moment a slot frees up);
-- seed 000: batches of one run per slot; `sleep S` (S=10, the seed's `pkill ... && sleep 10`)
+- batches: one run per slot; `sleep S` (S=10, as in a hand-run `pkill ... && sleep 10` clean-up)
   before each batch; a failed run is killed, `sleep S`, relaunched on its slot; the next batch
   starts when every run of this one has finished, after another `sleep S`.
 
@@ -116,9 +117,9 @@ def run_lights_out(runs, slots: int, work: Path) -> dict:
     return out
 
 
-# --- seed 000's protocol -------------------------------------------------------------------------
+# --- batches by hand ----------------------------------------------------------------------------
 
-def run_seed(runs, slots: int, work: Path, pause: float) -> dict:
+def run_batches(runs, slots: int, work: Path, pause: float) -> dict:
     """Batches of one run per slot, `sleep pause` before/after, a failed run relaunched after a sleep."""
     t0 = time.time()
     intervals: list[tuple[float, float]] = []
@@ -128,7 +129,7 @@ def run_seed(runs, slots: int, work: Path, pause: float) -> dict:
         time.sleep(pause)  # pkill -9 -f isaac && sleep 10: clean slate
         live = {}
         for i, (seconds, iters, fail_at) in batch:
-            live[i] = (subprocess.Popen(sleeper_argv(seconds, iters, fail_at, f"seed{i}"), cwd=work,
+            live[i] = (subprocess.Popen(sleeper_argv(seconds, iters, fail_at, f"batch{i}"), cwd=work,
                                         stdout=subprocess.DEVNULL, env={**os.environ, "LIGHTS_OUT_ATTEMPT": "1"}),
                        time.time(), 1)
         while live:
@@ -142,14 +143,14 @@ def run_seed(runs, slots: int, work: Path, pause: float) -> dict:
                     retries += 1
                     time.sleep(pause)
                     seconds, iters, fail_at = runs[i - 1]
-                    live[i] = (subprocess.Popen(sleeper_argv(seconds, iters, fail_at, f"seed{i}"), cwd=work,
+                    live[i] = (subprocess.Popen(sleeper_argv(seconds, iters, fail_at, f"batch{i}"), cwd=work,
                                                 stdout=subprocess.DEVNULL,
                                                 env={**os.environ, "LIGHTS_OUT_ATTEMPT": str(attempt + 1)}),
                                time.time(), attempt + 1)
             time.sleep(0.05)
         time.sleep(pause)  # pkill -9 -f isaac && sleep 10: clean up after
     out = idle(intervals, slots, t0)
-    out["makespan_s"] = round(time.time() - t0, 2)  # includes the final sleep, as the seed does
+    out["makespan_s"] = round(time.time() - t0, 2)  # includes the final sleep, as a hand-run batch does
     out["all_completed"] = True
     out["retries"] = retries
     return out
@@ -162,26 +163,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 runs (< 4 min on 2 CPU cores)")
     ap.add_argument("--slots", type=int, default=2)
-    ap.add_argument("--seed-sleep", type=float, default=10.0, help="the seed's sleep between runs (default 10)")
+    ap.add_argument("--batch-sleep", type=float, default=10.0, help="the pause between batches and before a relaunch (default 10)")
     ap.add_argument("--json", help="also write the JSON result here")
     args = ap.parse_args(argv)
     runs = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="lo-bench-") as tmp:
         work = Path(tmp)
         ours = run_lights_out(runs, args.slots, work / "ours")
-        (work / "seed").mkdir()
-        seed = run_seed(runs, args.slots, work / "seed", args.seed_sleep)
+        (work / "batches").mkdir()
+        batches = run_batches(runs, args.slots, work / "batches", args.batch_sleep)
     work_s = sum(s for s, _, _ in runs)
     result = {"slots": args.slots, "runs": len(runs), "run_seconds_total": work_s, "lights_out": ours,
-              "seed000": seed, "makespan_ratio": round(seed["makespan_s"] / ours["makespan_s"], 2),
+              "batches": batches, "makespan_ratio": round(batches["makespan_s"] / ours["makespan_s"], 2),
               "target_met": ours["idle_pending_pct"] < 2.0}
     print("| scheduler | makespan (s) | idle while work pending (slot-s) | % of makespan | tail idle (slot-s) "
           "| launches | retries |")
     print("|---|---|---|---|---|---|---|")
-    for name, r in (("lights-out", ours), ("seed 000 batches", seed)):
+    for name, r in (("lights-out", ours), ("batches by hand", batches)):
         print(f"| {name} | {r['makespan_s']} | {r['idle_pending_s']} | {r['idle_pending_pct']}% | {r['idle_tail_s']} "
               f"| {r['launches']} | {r['retries']} |")
-    print(f"\nmakespan ratio (seed / lights-out): {result['makespan_ratio']}x; "
+    print(f"\nmakespan ratio (batches / lights-out): {result['makespan_ratio']}x; "
           f"target idle < 2% of makespan: {'met' if result['target_met'] else 'NOT met'}\n")
     print(json.dumps(result, indent=2))
     if args.json:

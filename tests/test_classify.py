@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from lights_out_dev.core.classify import Observations, classify
+from lights_out_dev.core.verdicts import Verdict
 from lights_out_dev.executors.base import ExitStatus
 from lights_out_dev.run.scan import LogScanner
-from lights_out_dev.core.verdicts import Verdict
 
 pytestmark = pytest.mark.timeout(30)
 

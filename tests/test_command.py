@@ -7,12 +7,21 @@ from pathlib import Path
 import pytest
 
 from lights_out_dev.core import overrides
-from lights_out_dev.core.command import (build_argv, format_command, gpu_env, launch_problem, merge_flags,
-                                    redact_argv, secret_values, shell_join, trainer_env)
-from lights_out_dev.doit.run_command import recover_tokens, split_selection
-from lights_out_dev.run.tasks_index import unknown_task_sentence
+from lights_out_dev.core.command import (
+    build_argv,
+    format_command,
+    gpu_env,
+    launch_problem,
+    merge_flags,
+    redact_argv,
+    secret_values,
+    shell_join,
+    trainer_env,
+)
 from lights_out_dev.core.profiles import resolve_profile
 from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.doit.run_command import recover_tokens, split_selection
+from lights_out_dev.run.tasks_index import unknown_task_sentence
 
 pytestmark = pytest.mark.timeout(30)
 

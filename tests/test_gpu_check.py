@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from lights_out_dev.cli import gpu_check as gpu_check_cli
-from lights_out_dev.host import gpu_check
-from lights_out_dev.host import nvml
 from lights_out_dev.core.config import PowerPolicy
+from lights_out_dev.host import gpu_check, nvml
 from lights_out_dev.host.nvml import GpuInfo, GpuProc
 
 pytestmark = pytest.mark.timeout(60)
@@ -77,6 +76,9 @@ POWER = [
     ("limit too high", PowerPolicy(watts=275), gpu(0, power_limit=450), False, "MISMATCH"),
     ("within tolerance", PowerPolicy(watts=275, tolerance_watts=2), gpu(0, power_limit=276.5), True, "ok"),
     ("clock above cap", PowerPolicy(sm_clock_mhz=1700), gpu(0, clock=1980), False, "ABOVE CAP"),
+    ("clock one step above cap", PowerPolicy(sm_clock_mhz=1700), gpu(0, clock=1715), True, "ok"),
+    ("limit unreadable", PowerPolicy(watts=275), gpu(0, power_limit=None), False, "power limit unreadable"),
+    ("clock unreadable", PowerPolicy(sm_clock_mhz=1700), gpu(0, clock=None), True, "SM clock unreadable"),
     ("no policy", PowerPolicy(), gpu(0), True, "no power policy set"),
 ]
 

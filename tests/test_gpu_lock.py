@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lights_out_dev.host import gpu_lock
 from lights_out_dev.core.config import MonitorConfig, ProjectConfig
+from lights_out_dev.host import gpu_lock
 from lights_out_dev.host.gpu_lock import GpuLockError, acquire
 
 pytestmark = pytest.mark.timeout(30)
@@ -24,7 +24,7 @@ def cfg_for(tmp_path, **monitor) -> ProjectConfig:
 
 @pytest.fixture
 def no_gpu(monkeypatch):
-    monkeypatch.setattr(gpu_lock, "_nvml", lambda: SimpleNamespace(gpu_count=lambda: 0))
+    monkeypatch.setattr(gpu_lock, "gpu_count", lambda: 0)
 
 
 @pytest.fixture
@@ -32,8 +32,8 @@ def three_gpus(monkeypatch):
     """GPU 0 carries someone else's 5 GB process; GPU 2 a small one (below the threshold)."""
     procs = {0: [SimpleNamespace(pid=4242, used_mb=5000.0, command="python other_user.py")],
              1: [], 2: [SimpleNamespace(pid=4343, used_mb=200.0, command="Xorg")]}
-    monkeypatch.setattr(gpu_lock, "_nvml", lambda: SimpleNamespace(gpu_count=lambda: 3,
-                                                                   pids_on_gpu=lambda i: procs[i]))
+    monkeypatch.setattr(gpu_lock, "gpu_count", lambda: 3)
+    monkeypatch.setattr(gpu_lock, "pids_on_gpu", lambda i: procs[i])
     return procs
 
 

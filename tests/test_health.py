@@ -13,13 +13,13 @@ import pytest
 
 from lights_out_dev.core.classify import Observations, classify
 from lights_out_dev.core.config import default_policy
-from lights_out_dev.sweep.health import HealthRule, judge
-from lights_out_dev.sweep.judging import points
 from lights_out_dev.core.policy import decide
-from lights_out_dev.run.scan import LogScanner
-from lights_out_dev.run.supervisor import _checkpoints_before
 from lights_out_dev.core.tb import read_scalars
 from lights_out_dev.core.verdicts import Verdict
+from lights_out_dev.run.scan import LogScanner
+from lights_out_dev.run.supervisor import _checkpoints_before
+from lights_out_dev.sweep.health import HealthRule, judge
+from lights_out_dev.sweep.judging import points
 
 ROOT = Path(__file__).resolve().parents[1]
 R, V = "Train/mean_reward", "Loss/value"

@@ -1,4 +1,4 @@
-"""Isaac Lab environment defaults (seed 002): detection, config overrides, what extract_cmd shows, and
+"""Isaac Lab environment defaults (command.ISAAC_ENV_DEFAULTS): detection, config overrides, what extract_cmd shows, and
 the classifier recognising the failures they prevent."""
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_graph import make_repo
 
 from lights_out_dev.core.classify import classify
-from lights_out_dev.core.command import ISAAC_ENV_DEFAULTS, isaac_env_defaults, trainer_env
-from lights_out_dev.executors.base import ExitStatus
-from lights_out_dev.run.scan import LogScanner
+from lights_out_dev.core.command import (
+    ISAAC_ENV_DEFAULTS,
+    isaac_env_defaults,
+    trainer_env,
+)
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.verdicts import Verdict
-from test_graph import make_repo
+from lights_out_dev.executors.base import ExitStatus
+from lights_out_dev.run.scan import LogScanner
 
 ISAAC_PREFIX = ["./IsaacLab/isaaclab.sh", "-p"]
 ISAAC_SCRIPT = "scripts/reinforcement_learning/rsl_rl/train.py"

@@ -262,7 +262,7 @@ def test_sweep_with_promotion(tmp_path):
     assert p.returncode == 0, out(p)
     report = (repo / "local_experiment_logs" / "sweeps" / "isaac" / "report.md").read_text()
     assert report.count("| isaac_cartpole:base |") == 3, report  # two seeds, then the promoted run
-    ledger = (repo / "lights_out_dev" / "sweep_log.md").read_text()
+    ledger = (repo / "local_experiment_logs" / "sweep_log.md").read_text()
     assert "promoted from run" in ledger, ledger
 
 

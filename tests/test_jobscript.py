@@ -8,9 +8,14 @@ import time
 
 import pytest
 
-from lights_out_dev.executors.slurm import jobscript
 from lights_out_dev.core.config import SlurmConfig
-from lights_out_dev.executors.slurm.jobscript import JobRequest, JobScriptError, directives, render
+from lights_out_dev.executors.slurm import jobscript
+from lights_out_dev.executors.slurm.jobscript import (
+    JobRequest,
+    JobScriptError,
+    directives,
+    render,
+)
 
 BASE = dict(argv=["python", "workloads/train.py", "--task", "Lo-Cartpole-v0"], log_path="/logs/run.log",
             workdir="/repo")

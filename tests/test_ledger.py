@@ -1,15 +1,15 @@
-"""Pure ledger rendering (DESIGN.md §7 / seed 000 shape) and the report table: table-driven."""
+"""Pure ledger rendering (title, Started, Plan, Progress, the Run Plan table, the Run Log) and the report
+table: table-driven."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from lights_out_dev.sweep import ledger
-from lights_out_dev.sweep import report
-from lights_out_dev.sweep.plan import LoadedPlan, expand, parse_plan
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import Attempt, Progress, RunState
+from lights_out_dev.sweep import ledger, report
+from lights_out_dev.sweep.plan import LoadedPlan, expand, parse_plan
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -86,7 +86,7 @@ def test_plan_table_rows(desc, states, rows):
         assert row in text.splitlines(), (desc, row, text)
 
 
-def test_shape_matches_design():
+def test_ledger_sections_in_order():
     text = ledger.render(loaded(), {}, started_at=T0, state_dir="local_experiment_logs/sweeps/demo/runs",
                          report="local_experiment_logs/sweeps/demo/report.md")
     lines = text.splitlines()
@@ -168,3 +168,15 @@ def test_the_tracker_run_its_log_printed_is_in_the_run_section():
     st = state(2, "completed", [attempt(1, "crash", "SIGKILL", "retry"), tracked], verdict="completed")
     section = ledger.render(loaded(), {2: st}, started_at=T0).split("### Run 2:", 1)[1].split("\n\n")[0]
     assert "- Tracker run: https://wandb.ai/me/p/runs/r\n- Retries: 1" in section
+
+
+@pytest.mark.parametrize("statuses, counts, text", [
+    ([], {}, ""),
+    (["running", "completed", "pending", "completed"], {"completed": 2, "pending": 1, "running": 1},
+     "2 completed, 1 pending, 1 running"),
+])
+def test_status_counts_are_by_status_name(statuses, counts, text):
+    from lights_out_dev.core.verdicts import counts_text, status_counts
+
+    got = status_counts(statuses)
+    assert got == counts and list(got) == sorted(got) and counts_text(got) == text

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from lights_out_dev.host import procs
 from lights_out_dev.executors.local import LaunchError, LocalExecutor
-from lights_out_dev.run.monitor import LogTail
+from lights_out_dev.host import procs
+from lights_out_dev.run.monitor import LogTail, tail_lines
 
 pytestmark = pytest.mark.timeout(60)
 PY = sys.executable
@@ -186,10 +186,27 @@ def test_log_tail_incremental_and_partial_lines(tmp_path):
     assert resumed.read_lines(final=True) == ["two", "three"]
 
 
+
+@pytest.mark.parametrize("content, n, max_bytes, expected", [
+    (b"a\nb\nc\n", 2, 1 << 20, ["b", "c"]),
+    (b"a\r\nb\rc", 5, 1 << 20, ["a", "b", "c"]),  # \r\n, a lone \r (a progress bar) and an unterminated line
+    (b"".join(b"line %d\n" % i for i in range(50_000)), 3, 1 << 20, ["line 49997", "line 49998", "line 49999"]),
+    (b"x" * 200_000 + b"\nlast\n", 2, 1000, ["x" * 994, "last"]),  # one endless line: only max_bytes are read
+    (b"", 3, 1 << 20, []),
+])
+def test_tail_lines_reads_the_end_of_a_log(tmp_path, content, n, max_bytes, expected):
+    path = tmp_path / "run.log"
+    path.write_bytes(content)
+    assert tail_lines(path, n, max_bytes) == expected
+
+
+def test_tail_lines_of_no_log_is_empty(tmp_path):
+    assert tail_lines(None, 5) == [] and tail_lines(tmp_path / "missing.log", 5) == []
+
 # -- the watch loop (monitor.watch) on small real processes; NVML faked where a GPU is needed --------
 
-from lights_out_dev.run import monitor  # noqa: E402
 from lights_out_dev.host import nvml  # noqa: E402
+from lights_out_dev.run import monitor  # noqa: E402
 from lights_out_dev.run.monitor import Limits, watch  # noqa: E402
 from lights_out_dev.run.scan import LogScanner  # noqa: E402
 

@@ -16,9 +16,9 @@ import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from test_sweep import doit_argv, env_for, make_repo, states
 
 from lights_out_dev.agent import tools as agent
-from test_sweep import doit_argv, env_for, make_repo, states
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -134,7 +134,7 @@ def test_an_overnight_sweep_in_five_calls_then_diagnose_and_retry(tmp_path: Path
 
 def test_plan_mistakes_and_refusals_are_answered_not_started(tmp_path: Path):
     repo = make_repo(tmp_path / "repo", {"faults": FAULTS, "typo": TYPO, "other": OTHER})
-    (repo / "lights_out_dev" / "sweep_log.md").write_text("# Sweep: other\nStarted: -\n")
+    (repo / "local_experiment_logs" / "sweep_log.md").write_text("# Sweep: other\nStarted: -\n")
 
     async def script(c: Client):
         bad, text = await c.call("start_sweep", plan="sweeps/typo.yaml")
@@ -240,14 +240,14 @@ def test_stopping_a_whole_sweep_is_a_user_stop_with_events(tmp_path: Path):
     assert [s["status"] for s in sts.values()] == ["interrupted", "interrupted"]
     assert all(s["reason"] == "stopped by the user" for s in sts.values())
     wait_gone(repo, "slow")
-    ledger = (repo / "lights_out_dev/sweep_log.md").read_text()
+    ledger = (repo / "local_experiment_logs/sweep_log.md").read_text()
     assert "stopped by the user" in ledger and "failed attempts" not in ledger
 
 
 def test_watch_sees_a_refusal_written_before_it_started(tmp_path: Path):
     """The race of a sweep refused in under a second: launch first, let it end, then watch from the cursor."""
     repo = make_repo(tmp_path / "repo", {"faults": FAULTS, "typo": TYPO})
-    (repo / "lights_out_dev" / "sweep_log.md").write_text("# Sweep: other\nStarted: -\n")
+    (repo / "local_experiment_logs" / "sweep_log.md").write_text("# Sweep: other\nStarted: -\n")
     env = env_for(repo)
     watch_py = [sys.executable, "-m", "lights_out_dev.cli.watch"]
     cursor = int(subprocess.run([*watch_py, "--print-cursor"], cwd=repo, env=env, capture_output=True, text=True,

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from lights_out_dev.sweep.plan import PlanError, check_tasks, expand, load_plan, parse_plan, varied_text
+from lights_out_dev.sweep.plan import (
+    PlanError,
+    check_tasks,
+    expand,
+    load_plan,
+    parse_plan,
+    varied_text,
+)
 
 pytestmark = pytest.mark.timeout(30)
 

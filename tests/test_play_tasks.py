@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_graph import DOIT, executed, make_repo, out, run_state
 
 from lights_out_dev.run import evaluate
 from lights_out_dev.run.evaluate import PlayError, resolve_checkpoint, split_checkpoint
-from test_graph import DOIT, executed, make_repo, out, run_state
 
 
 def _run_dir(tmp_path: Path, iterations=(0, 5, 10)) -> Path:
@@ -165,11 +165,10 @@ def test_a_play_command_that_cannot_start_is_one_sentence(tmp_path: Path, toml, 
 
 
 def test_ledger_and_report_show_an_eval_result(tmp_path: Path):
-    from lights_out_dev.sweep import ledger
-    from lights_out_dev.sweep import report
-    from lights_out_dev.sweep.plan import LoadedPlan, Plan, PlannedRun
     from lights_out_dev.core.spec import RunSpec
     from lights_out_dev.core.state import Attempt, RunState
+    from lights_out_dev.sweep import ledger, report
+    from lights_out_dev.sweep.plan import LoadedPlan, Plan, PlannedRun
 
     plan = Plan.model_validate({"name": "p", "runs": [{"task": "cartpole:base"}, {"task": "cartpole:base"}]})
     runs = [PlannedRun(index=i, phase=1, task="cartpole:base", num_envs=64, max_iterations=None, seed=None,
@@ -223,6 +222,6 @@ def test_a_sweep_ends_with_an_evaluation_of_its_best_run(tmp_path: Path):
     assert not short["evaluation"]  # only the best run is evaluated
     ev = long_["evaluation"]
     assert ev["checkpoint"] == long_["checkpoints"][-1] and ev["metrics"]["num_episodes"] == 8
-    assert "eval return" in (repo / "lights_out_dev/sweep_log.md").read_text()
+    assert "eval return" in (repo / "local_experiment_logs/sweep_log.md").read_text()
     report_md = (repo / "local_experiment_logs/sweeps/evaluated/report.md").read_text()
     assert "| Eval return |" in report_md

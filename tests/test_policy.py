@@ -1,4 +1,5 @@
-"""decide(): DESIGN.md §6 through the default policy table, table-driven."""
+"""decide(): the recovery policy (retry, resume, reseed, give up per verdict) through the default policy table,
+table-driven."""
 from __future__ import annotations
 
 import pytest

@@ -5,9 +5,14 @@ from pathlib import Path
 
 import pytest
 
+from lights_out_dev.core.signatures import (
+    DEFAULT_MATCHER,
+    compile_matcher,
+    exception_name,
+    scan_errors,
+)
 from lights_out_dev.executors.base import ExitStatus
 from lights_out_dev.run.scan import LogScanner
-from lights_out_dev.core.signatures import DEFAULT_MATCHER, compile_matcher, exception_name, scan_errors
 
 pytestmark = pytest.mark.timeout(30)
 LOGS = Path(__file__).parent / "data" / "logs"

@@ -7,14 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev.sweep import compute
-from lights_out_dev.sweep import pruning
-from lights_out_dev.sweep import search_report
-from lights_out_dev.sweep.plan import LoadedPlan, PlanError, expand, parse_plan
-from lights_out_dev.sweep.pruning import PruneRule
-from lights_out_dev.sweep.search import Search, TrialResult, TrialStore, apply_params, ask, fixed_configurations
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import Attempt, RunState
+from lights_out_dev.sweep import compute, pruning, search_report
+from lights_out_dev.sweep.plan import LoadedPlan, PlanError, expand, parse_plan
+from lights_out_dev.sweep.pruning import PruneRule
+from lights_out_dev.sweep.search import (
+    Search,
+    TrialResult,
+    TrialStore,
+    apply_params,
+    ask,
+    fixed_configurations,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

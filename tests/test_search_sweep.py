@@ -7,8 +7,8 @@ budget, and one run whose learning rate turns NaN for real; SIGKILLed half-way a
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,7 +17,16 @@ from pathlib import Path
 import pytest
 
 from lights_out_dev.host import procs
-from tests.test_sweep import all_pids, cleanup, doit_argv, env_for, ledger_rows, make_repo, start, states
+from tests.test_sweep import (
+    all_pids,
+    cleanup,
+    doit_argv,
+    env_for,
+    ledger_rows,
+    make_repo,
+    start,
+    states,
+)
 
 SEARCH = """\
 name: search

@@ -20,13 +20,27 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev.executors.slurm import jobscript
-from lights_out_dev.core.config import GpuGuard, MonitorConfig, PolicyRule, ProjectConfig, SlurmConfig
-from lights_out_dev.executors.slurm.executor import (SlurmControllerDown, SlurmExecutor, SlurmInvalidPartition,
-                                           SlurmNotInstalled, SlurmRejected, SlurmSubmitError, exit_from_code,
-                                           pending_sentence, submit_error)
+from lights_out_dev.core.config import (
+    GpuGuard,
+    MonitorConfig,
+    PolicyRule,
+    ProjectConfig,
+    SlurmConfig,
+)
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import load_state
+from lights_out_dev.executors.slurm import jobscript
+from lights_out_dev.executors.slurm.executor import (
+    SlurmControllerDown,
+    SlurmExecutor,
+    SlurmInvalidPartition,
+    SlurmNotInstalled,
+    SlurmRejected,
+    SlurmSubmitError,
+    exit_from_code,
+    pending_sentence,
+    submit_error,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
@@ -439,7 +453,12 @@ runs:
 @pytest.mark.timeout(240)
 def test_killed_sweep_readopts_its_running_jobs(slurm_cluster, tmp_path):
     """`doit sweep --executor slurm` SIGKILLed while its jobs run; the rerun adopts them (same job ids)."""
-    from test_sweep import doit_argv, env_for, make_repo, states  # the sweep tests' own repo helpers
+    from test_sweep import (  # the sweep tests' own repo helpers
+        doit_argv,
+        env_for,
+        make_repo,
+        states,
+    )
 
     repo = make_repo(tmp_path / "repo", {"slurmsweep": SWEEP_PLAN})
     argv = doit_argv("sweep", "--plan", "sweeps/slurmsweep.yaml", "--executor", "slurm")

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from test_graph import doit, executed, make_repo, out, run_state
 
-from lights_out_dev.sweep import ledger
-from lights_out_dev.run import smoke
-from lights_out_dev.sweep.plan import LoadedPlan, Plan, PlannedRun
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import RunState
-from test_graph import doit, executed, make_repo, out, run_state
+from lights_out_dev.run import smoke
+from lights_out_dev.sweep import ledger
+from lights_out_dev.sweep.plan import LoadedPlan, Plan, PlannedRun
 
 ARGV = ["python", "train.py", "--task", "T", "--num_envs", "64", "--device", "cuda:0", "--rid", "abc",
         "--run_name", "t_64_gpu0_abc", "physics=newton"]
@@ -172,7 +172,7 @@ def test_a_sweep_runs_the_smokes_of_a_phase_first_and_the_ledger_shows_their_ver
     archived = [json.loads(f.read_text()) for f in sorted((runs / "archive").glob("*.json"))]
     gate_ends = [a["smoke_record"]["ended_at"] for a in archived] + [bad["smoke_record"]["ended_at"]]
     assert max(gate_ends) <= good["attempts"][0]["started_at"]
-    text = (repo / "lights_out_dev/sweep_log.md").read_text()
+    text = (repo / "local_experiment_logs/sweep_log.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
     assert "smoke passed" in rows[0] and "smoke failed: config_error" in rows[1], text
 
@@ -184,8 +184,9 @@ def test_a_smoke_trainer_left_by_a_killed_supervisor_is_stopped_by_the_next_gate
     import subprocess
     import time
 
-    from lights_out_dev.host import procs
     from test_graph import DOIT
+
+    from lights_out_dev.host import procs
 
     repo = make_repo(tmp_path / "repo")
     overlay = tmp_path / "limits.toml"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev.views import watch
-from lights_out_dev.host.nvml import gpu_count
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import Attempt, Progress, RunState, save_state
+from lights_out_dev.host.nvml import gpu_count
+from lights_out_dev.views import watch
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(60)
@@ -35,6 +35,25 @@ pytestmark = pytest.mark.timeout(60)
 ])
 def test_exit_code_table(event, code):
     assert watch.exit_code(event) == code
+
+
+def test_events_kinds_lists_every_kind_the_package_emits():
+    """An agent's wait_for_event refuses kinds outside events.KINDS: a kind emitted but not listed could
+    never be waited for, a listed one never emitted would be waited for in vain."""
+    import ast
+
+    from lights_out_dev.host import events
+
+    emitted = set()
+    for path in (ROOT / "lights_out_dev").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "emit":
+                # events.emit(root, cfg, KIND, ...) or a run's own emit(KIND, ...)
+                kind = node.args[2] if len(node.args) > 2 else node.args[0] if node.args else None
+                if isinstance(kind, ast.Constant):
+                    emitted.add(kind.value)
+    end_of_run = {"completed", "timeout", "pruned", "failed"}  # the supervisor names its last event after the status
+    assert emitted | end_of_run == set(events.KINDS)
 
 
 def test_describe_and_partial_lines(tmp_path: Path):

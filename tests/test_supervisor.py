@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev.host import procs
 from lights_out_dev.core.config import MonitorConfig, PolicyRule, ProjectConfig
-from lights_out_dev.executors.local import LocalExecutor
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import load_state
+from lights_out_dev.executors.local import LocalExecutor
+from lights_out_dev.host import procs
 from lights_out_dev.run.supervisor import SupervisorBusy, run_task, supervise
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -61,7 +61,7 @@ def make_repo(dest: Path, plans: dict[str, str]) -> Path:
     for name in COPIED:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sweep_log*.md"))
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         elif src.exists():
             shutil.copy2(src, dest / name)
     for name, text in plans.items():
@@ -113,7 +113,7 @@ def max_concurrency(sts: dict[int, dict]) -> int:
 
 
 def ledger_rows(repo: Path) -> dict[int, list[str]]:
-    text = (repo / "lights_out_dev/sweep_log.md").read_text()
+    text = (repo / "local_experiment_logs/sweep_log.md").read_text()
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -264,19 +264,19 @@ def test_bad_plans_and_foreign_ledger_are_one_sentence(tmp_path: Path):
     assert p.returncode != 0 and "line 4: 'runs.0.envs' is not a plan field" in p.stdout + p.stderr
     assert "Traceback" not in p.stdout + p.stderr
     # a ledger of another sweep: refuse without --continue/--wipe; --wipe archives it
-    (repo / "lights_out_dev/sweep_log.md").write_text("# Sweep: older\nStarted: -\n")
+    (repo / "local_experiment_logs/sweep_log.md").write_text("# Sweep: older\nStarted: -\n")
     p = run("sweep", "--plan", "sweeps/other.yaml")
     assert p.returncode != 0 and "belongs to sweep 'older'" in p.stdout and "--wipe" in p.stdout
     assert not (repo / "local_experiment_logs/sweeps/other/runs/01.json").exists()
     p = run("sweep", "--plan", "sweeps/other.yaml", "--wipe")
     assert p.returncode == 0, p.stdout + p.stderr
-    assert list((repo / "lights_out_dev").glob("sweep_log.older.*.md"))
-    assert (repo / "lights_out_dev/sweep_log.md").read_text().startswith("# Sweep: other")
+    assert list((repo / "local_experiment_logs").glob("sweep_log.older.*.md"))
+    assert (repo / "local_experiment_logs/sweep_log.md").read_text().startswith("# Sweep: other")
     # a deleted ledger is rebuilt from state by the next update
-    (repo / "lights_out_dev/sweep_log.md").unlink()
+    (repo / "local_experiment_logs/sweep_log.md").unlink()
     p = run("sweep", "--plan", "sweeps/other.yaml")
     assert p.returncode == 0
-    assert "| 1 | 1 | cartpole:base | 8 | CPU | 1h | completed |" in (repo / "lights_out_dev/sweep_log.md").read_text()
+    assert "| 1 | 1 | cartpole:base | 8 | CPU | 1h | completed |" in (repo / "local_experiment_logs/sweep_log.md").read_text()
 
 
 @pytest.mark.timeout(30)

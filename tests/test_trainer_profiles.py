@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from lights_out_dev.host import procs
 from lights_out_dev.core.classify import classify
 from lights_out_dev.core.profiles import resolve_profile
+from lights_out_dev.host import procs
 from lights_out_dev.run.scan import LogScanner
 from tests.test_graph import DOIT, make_repo, out, run_state
 
@@ -206,7 +206,7 @@ def test_sb3_sweep_with_a_grid_over_a_trainer_flag_runs_and_reports_its_tags(tmp
     assert "--lr=0.001" in report and "reward.png" in report
     csv = next((sweep_dir / "artifacts").glob("01_*")) / "metrics.csv"
     assert "rollout/ep_rew_mean," in csv.read_text()
-    ledger = (repo / "lights_out_dev/sweep_log.md").read_text()
+    ledger = (repo / "local_experiment_logs/sweep_log.md").read_text()
     assert "--lr=0.0003" in ledger
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from lights_out_dev.core.config import ProjectConfig, format_duration, parse_duration
 from lights_out_dev.core.state import RunState, load_state
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.host import events
 from lights_out_dev.run import run_requests
 from lights_out_dev.sweep.plan import PlanError, check_tasks, load_plan, varied_text
@@ -43,7 +44,7 @@ DEFAULT_TAGS = ("Train/mean_reward", "Train/mean_episode_length", "Perf/total_fp
 RUN_FIELDS = ("num_envs", "max_iterations", "seed", "trainer_args", "time_limit")
 
 
-class AgentError(Exception):
+class AgentError(LightsOutError):
     """A problem the caller can fix; str() is one sentence naming the value and the fix."""
 
 
@@ -369,7 +370,8 @@ class Agent:
         if parsed.plan or parsed.continue_ or parsed.wipe:
             return error("--plan, --continue and --wipe belong to start_sweep; remove them from the overrides")
         from lights_out_dev.core.command import launch_problem
-        from lights_out_dev.sweep.scheduler import base_spec, gpu_count
+        from lights_out_dev.host.nvml import gpu_count
+        from lights_out_dev.sweep.scheduler import base_spec
 
         problem = launch_problem(base_spec(self.root, task), self.root, parsed.gpu, gpu_count())
         if problem:
@@ -556,7 +558,8 @@ class Agent:
         return d / f"{time.strftime('%Y%m%d_%H%M%S')}_{kind}_{secrets.token_hex(2)}.out"
 
     def _plan(self, plan: str):
-        from lights_out_dev.sweep.scheduler import gpu_count, known_tasks, plan_path
+        from lights_out_dev.host.nvml import gpu_count
+        from lights_out_dev.sweep.scheduler import known_tasks, plan_path
 
         try:
             loaded = load_plan(plan_path(self.root, self.cfg, plan))

@@ -8,15 +8,14 @@ import sys
 
 from doit.exceptions import InvalidDodoFile
 
-from lights_out_dev.core import overrides
-from lights_out_dev.core.config import ConfigError
-from lights_out_dev.views.extract_cmd import UsageError, extract
+from lights_out_dev.errors import LightsOutError
+from lights_out_dev.views.extract_cmd import extract
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         print(extract(sys.argv[1:] if argv is None else argv))
-    except (UsageError, overrides.OverrideError, ConfigError, InvalidDodoFile) as e:
+    except (LightsOutError, InvalidDodoFile) as e:
         print(f"extract_cmd: {e}", file=sys.stderr)
         return 3
     return 0

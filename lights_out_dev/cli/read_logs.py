@@ -11,13 +11,13 @@ from pathlib import Path
 
 from lights_out_dev.core.config import load_project_or_report
 from lights_out_dev.core.signatures import scan_errors
+from lights_out_dev.run.monitor import tail_lines
 from lights_out_dev.views.read_logs import (
     TREND_POINTS,
     default_roots,
     export_csv,
     find_runs,
     summarize_run,
-    tail_lines,
 )
 
 

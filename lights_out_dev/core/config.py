@@ -10,28 +10,24 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
+    BeforeValidator,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-LauncherKind = Literal["lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu"]
+from lights_out_dev.core.models import StrictModel
+from lights_out_dev.errors import LightsOutError
+
 LAUNCHER_KINDS: tuple[str, ...] = ("lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu")
-MULTI_GPU_LAUNCHERS = frozenset({"lab_mgpu", "newton_mgpu"})
 
 
-class ConfigError(Exception):
+class ConfigError(LightsOutError):
     """A user-caused configuration problem; str() is one sentence naming the value and the fix."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def parse_duration(value: str | int | float | None) -> float | None:
@@ -52,6 +48,16 @@ def parse_duration(value: str | int | float | None) -> float | None:
     return float(sum(float(n) * scale[u] for n, u in parts))
 
 
+def _duration_field(value):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):  # YAML/TOML true, a list
+        raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 15m, 1h or none")
+    return parse_duration(value)
+
+
+# A field of seconds that also takes '15m', '1h30m' or 'none' (no limit), as configuration and plans write it.
+Duration = Annotated[float | None, BeforeValidator(_duration_field)]
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "none"
@@ -63,7 +69,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
-class LauncherConfig(_Strict):
+class LauncherConfig(StrictModel):
     """How one launcher kind turns into a command line: a trainer profile plus where it is installed."""
 
     trainer: str = Field(default="reference", description="trainer profile: reference, isaaclab2, isaaclab3 "
@@ -78,23 +84,23 @@ class LauncherConfig(_Strict):
     isaac_env_defaults: bool | None = None  # Isaac Lab env defaults (command.ISAAC_ENV_DEFAULTS); None = auto from prefix/script
 
 
-class PowerPolicy(_Strict):
+class PowerPolicy(StrictModel):
     watts: float | None = None
     sm_clock_mhz: int | None = None
     required_for_mgpu: bool = True
     tolerance_watts: float = 1.0
 
 
-class GpuGuard(_Strict):
+class GpuGuard(StrictModel):
     allowed_models: list[str] = Field(default_factory=list, description="regexes; empty = any model")
     expected_count: int | None = None
 
 
-class MonitorConfig(_Strict):
+class MonitorConfig(StrictModel):
     stall_s: float = 300.0
     startup_stall_s: float = 900.0
     idle_gpu_stall_s: float = 300.0
-    time_limit: float | None = 3600.0
+    time_limit: Duration = 3600.0
     grace_s: float = 20.0
     status_interval_s: float = 30.0
     imbalance_util_pct: float = 30.0
@@ -103,13 +109,8 @@ class MonitorConfig(_Strict):
     busy_gpu_action: Literal["refuse", "wait"] = "refuse"
     extra_patterns: dict[str, list[str]] = Field(default_factory=dict, description="verdict -> regexes")
 
-    @field_validator("time_limit", mode="before")
-    @classmethod
-    def _duration(cls, v):
-        return parse_duration(v)
 
-
-class PolicyRule(_Strict):
+class PolicyRule(StrictModel):
     """What to do for one verdict; attempts are counted per verdict within a run."""
 
     # reseed: restart from the newest checkpoint saved before the learning went wrong, with a new seed;
@@ -146,7 +147,7 @@ def default_policy() -> dict[str, PolicyRule]:
     }
 
 
-class SlurmConfig(_Strict):
+class SlurmConfig(StrictModel):
     partition: str | None = None
     account: str | None = None
     constraint: str | None = None
@@ -162,9 +163,9 @@ class SlurmConfig(_Strict):
     trainer_device: Literal["cuda", "cpu"] = "cuda"
 
 
-class ProjectConfig(_Strict):
+class ProjectConfig(StrictModel):
     logs_dir: str = "local_experiment_logs"
-    ledger: str = "lights_out_dev/sweep_log.md"
+    ledger: str | None = Field(default=None, description="the sweep ledger (markdown); default <logs_dir>/sweep_log.md")
     default_plan: str = "sweeps/default.yaml"
     trainer_logs_dir: str = "logs/rsl_rl"
     cpu_slots: int = Field(default=2, ge=1)
@@ -305,7 +306,3 @@ def load_project_or_report(prefix: str = "", file=None) -> tuple[Path, ProjectCo
     except ConfigError as e:
         print(f"{prefix}{e}", file=file or sys.stdout)
         return None
-
-
-def python_prefix() -> list[str]:
-    return [sys.executable]

@@ -21,12 +21,13 @@ import re
 from dataclasses import dataclass, field
 
 from lights_out_dev.core.config import parse_duration
+from lights_out_dev.errors import LightsOutError
 
 EXECUTORS = ("local", "slurm")
 _NUMBER = re.compile(r"-?\d+(\.\d*)?([eE][-+]?\d+)?")
 
 
-class OverrideError(ValueError):
+class OverrideError(LightsOutError, ValueError):
     """A bad command-line override; str() is one sentence naming the value and the fix."""
 
 

@@ -39,14 +39,29 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+
+from lights_out_dev.core.models import StrictModel
+from lights_out_dev.errors import LightsOutError
+
+DEFAULT_CHECKPOINT_PATTERN = r"model_(\d+)\.pt"  # rsl_rl's model_<iteration>.pt
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def checkpoint_iteration(path: str | Path, pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> int | None:
+    """The iteration (or timestep) a checkpoint file's name carries as `pattern`'s group 1; None for any other name."""
+    m = re.fullmatch(pattern, Path(path).name)
+    return int(m.group(1)) if m and m.groups() else None
 
 
-class TrainerFlags(_Strict):
+def checkpoints_in(directory: str | Path | None, pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> list[str]:
+    """The checkpoint files in one directory, oldest iteration first; [] when there is no such directory."""
+    if not directory or not Path(directory).is_dir():
+        return []
+    found = [(it, str(p)) for p in Path(directory).iterdir() if (it := checkpoint_iteration(p, pattern)) is not None]
+    return [p for _, p in sorted(found)]
+
+
+class TrainerFlags(StrictModel):
     """The trainer's spelling of each concept the runner passes; None (or "" in TOML) drops it."""
 
     task: str | None = "--task"
@@ -66,7 +81,7 @@ class TrainerFlags(_Strict):
         return None if v == "" else v  # TOML has no null: "" is how a table drops a flag
 
 
-class Observe(_Strict):
+class Observe(StrictModel):
     """How the runner reads a trainer's output. Regexes are searched in each log line (ANSI codes and a
     multi-GPU rank prefix removed); a number is the group named `value` (progress: `done`, optionally
     `total`; run_dir: `path`), else group 1. A regex set here wins over the built-in parser's number."""
@@ -108,7 +123,7 @@ class Observe(_Strict):
         return v
 
 
-class MetricTags(_Strict):
+class MetricTags(StrictModel):
     """The TensorBoard tags that mean reward, FPS and episode length for this trainer. Plans, promotion and
     evaluation name metrics by rsl_rl's tags (`Train/mean_reward`, ...) or by `reward`/`fps`/`episode_length`;
     both mean these tags (see `resolve`)."""
@@ -125,7 +140,7 @@ class MetricTags(_Strict):
         return getattr(self, canonical[name]) if name in canonical else name
 
 
-class TrainerProfile(_Strict):
+class TrainerProfile(StrictModel):
     """One trainer's command line and behaviour. Templates may use {checkpoint} (absolute path of a
     checkpoint file), {checkpoint_name}, {checkpoint_regex} (^name$, escaped), {run_dir} (its run
     directory), {run_dir_name}, {run_dir_regex}, {device} and {stamp} (a launch timestamp)."""
@@ -157,7 +172,7 @@ class TrainerProfile(_Strict):
     saves_on_interrupt: bool = Field(default=False, description="SIGINT makes it save a checkpoint and exit; "
                                      "else a time limit stops it right after a checkpoint it saved itself")
     newton_selector: str = "physics=newton"
-    checkpoint_pattern: str = Field(default=r"model_(\d+)\.pt",
+    checkpoint_pattern: str = Field(default=DEFAULT_CHECKPOINT_PATTERN,
                                     description="checkpoint file names; group 1 is the iteration or timestep")
     run_dir: str | None = Field(default=None, description="the run directory when its log names none: a template "
                                 "of {run_name}, relative to the project root")
@@ -178,8 +193,7 @@ class TrainerProfile(_Strict):
                                         "WANDB_RUN_ID = \"{rid}\" with WANDB_RESUME = \"allow\"")
 
     def checkpoint_iteration(self, path: str | Path) -> int | None:
-        m = re.fullmatch(self.checkpoint_pattern, Path(path).name)
-        return int(m.group(1)) if m and m.groups() else None
+        return checkpoint_iteration(path, self.checkpoint_pattern)
 
     def checkpoint_dir_for(self, root: Path, run_dir: str | None, run_name: str | None) -> Path | None:
         """The directory an attempt's checkpoints are in; None while a name it needs is unknown."""
@@ -305,7 +319,7 @@ BUILTIN_PROFILES: dict[str, dict] = {
 }
 
 
-class ProfileError(ValueError):
+class ProfileError(LightsOutError, ValueError):
     """A trainer profile that cannot be built; str() is one sentence naming the key and the fix."""
 
 

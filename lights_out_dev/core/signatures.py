@@ -33,7 +33,7 @@ SIGNATURES: tuple[tuple[str, str, str | None], ...] = (
     # host memory (a CPU run, or pinned buffers on a GPU run): torch's allocator, Python's, C++'s
     ("oom", "DefaultCPUAllocator: can't allocate memory", None),
     ("oom", "MemoryError", r"^(?:\w+\.)*MemoryError\b"),
-    ("oom", "std::bad_alloc", None),  # glibc heap failures; the seed treats them as transient memory pressure
+    ("oom", "std::bad_alloc", None),  # glibc heap failures: transient memory pressure, retried like an OOM
     ("segfault", "Segmentation fault", None),  # also "Fatal Python error: ...", "(core dumped)"
     ("segfault", "Illegal instruction", None),
     ("segfault", "Signal 11 (SIGSEGV)", None),  # torchrun's summary of a worker killed by SIGSEGV

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from lights_out_dev.core.models import StrictModel
 from lights_out_dev.core.profiles import TrainerProfile, resolve_profile
 
 
-class RunSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RunSpec(StrictModel):
     task: str = Field(description="doit task name, e.g. 'top_dog:with-transfer'")
     family: str = Field(description="experiment family, e.g. 'top_dog'")
     launcher: Literal["lab", "lab_mgpu", "lab_debug", "newton", "newton_mgpu"]

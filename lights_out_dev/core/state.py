@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.errors import LightsOutError
 
 
 class Progress(BaseModel):
@@ -86,7 +87,7 @@ class RunState(BaseModel):
     run_name: str
     task: str
     spec: RunSpec
-    status: str = "pending"  # see verdicts.RUN_STATUSES
+    status: str = "pending"  # pending, running, interrupted or one of verdicts.FINAL_STATUSES
     final_verdict: str | None = None
     reason: str | None = None
     attempts: list[Attempt] = Field(default_factory=list)
@@ -180,7 +181,12 @@ def _remove_dead_writers_tmp(path: Path) -> None:
                 pass
 
 
-class DamagedState(ValueError):
+def status_of(state: RunState | None) -> str:
+    """A planned run's status: its state's, or 'pending' before it has one."""
+    return state.status if state else "pending"
+
+
+class DamagedState(LightsOutError, ValueError):
     """A run-state file that exists but cannot be read as one; `why` says how it is damaged."""
 
     def __init__(self, path: Path, why: str):

@@ -1,6 +1,8 @@
 """The closed set of verdicts a run's observations can lead to."""
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -48,10 +50,19 @@ class Verdict(str, Enum):
 HEALTH_VERDICTS = frozenset({Verdict.nan, Verdict.diverged, Verdict.collapsed, Verdict.plateau})
 
 
-# Run status as the ledger shows it.
+# A run's status (RunState.status) is one of pending, running, interrupted and these final ones;
 # `pruned`: stopped early by the sweep's early-stopping rule (pruning.py); final, not a failure.
-RUN_STATUSES = ("pending", "running", "completed", "timeout", "failed", "interrupted", "skipped", "pruned")
 FINAL_STATUSES = frozenset({"completed", "timeout", "failed", "skipped", "pruned"})
+
+
+def status_counts(statuses: Iterable[str]) -> dict[str, int]:
+    """How many runs are in each status, by status name. Pure."""
+    return dict(sorted(Counter(statuses).items()))
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """'1 running, 2 completed' as '2 completed, 1 running' (by status name); '' for none. Pure."""
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
 @dataclass(frozen=True)

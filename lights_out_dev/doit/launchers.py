@@ -34,6 +34,7 @@ from lights_out_dev.core.config import (
 from lights_out_dev.core.profiles import TrainerProfile
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.doit.outcome import action
+from lights_out_dev.host.nvml import gpu_count
 from lights_out_dev.run.evaluate import PLAY_SUFFIX
 from lights_out_dev.run.tasks_index import DEP_META, SPEC_META, checkpoint_from_target
 
@@ -70,13 +71,6 @@ def project() -> tuple[Path, ProjectConfig]:
         return root, load_config(root)
     except ConfigError as e:
         raise InvalidDodoFile(str(e)) from None  # doit prints "ERROR: <sentence>" and exits 3
-
-
-@functools.lru_cache(maxsize=1)
-def visible_gpus() -> int:
-    from lights_out_dev.host.nvml import gpu_count
-
-    return gpu_count()
 
 
 @functools.lru_cache(maxsize=64)
@@ -138,7 +132,7 @@ def resolve_spec(exp: Experiment, kind: str, variant: str, cfg: ProjectConfig,
         seed=ov.seed if ov.seed is not None else exp.seed,
         headless=headless,
         newton_selector=(lcfg.newton_selector or profile.newton_selector) if kind.startswith("newton") else None,
-        gpus=(exp.gpus or visible_gpus() or 2) if multi else 1,
+        gpus=(exp.gpus or gpu_count() or 2) if multi else 1,
         nodes=ov.nodes or 1,
         time_limit_s=time_limit,
         extra_args=[*exp.extra_args, *ov.trainer_args],

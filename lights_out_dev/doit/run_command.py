@@ -29,6 +29,7 @@ from doit import cmd_run, doit_cmd
 from doit.cmdparse import CmdParseError
 
 from lights_out_dev.core import overrides
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.host import stopping
 from lights_out_dev.run.tasks_index import closure, spec_of, unknown_task_sentence
 
@@ -92,7 +93,10 @@ class Run(cmd_run.Run):
     def _execute(self, outfile, verbosity=None, always=False, continue_=False, reporter="console",
                  num_process=0, par_type="process", single=False, auto_delayed_regex=False,
                  force_verbosity=False, failure_verbosity=0, pdb=False):
-        problem = self.selection_problem()
+        try:
+            problem = self.selection_problem()
+        except LightsOutError as e:  # e.g. a configuration or plan that cannot be read: its one sentence
+            problem = str(e)
         if problem:
             sys.stderr.write(f"ERROR: {problem}\n")
             return 3
@@ -151,15 +155,12 @@ class Run(cmd_run.Run):
 def plan_problem(root, known_tasks: list[str]) -> str | None:
     """The sweep plan's mistake as one sentence (also a `sweep_finished` event, so a waiting agent
     returns), or None. A plan error is a usage error like an unknown task: exit 3, nothing launched."""
-    from lights_out_dev.core.config import ConfigError, load_config
+    from lights_out_dev.core.config import load_config
     from lights_out_dev.host import events
     from lights_out_dev.sweep.plan import PlanError, check_tasks, load_plan
     from lights_out_dev.sweep.scheduler import plan_path
 
-    try:
-        cfg = load_config(root)
-    except ConfigError as e:
-        return str(e)
+    cfg = load_config(root)  # a ConfigError is the caller's one sentence
     plan = overrides.current().plan
     try:
         check_tasks(load_plan(plan_path(root, cfg, plan)), known_tasks)

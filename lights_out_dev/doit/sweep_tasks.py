@@ -18,6 +18,7 @@ with the one-sentence reason, so every other task keeps working.
 from __future__ import annotations
 
 from lights_out_dev.doit.outcome import action
+from lights_out_dev.errors import LightsOutError
 
 __all__ = ["task_sweep", "task_sweep_report"]
 
@@ -51,9 +52,7 @@ def _open(plan: str | None, executor: str | None = None, check: bool = True):
 def run_phase(plan: str | None, phase: int) -> bool:
     """doit action: prepare (ledger ownership, --continue/--wipe) once, then schedule the phase."""
     from lights_out_dev.host import events, stopping
-    from lights_out_dev.host.gpu_lock import GpuLockError
-    from lights_out_dev.sweep.plan import PlanError
-    from lights_out_dev.sweep.scheduler import SweepBusy, SweepError
+    from lights_out_dev.sweep.scheduler import SweepBusy
 
     root, cfg, ov = _context()
     try:
@@ -70,7 +69,7 @@ def run_phase(plan: str | None, phase: int) -> bool:
                     reason="stopped by the user (Ctrl-C or SIGTERM); its runs are interrupted and the next "
                            "`doit sweep` continues them")
         raise
-    except (PlanError, SweepError, GpuLockError) as e:
+    except LightsOutError as e:
         events.emit(root, cfg, "sweep_finished", plan=plan, sweep=_name_of(plan, root, cfg), ok=False, reason=str(e))
         return _fail(str(e))
     except BrokenPipeError:  # our stdout went away (a closed pipe or terminal), not a file problem
@@ -114,14 +113,11 @@ def plan_failed(plan: str | None, sentence: str) -> bool:
 
 @action
 def ensure_run(plan: str | None, index: int) -> bool:
-    from lights_out_dev.sweep.plan import PlanError
-    from lights_out_dev.sweep.scheduler import SweepError
-
     _, _, ov = _context()
     try:
         sweep = _open(plan, ov.executor)
         return sweep.ensure_run(index)
-    except (PlanError, SweepError) as e:
+    except LightsOutError as e:
         return _fail(str(e))
     except OSError as e:
         return _fail(_os_sentence(e))
@@ -129,23 +125,21 @@ def ensure_run(plan: str | None, index: int) -> bool:
 
 @action
 def finish(plan: str | None) -> bool:
-    from lights_out_dev.sweep.plan import PlanError
     from lights_out_dev.sweep.scheduler import finish as finish_sweep
 
     try:
         return finish_sweep(_open(plan, check=False))
-    except PlanError as e:
+    except LightsOutError as e:
         return _fail(str(e))
 
 
 @action
 def report(plan: str | None) -> bool:
-    from lights_out_dev.sweep.plan import PlanError
     from lights_out_dev.sweep.report import write_report
 
     try:
         path = write_report(_open(plan, check=False))
-    except (PlanError, OSError) as e:
+    except (LightsOutError, OSError) as e:
         return _fail(str(e))
     print(f"lights-out sweep: report {path}")
     return True

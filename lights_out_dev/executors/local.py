@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.executors.base import ExitStatus, Handle
 from lights_out_dev.host import procs
 
@@ -27,7 +28,7 @@ TERM_GRACE_S = 5.0
 GONE_TIMEOUT_S = 15.0
 
 
-class LaunchError(Exception):
+class LaunchError(LightsOutError):
     """The trainer could not be started; str() is one sentence naming the cause and the fix."""
 
 

@@ -1,9 +1,9 @@
 """Watch events: one JSON line per event in <logs_dir>/events.jsonl, plus an optional user hook.
 
 An agent or a person waits on this file (or on `events_command`, e.g. a notifier) instead of polling
-runs. Kinds: started, healthy, retry, gave_up, completed, timeout, failed, stopped (a run stopped by
-the user), refused (a sweep launch refused because another process runs that plan), pruned,
-budget_spent, sweep_finished, preflight_failed. Hooks run in the background (hooks.py); a failing one
+runs. Kinds (KINDS): started, healthy, smoke (a smoke gate's result), retry, gave_up, completed,
+timeout, failed, stopped (a run stopped by the user), refused (a sweep launch refused because another
+process runs that plan), pruned, budget_spent, sweep_finished, preflight_failed. Hooks run in the background (hooks.py); a failing one
 is logged to stderr and never stops or delays a run.
 
 The file is append-only, so a byte offset into it is a cursor: `cursor()` before launching
@@ -21,7 +21,8 @@ from filelock import FileLock
 
 from lights_out_dev.core.config import ProjectConfig
 
-KINDS = ("started", "healthy", "retry", "gave_up", "completed", "timeout", "failed", "stopped", "refused",
+# Every kind the package emits (a test reads the emit calls to keep this true); agents validate against it.
+KINDS = ("started", "healthy", "smoke", "retry", "gave_up", "completed", "timeout", "failed", "stopped", "refused",
          "pruned", "budget_spent", "sweep_finished", "preflight_failed")
 
 

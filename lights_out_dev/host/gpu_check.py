@@ -11,15 +11,13 @@ Exit status: 0 fine, 1 imbalance (with --exit-on-imbalance) or power policy not 
 """
 from __future__ import annotations
 
-from lights_out_dev.core.config import (
-    PowerPolicy,
-)
+from lights_out_dev.core.config import PowerPolicy
 from lights_out_dev.host import nvml
 
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NO_DRIVER = 3
-# A clock reading this far above the cap means the cap is not applied (readings jitter a little).
+# Clock steps are ~15 MHz: a locked GPU may report one step above its cap; further above, the cap is not applied.
 CLOCK_SLACK_MHZ = 15
 
 
@@ -47,7 +45,11 @@ def imbalance(gpus: list[nvml.GpuInfo], util_pct: float, mem_pct: float) -> str 
 
 
 def power_findings(gpus: list[nvml.GpuInfo], policy: PowerPolicy) -> list[tuple[bool, str]]:
-    """(ok, line) per GPU comparing its power limit and SM clock with the policy. Pure."""
+    """(ok, line) per GPU comparing its power limit and SM clock with the policy. Pure.
+
+    NVML reports the enforced power limit exactly, but it has no getter for a clock lock set with
+    `nvidia-smi -lgc` (its "max clock" is the hardware maximum). So the clock check is the part that
+    can be proven: a current SM clock above the cap means the cap is not set; an unreadable one passes."""
     out = []
     for g in gpus:
         ok, parts = True, []

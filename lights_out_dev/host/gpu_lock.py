@@ -19,24 +19,14 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from lights_out_dev.core.config import ProjectConfig
+from lights_out_dev.errors import LightsOutError
+from lights_out_dev.host.nvml import gpu_count, pids_on_gpu
 
 RETRY_S = 0.5  # how often a waiting acquire looks again
 
 
-class GpuLockError(Exception):
+class GpuLockError(LightsOutError):
     """No GPU/slot could be leased; str() is one sentence naming the cause and the fix."""
-
-
-def _nvml():
-    from lights_out_dev.host import nvml
-    return nvml
-
-
-def gpu_count() -> int:
-    try:
-        return _nvml().gpu_count()
-    except ImportError:
-        return 0
 
 
 def locks_dir(root: Path, cfg: ProjectConfig) -> Path:
@@ -88,7 +78,7 @@ def _try_lock(path: Path) -> FileLock | None:
 def _foreign_use(index: int, cfg: ProjectConfig) -> str | None:
     """A sentence fragment if someone else's process uses this GPU above the threshold."""
     try:
-        procs = _nvml().pids_on_gpu(index)
+        procs = pids_on_gpu(index)
     except Exception:
         return None
     big = [p for p in procs if (p.used_mb or 0) > cfg.monitor.busy_gpu_mem_mb]

@@ -8,10 +8,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from lights_out_dev.errors import LightsOutError
+
 MIB = 1024 * 1024
 
 
-class NvmlUnavailable(Exception):
+class NvmlUnavailable(LightsOutError):
     """No usable NVIDIA driver; str() is one sentence for the user."""
 
 

@@ -5,8 +5,8 @@
     python -m lights_out_dev.cli.preflight runtime_check  exit 1: torch cannot compute on (or between) the GPUs
 
 They only read GPU settings, never change them: on a mismatch power_check prints the exact
-`sudo nvidia-smi` commands for a person to run. The cores (`guard_verdict`, `power_problems`,
-`power_fix_commands`) are pure and table-tested; the rest reads NVML (lights_out_dev.host.nvml).
+`sudo nvidia-smi` commands for a person to run. The cores (`guard_verdict`, `power_fix_commands`, and
+`lights_out_dev.host.gpu_check.power_findings` for the power policy) are pure and table-tested; the rest reads NVML (lights_out_dev.host.nvml).
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from lights_out_dev.core.config import (
     load_config,
     project_root,
 )
+from lights_out_dev.host.gpu_check import power_findings
 
 EXIT_COUNT_MISMATCH = 42
 EXIT_DISALLOWED_MODEL = 43
 EXIT_FAILED = 1
 ALLREDUCE_TIMEOUT_S = 120
-CLOCK_TOLERANCE_MHZ = 15  # clock steps are ~15 MHz; a locked GPU may report one step above its cap
 
 
 def guard_verdict(names: list[str] | None, guard: GpuGuard) -> tuple[int, str]:
@@ -58,24 +58,6 @@ def power_fix_commands(ids: list[int], policy: PowerPolicy) -> list[str]:
     return cmds
 
 
-def power_problems(gpus: list, policy: PowerPolicy) -> list[str]:
-    """One line per GPU whose power limit or SM clock is off the policy. Pure (GpuInfo-like in).
-
-    NVML reports the enforced power limit exactly, but it has no getter for a clock lock set with
-    `nvidia-smi -lgc` (its "max clock" is the hardware maximum). So the clock check is the part that
-    can be proven: a current SM clock above the cap means the cap is not set.
-    """
-    problems = []
-    for g in gpus:
-        if policy.watts is not None and (g.power_limit_w is None
-                                         or abs(g.power_limit_w - policy.watts) > policy.tolerance_watts):
-            problems.append(f"GPU {g.index} power limit is {g.power_limit_w} W, policy says {policy.watts:g} W")
-        if policy.sm_clock_mhz is not None and g.sm_clock_mhz is not None \
-                and g.sm_clock_mhz > policy.sm_clock_mhz + CLOCK_TOLERANCE_MHZ:
-            problems.append(f"GPU {g.index} SM clock is {g.sm_clock_mhz} MHz, above the {policy.sm_clock_mhz} MHz cap")
-    return problems
-
-
 def _query():
     """GpuInfo list, or None when there is no NVIDIA driver."""
     from lights_out_dev.host.nvml import NvmlUnavailable, query_gpus
@@ -97,7 +79,7 @@ def power_check(policy: PowerPolicy) -> tuple[int, list[str]]:
     gpus = _query()
     if gpus is None:
         return 0, ["power_check: no NVIDIA driver, CPU-only machine: no power limits to check, passing."]
-    problems = power_problems(gpus, policy)
+    problems = [line for ok, line in power_findings(gpus, policy) if not ok]
     if not problems:
         clock = " (SM clocks are within the cap right now; NVML cannot read the lock itself)" \
             if policy.sm_clock_mhz is not None else ""

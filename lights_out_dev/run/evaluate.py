@@ -26,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+from lights_out_dev.core.profiles import checkpoint_iteration, checkpoints_in
 from lights_out_dev.core.spec import RunSpec
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.executors.local import LaunchError, LocalExecutor
 from lights_out_dev.host import stopping
 from lights_out_dev.run.attempt import (
@@ -43,11 +45,10 @@ PLAY_SUFFIX = "-play"  # task name of the evaluate/play twin of every single-GPU
 DEFAULT_METRIC = "Train/mean_reward"
 METRICS_FILE = "eval_metrics.json"
 VIDEO_SUFFIXES = (".gif", ".mp4")
-_MODEL_RE = re.compile(r"^model_(\d+)\.pt$")
 _ERROR_LINE = re.compile(r"^[\w.-]+: error: (.+)$")
 
 
-class PlayError(Exception):
+class PlayError(LightsOutError):
     """A user-fixable evaluation problem; str() is one sentence naming the value and the fix."""
 
 
@@ -55,10 +56,7 @@ class PlayError(Exception):
 
 def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """(iteration, path) of every model_<iter>.pt in a run directory, oldest first."""
-    d = Path(run_dir)
-    if not d.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _MODEL_RE.match(p.name)))
+    return [(checkpoint_iteration(p), Path(p)) for p in checkpoints_in(run_dir)]
 
 
 def newest_run_dir(experiment_root: Path) -> Path | None:
@@ -194,7 +192,7 @@ def eval_text(metrics: dict | None) -> str:
 def launch_problem(spec: RunSpec, root: Path, gpu: int | None) -> str | None:
     """Why the play command cannot start here (one sentence), or None: its script, prefix and --gpu."""
     from lights_out_dev.core import command
-    from lights_out_dev.host.gpu_lock import gpu_count
+    from lights_out_dev.host.nvml import gpu_count
 
     entry = play_entry(spec)
     if entry is None:

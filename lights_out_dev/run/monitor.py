@@ -86,6 +86,33 @@ class LogTail:
             self._fd = None
 
 
+TAIL_CHUNK = 64 * 1024
+TAIL_MAX_BYTES = 1 << 20
+
+
+def tail_lines(path: str | Path | None, n: int, max_bytes: int = TAIL_MAX_BYTES) -> list[str]:
+    """The last n lines of a (possibly huge, possibly growing) log, read from its end and never more than
+    its last max_bytes, so a log that is one endless `\r` progress bar costs no more; [] when there is none.
+    Lines end as LogTail ends them (\n, \r\n or a lone \r)."""
+    if not path or n <= 0:
+        return []
+    try:
+        with open(path, "rb") as f:
+            end = pos = f.seek(0, os.SEEK_END)
+            floor, data = max(0, end - max_bytes), b""
+            while pos > floor and len(_LINE_END.findall(data)) <= n:
+                step = min(TAIL_CHUNK, pos - floor)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+    except OSError:
+        return []
+    pieces = _LINE_END.split(data)
+    if pieces and pieces[-1] == b"":  # the file ends with a line end: no unterminated last line
+        pieces.pop()
+    return [p.decode("utf-8", "replace") for p in pieces[-n:]]
+
+
 @dataclass
 class Limits:
     stall_s: float

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import socket
 import sys
 import time
@@ -30,12 +29,14 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from lights_out_dev.core import command
-from lights_out_dev.core.config import (
-    ConfigError,
-    ProjectConfig,
-    load_project_or_report,
+from lights_out_dev.core.config import ProjectConfig, load_project_or_report
+from lights_out_dev.core.profiles import (
+    DEFAULT_CHECKPOINT_PATTERN,
+    checkpoint_iteration,
+    checkpoint_values,
+    checkpoints_in,
+    fill,
 )
-from lights_out_dev.core.profiles import TrainerProfile, checkpoint_values, fill
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import (
     Attempt,
@@ -49,8 +50,9 @@ from lights_out_dev.core.state import (
     save_state,
 )
 from lights_out_dev.core.verdicts import FINAL_STATUSES, StopRequest, Verdict
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.executors.base import Executor, Handle
-from lights_out_dev.executors.local import LaunchError, LocalExecutor
+from lights_out_dev.executors.local import LocalExecutor
 from lights_out_dev.host import events, gpu_lock, procs, stopping
 from lights_out_dev.run import run_requests
 from lights_out_dev.run.attempt import (
@@ -61,11 +63,10 @@ from lights_out_dev.run.attempt import (
     process_environment,
     watch_to_end,
 )
-from lights_out_dev.run.monitor import LogTail, WatchResult
+from lights_out_dev.run.monitor import LogTail, WatchResult, tail_lines
 
 PROGRESS_SAVE_S = 1.0  # progress-only changes are persisted at most this often (start/health/end at once)
 LOG_TAIL_LINES = 20
-DEFAULT_CHECKPOINT_PATTERN = TrainerProfile.model_fields["checkpoint_pattern"].default
 RESEED_STEP = 1000  # a reseeded attempt n runs with seed + RESEED_STEP * (n - 1): never a seed of its siblings
 Judge = Callable[[RunState], StopRequest | None]
 # Every trainer carries the path of its run state: a trainer whose state file was damaged is still found.
@@ -74,7 +75,7 @@ STATE_VAR = "LIGHTS_OUT_STATE"
 _OPERATIONAL_FIELDS = {"time_limit_s", "smoke", "secret_env", "prefix"}
 
 
-class SupervisorError(Exception):
+class SupervisorError(LightsOutError):
     """A problem the user can fix; str() is one sentence naming it and the fix."""
 
 
@@ -118,20 +119,6 @@ def lock_path(state_path: Path) -> Path:
 
 def state_path_for(root: Path, cfg: ProjectConfig, task: str) -> Path:
     return cfg.path(root, cfg.logs_dir) / "runs" / f"{run_key(task)}.json"
-
-
-def checkpoint_iteration(path: str | Path, pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> int | None:
-    """The iteration of a checkpoint file (model_<iter>.pt by default), None for any other name."""
-    m = re.fullmatch(pattern, Path(path).name)
-    return int(m.group(1)) if m and m.groups() else None
-
-
-def checkpoints_in(tb_dir: str | None, pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> list[str]:
-    """Checkpoint files of one trainer run directory, oldest iteration first."""
-    if not tb_dir or not Path(tb_dir).is_dir():
-        return []
-    found = [(it, str(p)) for p in Path(tb_dir).iterdir() if (it := checkpoint_iteration(p, pattern)) is not None]
-    return [p for _, p in sorted(found)]
 
 
 def _checkpoints_before(checkpoints: list[str], iteration: int | None,
@@ -184,17 +171,6 @@ def _fmt_clock(s: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def _tail_of(path: str | None, n: int = LOG_TAIL_LINES) -> list[str]:
-    """Last n lines of a log, reading only its last 16 KiB."""
-    if not path:
-        return []
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            return f.read().decode(errors="replace").splitlines()[-n:]
-    except OSError:
-        return []
 
 
 class _Run:
@@ -503,7 +479,7 @@ class _Run:
             attempt.imbalance = result.imbalance
             attempt.healthy_at = attempt.healthy_at or result.healthy_at
         self._sync_from_scanner(attempt)
-        attempt.log_tail = redact(_tail_of(attempt.log_path), self.cfg.secrets + self.spec.secret_env)
+        attempt.log_tail = redact(tail_lines(attempt.log_path, LOG_TAIL_LINES), self.cfg.secrets + self.spec.secret_env)
         st = self.state
         st.checkpoints = [c for a in st.attempts for c in checkpoints_in(a.checkpoint_dir or a.tb_dir,
                                                                           self.spec.trainer.checkpoint_pattern)]
@@ -814,14 +790,9 @@ def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *
 # -- doit entry point -------------------------------------------------------------------------------
 
 def _overrides():
-    try:
-        from lights_out_dev.core import overrides
-    except ImportError:
-        return None
-    try:
-        return overrides.current()
-    except Exception:
-        return None
+    from lights_out_dev.core import overrides
+
+    return overrides.current()
 
 
 def _executor_for(name: str, cfg: ProjectConfig, root: Path) -> Executor:
@@ -877,7 +848,7 @@ def run_task(spec: RunSpec, target: Path) -> bool:
             Path(target).unlink(missing_ok=True)  # a target from an earlier run must not outlive this one's failure
             state = supervise(spec, cfg, root, state_path, executor=executor, lease=lease, run_key=run_key(spec.task),
                               should_stop=stopping.requested, on_spec_change=on_change)
-        except (SupervisorError, LaunchError, gpu_lock.GpuLockError, ConfigError) as e:
+        except LightsOutError as e:
             print(f"lights-out: {e}")
             return False
         finally:

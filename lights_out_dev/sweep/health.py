@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from lights_out_dev.core.models import StrictModel
 from lights_out_dev.core.verdicts import StopRequest
 
 Points = list[tuple[int, float]]  # (step, value), step ascending
 
 
-class HealthRule(BaseModel):
+class HealthRule(StrictModel):
     """`health:` of a plan (every run of it); each verdict has a policy entry (`[tool.lights_out.policy.nan]`)."""
 
-    model_config = ConfigDict(extra="forbid")
     reward_tag: str = "Train/mean_reward"
     nan_tags: list[str] = Field(default_factory=lambda: ["Train/mean_reward", "Loss/value", "Loss/surrogate"])
     nan: bool = True

@@ -14,7 +14,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from lights_out_dev.core.config import format_duration
-from lights_out_dev.core.state import RunState, atomic_write_text
+from lights_out_dev.core.state import RunState, atomic_write_text, status_of
+from lights_out_dev.core.verdicts import counts_text, status_counts
 from lights_out_dev.run.evaluate import eval_text
 from lights_out_dev.sweep.plan import LoadedPlan, PlannedRun, varied, varied_text
 
@@ -72,10 +73,6 @@ def task_text(state: RunState | None, run: PlannedRun) -> str:
     if run.task:
         return run.task
     return f"(best of phase {run.promotion.from_phase}){run.promotion.suffix}" if run.promotion else "-"
-
-
-def status_text(state: RunState | None) -> str:
-    return state.status if state else "pending"
 
 
 def user_stopped(attempt) -> bool:
@@ -145,7 +142,7 @@ def plan_row(run: PlannedRun, state: RunState | None) -> str:
     limit = state.spec.time_limit_s if state else run.time_limit_s
     envs = effective_envs(state, run)
     cells = [str(run.index), str(run.phase), _cell(task_text(state, run)), str(envs) if envs else "-",
-             gpus_text(state, run), format_duration(limit), status_text(state), _num(fps), _num(reward, 2),
+             gpus_text(state, run), format_duration(limit), status_of(state), _num(fps), _num(reward, 2),
              notes(state, run)]
     return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
 
@@ -211,11 +208,7 @@ def render(plan: LoadedPlan, states: dict[int, RunState], *, started_at: float |
     out.append(f"Plan: {_rel(str(plan.path), root)} ({plan.plan.mode})" + (f" · Report: {report}" if report else ""))
     if state_dir:
         out.append(f"State: {state_dir} (this file is rendered from it; edits are overwritten)")
-    counts: dict[str, int] = {}
-    for run in plan.runs:
-        s = status_text(states.get(run.index))
-        counts[s] = counts.get(s, 0) + 1
-    out.append("Progress: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    out.append("Progress: " + counts_text(status_counts(status_of(states.get(run.index)) for run in plan.runs)))
     if compute is not None:
         from lights_out_dev.sweep.compute import seconds_text
 

@@ -18,7 +18,6 @@ from typing import Annotated, Any, Iterable, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     Strict,
     ValidationError,
@@ -27,7 +26,9 @@ from pydantic import (
 )
 
 from lights_out_dev.core.command import merge_flags
-from lights_out_dev.core.config import format_duration, parse_duration
+from lights_out_dev.core.config import Duration
+from lights_out_dev.core.models import StrictModel
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.sweep.compute import budget_seconds
 from lights_out_dev.sweep.health import HealthRule
 from lights_out_dev.sweep.search import (
@@ -40,22 +41,12 @@ from lights_out_dev.sweep.search import (
 GRID_KEYS = ("num_envs", "max_iterations", "seed")
 
 
-class PlanError(Exception):
+class PlanError(LightsOutError):
     """A user-caused plan problem; str() is one sentence naming file, line, field and the fix."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # YAML reads `true` as a boolean, which pydantic would take as the number 1: counts must be written as numbers
 Int = Annotated[int, Strict()]
-
-
-def _duration(v):
-    if isinstance(v, bool) or not isinstance(v, (str, int, float, type(None))):
-        raise ValueError(f"{v!r} is not a duration; write e.g. 90s, 15m, 1h or none")
-    return parse_duration(v)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -72,14 +63,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-class RunOverrides(_Strict):
+class RunOverrides(StrictModel):
     num_envs: Int | None = Field(default=None, ge=1)
     max_iterations: Int | None = Field(default=None, ge=1)
     seed: Int | None = None
     trainer_args: list[str] = Field(default_factory=list, description="extra trainer flags, last flag wins")
 
 
-class RunEntry(_Strict):
+class RunEntry(StrictModel):
     task: str = Field(min_length=1, description="doit task name, e.g. cartpole:base")
     overrides: RunOverrides = Field(default_factory=RunOverrides)
     grid: dict[str, list[Int | float | str]] = Field(
@@ -87,13 +78,11 @@ class RunEntry(_Strict):
         "keys: num_envs, max_iterations, seed, a trainer flag ('--lr') or a Hydra key ('agent.entropy_coef')")
     gpus: Int = Field(default=1, ge=1)
     nodes: Int = Field(default=1, ge=1, description="Slurm nodes of an -mgpu run (gpus per node)")
-    time_limit: float | None = Field(default=None, description="e.g. 1h; default: the plan's time_limit")
+    time_limit: Duration = Field(default=None, description="e.g. 1h; default: the plan's time_limit")
     phase: Int = Field(default=1, ge=1)
     smoke: bool | None = None
     notes: str = ""
     search: Search | None = Field(default=None, description="grid / random / optuna over trainer inputs (search.py)")
-
-    _dur = field_validator("time_limit", mode="before")(classmethod(lambda cls, v: _duration(v)))
 
     @model_validator(mode="after")
     def _grid_or_search(self):
@@ -116,7 +105,7 @@ class RunEntry(_Strict):
         return v
 
 
-class Promotion(_Strict):
+class Promotion(StrictModel):
     """Promote the best run of `from_phase` to its multi-GPU variant in `phase`."""
 
     metric: str = "Train/mean_reward"
@@ -127,11 +116,10 @@ class Promotion(_Strict):
     gpus: Int | Literal["all"] = "all"
     cpu_ranks: Int = Field(default=2, ge=1, description="ranks (CPU slots) when the machine has no GPU")
     scale_envs: bool = Field(default=True, description="num_envs of the promoted run = best run's num_envs x GPUs")
-    time_limit: float | None = None
+    time_limit: Duration = None
     overrides: RunOverrides = Field(default_factory=RunOverrides)
     smoke: bool | None = None
 
-    _dur = field_validator("time_limit", mode="before")(classmethod(lambda cls, v: _duration(v)))
 
     @model_validator(mode="after")
     def _order(self):
@@ -140,7 +128,7 @@ class Promotion(_Strict):
         return self
 
 
-class Evaluation(_Strict):
+class Evaluation(StrictModel):
     """After the last phase: evaluate the final checkpoints of the best finished runs (evaluate.py)."""
 
     best: Int = Field(default=1, ge=1, description="how many runs, best first")
@@ -150,7 +138,7 @@ class Evaluation(_Strict):
     args: list[str] = Field(default_factory=list, description="more play flags, e.g. ['--video']")
 
 
-class Plan(_Strict):
+class Plan(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     mode: Literal["parallel", "sequential"] = Field(
@@ -158,7 +146,7 @@ class Plan(_Strict):
     smoke: bool = Field(default=False, description="recorded on every run's spec (per-run `smoke` wins)")
     smoke_first: bool = Field(
         default=False, description="run the smoke gates of all runs of a phase before any long attempt of it")
-    time_limit: float | None = Field(default=None, description="default per-run limit; none = project monitor.time_limit")
+    time_limit: Duration = Field(default=None, description="default per-run limit; none = project monitor.time_limit")
     max_envs_per_gpu_gb: float | None = Field(
         default=None, gt=0, description="parallel mode: cap num_envs at this many envs per GB of the assigned GPU's memory")
     slurm_array: int | None = Field(
@@ -173,7 +161,6 @@ class Plan(_Strict):
         default=1, description="1: one run per GPU; auto or N: pack runs whose measured peak VRAM fits (packing.py)")
     pack_margin_mb: float = Field(default=2048.0, ge=0, description="headroom per packed run above its measured peak")
 
-    _dur = field_validator("time_limit", mode="before")(classmethod(lambda cls, v: _duration(v)))
     _budget = field_validator("budget", mode="before")(classmethod(lambda cls, v: budget_seconds(v)))
 
     @field_validator("runs_per_gpu")
@@ -464,18 +451,6 @@ def check_tasks(loaded: LoadedPlan, known: Iterable[str]) -> None:
 
 def promoted_task(task: str, suffix: str) -> str:
     return task if task.endswith(suffix) else task + suffix
-
-
-def describe(run: PlannedRun) -> str:
-    """Short one-line description used in status lines and the ledger notes."""
-    parts = [run.task or "(promotion)"]
-    if run.num_envs:
-        parts.append(f"{run.num_envs} envs")
-    if run.seed is not None:
-        parts.append(f"seed {run.seed}")
-    if run.time_limit_s:
-        parts.append(format_duration(run.time_limit_s))
-    return ", ".join(parts)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")

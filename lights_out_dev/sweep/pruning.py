@@ -19,15 +19,15 @@ from __future__ import annotations
 import statistics
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from lights_out_dev.core.models import StrictModel
 from lights_out_dev.core.verdicts import StopRequest
 
 Points = list[tuple[int, float]]  # (step, value), step ascending
 
 
-class PruneRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PruneRule(StrictModel):
     rule: Literal["median", "asha", "optuna_median", "optuna_sha"] = "asha"
     metric: str = "Train/mean_reward"
     mode: Literal["max", "min"] = "max"

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from lights_out_dev.core.state import RunState, atomic_write_text
+from lights_out_dev.core.tb import read_scalars
 from lights_out_dev.sweep.ledger import effective_envs, gpus_text, notes, stamp
 from lights_out_dev.sweep.plan import LoadedPlan, safe_name
 
@@ -118,16 +119,6 @@ def read_series(state: RunState) -> Series:
 
 
 def _scalars(run_dir: str) -> Series:
-    try:
-        from lights_out_dev.core.tb import read_scalars
-    except ImportError:  # the fast reader is optional; TensorBoard's own reader is always installed
-        from tensorboard.backend.event_processing.event_accumulator import (
-            EventAccumulator,
-        )
-
-        acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
-        acc.Reload()
-        return {t: [(e.step, e.wall_time, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
     return {t: [tuple(p) for p in pts] for t, pts in read_scalars(run_dir).items()}
 
 

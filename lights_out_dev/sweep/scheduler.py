@@ -34,9 +34,11 @@ from filelock import FileLock, Timeout
 from lights_out_dev.core.command import merge_flags
 from lights_out_dev.core.config import ProjectConfig
 from lights_out_dev.core.spec import RunSpec
-from lights_out_dev.core.state import RunState, atomic_write_text, read_state
-from lights_out_dev.core.verdicts import FINAL_STATUSES
+from lights_out_dev.core.state import RunState, atomic_write_text, read_state, status_of
+from lights_out_dev.core.verdicts import FINAL_STATUSES, counts_text, status_counts
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.host import procs, stopping
+from lights_out_dev.host.nvml import gpu_count
 from lights_out_dev.run.supervisor import spec_fingerprint
 from lights_out_dev.sweep import ledger, promotion
 from lights_out_dev.sweep.plan import (
@@ -54,7 +56,7 @@ LEDGER_REFRESH_S = 30.0  # ledger rewrite for progress only (starts and ends rew
 HOLDER_WAIT_S = 2.0  # time a just-started sweep process gets to write its pid beside the lock it took
 
 
-class SweepError(Exception):
+class SweepError(LightsOutError):
     """A user-facing sweep problem; str() is one sentence naming the cause and the fix."""
 
 
@@ -130,7 +132,8 @@ def paths_for(root: Path, cfg: ProjectConfig, name: str) -> SweepPaths:
 
 
 def ledger_path(root: Path, cfg: ProjectConfig) -> Path:
-    return cfg.path(root, cfg.ledger)
+    """[tool.lights_out] ledger, else <logs_dir>/sweep_log.md (beside the runs it describes, outside the source)."""
+    return cfg.path(root, cfg.ledger) if cfg.ledger else cfg.path(root, cfg.logs_dir) / "sweep_log.md"
 
 
 def ledger_lock(root: Path, cfg: ProjectConfig) -> Path:
@@ -228,14 +231,6 @@ def check_placement(loaded: "LoadedPlan", root: Path, cfg: ProjectConfig, execut
                 raise SweepError(f"{loaded.path}{where}: {problem}")
 
 
-def gpu_count() -> int:
-    try:
-        from lights_out_dev.host.nvml import gpu_count as count
-    except ImportError:
-        return 0
-    return count()
-
-
 def gpu_memory_gb(index: int) -> float | None:
     try:
         from lights_out_dev.host.nvml import query_gpus
@@ -263,10 +258,6 @@ def print_line(line: str) -> None:
 
 
 # --- the sweep ---------------------------------------------------------------------------
-
-def _status(state: RunState | None) -> str:
-    return state.status if state else "pending"
-
 
 def _started(state: RunState | None) -> bool:
     """The run has had a long attempt (its smoke gate, if any, is behind it)."""
@@ -821,7 +812,7 @@ class Sweep:
                 if not pending and not active:
                     break
                 now = time.monotonic()
-                seen = {i: (_status(s), len(s.attempts)) for i, s in self.states().items()}
+                seen = {i: (status_of(s), len(s.attempts)) for i, s in self.states().items()}
                 if seen != last_seen or now - last_line >= LEDGER_REFRESH_S:
                     self.refresh_ledger()
                     last_seen = seen
@@ -869,11 +860,8 @@ class Sweep:
             t.join()
 
     def status_line(self, n_active: int, n_pending: int, waiting_on: dict, blocked: bool) -> str:
-        counts: dict[str, int] = {}
-        for run in self.loaded.runs:
-            s = _status(read_state(self.paths.state(run.index)))
-            counts[s] = counts.get(s, 0) + 1
-        line = (f"[sweep {self.loaded.name}] " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        counts = status_counts(status_of(read_state(self.paths.state(run.index))) for run in self.loaded.runs)
+        line = (f"[sweep {self.loaded.name}] " + counts_text(counts)
                 + f" | {slots_text(self.cfg)}")
         if waiting_on:
             who = ", ".join(f"run {i} (pid {p})" for i, p in sorted(waiting_on.items()))
@@ -940,11 +928,9 @@ def _warm_imports() -> None:
     ~100 ms while a slot sits idle (measured by bench/sweep_schedule.py)."""
     import importlib
 
-    for name in ("supervisor", "gpu_lock", "scan", "classify", "policy", "tb", "local_executor", "events"):
-        try:
-            importlib.import_module(f"lights_out_dev.{name}")
-        except ImportError:
-            pass
+    for name in ("run.supervisor", "host.gpu_lock", "run.scan", "core.classify", "core.policy", "core.tb",
+                 "executors.local", "host.events"):
+        importlib.import_module(f"lights_out_dev.{name}")
 
 
 # --- helpers for the doit tasks and scripts -----------------------------------------------------
@@ -1010,14 +996,11 @@ def finish(sweep: Sweep) -> bool:
     except OSError as e:
         sweep.say(f"[sweep {sweep.loaded.name}] cannot write the report ({e.strerror}); free disk space and run "
                   f"`doit sweep_report`.")
-    counts: dict[str, int] = {}
-    for run in sweep.loaded.runs:
-        s = _status(states.get(run.index))
-        counts[s] = counts.get(s, 0) + 1
+    counts = status_counts(status_of(states.get(run.index)) for run in sweep.loaded.runs)
     done = all(is_final(states.get(r.index)) for r in sweep.loaded.runs)
     events.emit(sweep.root, sweep.cfg, "sweep_finished", sweep=sweep.loaded.name, ok=done, counts=counts,
                 report=str(report) if report else None, ledger=str(ledger_path(sweep.root, sweep.cfg)))
-    sweep.say(f"[sweep {sweep.loaded.name}] finished: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    sweep.say(f"[sweep {sweep.loaded.name}] finished: " + counts_text(counts)
               + (f"; report {report}" if report else ""))
     return done
 

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from lights_out_dev.core.models import StrictModel
 from lights_out_dev.core.state import atomic_write_text
 from lights_out_dev.sweep.pruning import PruneRule
 
@@ -35,10 +36,10 @@ RUNNER_KEYS = ("num_envs", "max_iterations")
 SIGNIFICANT_DIGITS = 6  # sampled floats are rounded so that argv, state and report show the same value
 
 
-class Param(BaseModel):
+class Param(StrictModel):
     """One search dimension; exactly one of the range kinds is given."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)
     choice: list[int | float | str | bool] | None = Field(default=None, min_length=1)
     uniform: tuple[float, float] | None = None
     log_uniform: tuple[float, float] | None = None
@@ -100,10 +101,9 @@ class Param(BaseModel):
         return FloatDistribution(*self.log_uniform, log=True)
 
 
-class Search(BaseModel):
+class Search(StrictModel):
     """`search:` of a plan entry."""
 
-    model_config = ConfigDict(extra="forbid")
     method: Literal["grid", "random", "optuna"] = "random"
     space: dict[str, Param] = Field(min_length=1)
     samples: int | None = Field(default=None, ge=1, description="configurations (grid: all combinations)")

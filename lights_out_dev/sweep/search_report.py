@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import statistics
 
-from lights_out_dev.core.state import RunState
+from lights_out_dev.core.state import RunState, status_of
+from lights_out_dev.core.verdicts import counts_text, status_counts
 from lights_out_dev.sweep.compute import SweepCompute, seconds_text
 from lights_out_dev.sweep.plan import LoadedPlan, PlannedRun, varied
 from lights_out_dev.sweep.search import params_text
@@ -67,14 +68,11 @@ def configuration_table(plan: LoadedPlan, states: dict[int, RunState], series: d
     for key, runs in shown.items():
         finals = [v for r in runs if (st := states.get(r.index)) and st.status in FINISHED
                   and (v := final_value(series.get(r.index, {}), metric)) is not None]
-        counts: dict[str, int] = {}
-        for r in runs:
-            s = states[r.index].status if r.index in states else "pending"
-            counts[s] = counts.get(s, 0) + 1
+        counts = status_counts(status_of(states.get(r.index)) for r in runs)
         spent = sum(compute.runs[r.index].total_s for r in runs if compute and r.index in compute.runs)
         seeds = ", ".join(str(states[r.index].spec.seed if r.index in states else r.seed) for r in runs)
         cells = [key, seeds, mean_std(finals), "-" if not finals else f"{max(finals):.2f}",
-                 ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), f"{spent:.0f}"]
+                 counts_text(counts), f"{spent:.0f}"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 

@@ -28,6 +28,7 @@ from lights_out_dev.core.command import (
     trainer_env,
 )
 from lights_out_dev.core.config import PACKAGE_PARENT, project_root
+from lights_out_dev.errors import LightsOutError
 from lights_out_dev.run.evaluate import PLAY_SUFFIX
 from lights_out_dev.run.tasks_index import (
     DEP_META,
@@ -39,7 +40,7 @@ from lights_out_dev.run.tasks_index import (
 USAGE = "usage: extract_cmd.py TASK [--gpu N] [--num_envs N] [--json] [-- trainer flags...]"
 
 
-class UsageError(Exception):
+class UsageError(LightsOutError):
     """A bad invocation; str() is one sentence."""
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from lights_out_dev.core import tb
 
 TREND_POINTS = 10
-TAIL_CHUNK = 64 * 1024
 
 
 def find_runs(roots: list[Path]) -> list[tuple[float, Path]]:
@@ -53,20 +52,6 @@ def summarize_run(run: Path, points: int = TREND_POINTS) -> list[str]:
         step, _wall, value = scalars[tag][-1]
         lines.append(f"{tag:<{width}}  {value:>12.6g}  {step:>10}  {trend(scalars[tag])}")
     return lines
-
-
-def tail_lines(path: Path, n: int) -> list[str]:
-    """The last n lines of a (possibly huge, possibly growing) text file, reading from its end."""
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        pos = f.tell()
-        data = b""
-        while pos > 0 and data.count(b"\n") <= n:
-            step = min(TAIL_CHUNK, pos)
-            pos -= step
-            f.seek(pos)
-            data = f.read(step) + data
-    return data.decode("utf-8", "replace").splitlines()[-n:]
 
 
 def _write_rows(scalars: dict, tags: list[str], out: Path, first: str) -> int:

@@ -18,6 +18,8 @@ from lights_out_dev.core.config import (
     format_duration,
 )
 from lights_out_dev.core.state import RunState, load_state
+from lights_out_dev.core.verdicts import counts_text, status_counts
+from lights_out_dev.host.nvml import NvmlUnavailable, query_gpus
 from lights_out_dev.sweep.plan import varied, varied_text
 
 
@@ -94,15 +96,9 @@ def _row(index: int | None, st: RunState | None, task: str, now: float, params: 
 
 def gpu_summary(root: Path, cfg: ProjectConfig) -> tuple[str, list[dict]]:
     try:
-        from lights_out_dev.host.nvml import NvmlUnavailable, query_gpus
-    except ImportError:
-        NvmlUnavailable, query_gpus = Exception, None  # noqa: N806
-    gpus = []
-    if query_gpus is not None:
-        try:
-            gpus = query_gpus()
-        except NvmlUnavailable:
-            gpus = []
+        gpus = query_gpus()
+    except NvmlUnavailable:
+        gpus = []
     if not gpus:
         busy = _cpu_slots_in_use(root, cfg)
         return f"no GPU: {cfg.cpu_slots} CPU slots ({busy} in use)", []
@@ -184,10 +180,7 @@ def collect(root: Path, cfg: ProjectConfig, plan: str | None = None, now: float 
         if st and st.status == "running":
             others.append(_row(None, st, st.task, now))
     gpu_text, gpus = gpu_summary(root, cfg)
-    counts: dict[str, int] = {}
-    for r in runs:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return {"sweep": name, "counts": counts, "runs": runs, "other_runs": others, "gpus": gpus, "gpu_summary": gpu_text,
+    return {"sweep": name, "counts": status_counts(r["status"] for r in runs), "runs": runs, "other_runs": others, "gpus": gpus, "gpu_summary": gpu_text,
             "time": now, "compute": compute}
 
 
@@ -199,7 +192,7 @@ def _safe_load(path: Path) -> RunState | None:
 
 
 def summary_line(data: dict) -> str:
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(data["counts"].items())) or "no runs"
+    counts = counts_text(data["counts"]) or "no runs"
     active = [r for r in data["runs"] + data["other_runs"] if r["status"] == "running"]
     bits = [" ".join(b for b in (r["task"], r.get("params"), f"it {r['iteration'] if r['iteration'] is not None else '-'}"
                                  f"/{r['total'] or '-'}", silence(r)) if b) for r in active][:4]
@@ -208,8 +201,7 @@ def summary_line(data: dict) -> str:
 
 
 def render(data: dict) -> str:
-    lines = [f"sweep {data['sweep'] or '(none)'}: " + (", ".join(f"{n} {s}" for s, n in sorted(data["counts"].items()))
-                                                       or "no runs")]
+    lines = [f"sweep {data['sweep'] or '(none)'}: " + (counts_text(data["counts"]) or "no runs")]
     lines += [format_row(r) for r in data["runs"]]
     if data["other_runs"]:
         lines.append("other runs:")

@@ -37,6 +37,8 @@ import json
 import os
 from pathlib import Path
 
+from lights_out_dev.run.monitor import tail_lines
+
 EXIT_CODES = {"completed": 10, "timeout": 11, "retry": 12, "gave_up": 13, "failed": 14, "preflight_failed": 15,
               "refused": 16, "stopped": 17}
 EXIT_TIMEOUT = 124
@@ -104,12 +106,4 @@ def log_tail(event: dict, n: int = LOG_LINES) -> list[str]:
             log = st.current.log_path if st and st.current else None
         except Exception:
             log = None
-    if not log:
-        return []
-    try:
-        with open(log, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            return f.read().decode(errors="replace").splitlines()[-n:]
-    except OSError:
-        return []
+    return tail_lines(log, n)

@@ -19,11 +19,9 @@ import pytest
 from conftest import ROOT, processes_with
 from test_supervisor import assert_nothing_left, make_cfg, make_spec, run, verdicts
 
-from lights_out_dev.host import gpu_lock
-from lights_out_dev.host import hooks
-from lights_out_dev.host import procs
 from lights_out_dev.core.config import PolicyRule, ProjectConfig
 from lights_out_dev.core.state import Attempt, RunState, atomic_write_text, load_state
+from lights_out_dev.host import gpu_lock, hooks, procs
 from lights_out_dev.run.supervisor import spec_fingerprint, supervise
 
 # A supervisor that is SIGKILLed the moment executor.start() returns its N-th trainer: the window between

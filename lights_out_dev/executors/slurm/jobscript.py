@@ -29,13 +29,13 @@ import shlex
 from dataclasses import dataclass, field
 
 from lights_out_dev.core.config import SlurmConfig
+from lights_out_dev.errors import LightsOutError
+from lights_out_dev.host.preflight import EXIT_COUNT_MISMATCH, EXIT_DISALLOWED_MODEL
 
-EXIT_GPU_COUNT = 42
-EXIT_GPU_MODEL = 43
 EXIT_PREFLIGHT = 44
 EXIT_REASONS = {
-    EXIT_GPU_COUNT: "the GPU guard refused the allocation: wrong number of GPUs (see the log)",
-    EXIT_GPU_MODEL: "the GPU guard refused the allocation: a GPU model not in gpu_guard.allowed_models (see the log)",
+    EXIT_COUNT_MISMATCH: "the GPU guard refused the allocation: wrong number of GPUs (see the log)",
+    EXIT_DISALLOWED_MODEL: "the GPU guard refused the allocation: a GPU model not in gpu_guard.allowed_models (see the log)",
     EXIT_PREFLIGHT: "the runtime preflight failed inside the allocation (see the log)",
 }
 # Lines the script prints; the executor reads them back from the log (banner = one job start,
@@ -55,7 +55,7 @@ _RDZV_FLAGS = ("--nnodes", "--node_rank", "--master_addr", "--master_port", "--r
 _SLURM_OWNED_ENV = frozenset({"CUDA_VISIBLE_DEVICES"})
 
 
-class JobScriptError(ValueError):
+class JobScriptError(LightsOutError, ValueError):
     """A request that cannot become a valid batch script; str() names the value and the fix."""
 
 
