@@ -103,15 +103,13 @@ def _stop_leftover(run) -> None:
     """A supervisor killed outright (SIGKILL, power loss) during a smoke leaves that trainer running on
     towards its full length: stop it (it must still be the same process) before a new gate starts."""
     from lights_out_dev.executors.base import Handle
-    from lights_out_dev.host import procs
 
     found = _newest_archived(run.path, run.key)
     rec = found[1].extra.get("smoke", {}) if found else {}
     if not rec.get("handle") or rec.get("ended_at"):
         return
-    handle = Handle(**rec["handle"])
-    if run.executor.alive(handle) and (handle.kind != "local" or
-                                       procs.same_process(handle.pid, handle.start_time, handle.extra.get("boot"))):
+    handle = Handle.from_dict(rec["handle"])
+    if run.executor.adoptable(handle):
         run.executor.stop(handle, graceful=False, grace_s=0)
         run.say(f"[{run.state.task}] stopped the smoke trainer (pid {handle.pid}) left running by a dead supervisor.")
 
@@ -127,7 +125,7 @@ def gate(run) -> bool:
 
     st, cfg = run.state, run.cfg
     spec, gpus = run._effective_spec(), run._gpus()
-    argv = command.build_argv(spec, gpus, rid=st.rid, run_name=st.run_name + SUFFIX)
+    argv = command.build_argv(spec, run.executor.trainer_gpus(gpus), rid=st.rid, run_name=st.run_name + SUFFIX)
     digest = argv_hash(argv, spec.env)
     earlier = previous_pass(st, run.path, run.key, digest)
     if earlier is not None:
@@ -139,7 +137,7 @@ def gate(run) -> bool:
 
     _stop_leftover(run)
     limit = cfg.monitor.startup_stall_s
-    env_over = {**spec.env, **command.gpu_env(spec, gpus), "LIGHTS_OUT_ATTEMPT": "0", "PYTHONUNBUFFERED": "1"}
+    env_over = {**spec.env, **run.executor.gpu_env(spec, gpus), "LIGHTS_OUT_ATTEMPT": "0", "PYTHONUNBUFFERED": "1"}
     env = {**os.environ, **command.trainer_env(spec), **env_over}
     log_path = run.logs_dir / f"{time.strftime('%Y%m%d_%H%M%S')}_{run.key}{SUFFIX}.log"
     scanner = _new_scanner(cfg, argv, spec, run.root, run._target_iteration())
@@ -156,21 +154,20 @@ def gate(run) -> bool:
     try:
         run.start_trainer(argv, env, log_path, gpus, purpose="smoke", env_overrides=env_over,
                           job_name=f"lo-{run.key}-smoke", time_limit_s=limit, **run.placement(spec))
-        record.update(log_path=run.handle.log_path, pid=run.handle.pid, handle=dict(run.handle.__dict__))
+        record.update(log_path=run.handle.log_path, pid=run.handle.pid, handle=run.handle.to_dict())
         st.extra["smoke"] = record
         st.extra.pop("intent", None)
         run.save()
         run.say(f"[{st.task}] smoke: running the full command up to its first iteration "
                 f"(start-up limit {format_duration(limit)}); log {run.handle.log_path}")
         tail = LogTail(run.handle.log_path, 0)
-        limits = Limits.from_config(cfg.monitor, limit, tick_s=getattr(run.executor, "poll_interval_s", 0.1))
+        limits = Limits.from_config(cfg.monitor, limit, tick_s=run.executor.poll_interval_s)
         result = watch(run.executor, run.handle, scanner, limits, tail, gpus=gpus, should_stop=stop)
         tail.close()
     except BaseException:
         run._abort()  # leaves no trainer behind and marks the run interrupted
         raise
-    if hasattr(run.executor, "forget"):
-        run.executor.forget(run.handle)
+    run.executor.forget(run.handle)
     run.handle = None
     stopped_by = result.stopped_by
     if stopped_by == "user" and not user_stop:
