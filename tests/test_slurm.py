@@ -205,7 +205,7 @@ def test_two_jobs_get_distinct_gpus_and_complete(slurm_cluster, tmp_path):
         assert (st.scheduler_state, st.exit_code, st.signal) == ("COMPLETED", 0, None), log_text(h)
         assert h.node in NODES
         assert not ex.alive(h)
-        assert Path(h.extra["script"]).read_text().startswith("#!/bin/bash")
+        assert Path(h.script).read_text().startswith("#!/bin/bash")
     cvd = [log_text(h).split("started CVD=")[1].split()[0] for h in handles]
     assert "unset" not in cvd
     if handles[0].node == handles[1].node:
