@@ -423,6 +423,53 @@ def test_restarted_supervisor_adopts_the_running_job(slurm_cluster, tmp_path):
     assert_jobs_recorded(st)
 
 
+DIES_AFTER_SUBMIT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path[:0] = [{root!r}, {tests!r}]
+    from pathlib import Path
+    from lights_out_dev.executors.slurm.executor import SlurmExecutor
+    from lights_out_dev.run.supervisor import supervise
+    from test_slurm import make_cfg, make_spec
+
+    class DiesAfterSubmit(SlurmExecutor):
+        def start(self, *a, **kw):
+            handle = super().start(*a, **kw)
+            Path({job_file!r}).write_text(handle.job_id)
+            os.kill(os.getpid(), signal.SIGKILL)  # before the supervisor records the job
+
+    tmp = Path({tmp!r})
+    cfg = make_cfg(tmp)
+    supervise(make_spec("slow=0.5", max_iterations=8), cfg, tmp, tmp / "logs" / "runs" / "cartpole__slurm.json",
+              executor=DiesAfterSubmit(cfg, tmp), status_line=lambda s: None)
+""")
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(240)
+def test_supervisor_killed_between_submit_and_record_adopts_the_job(slurm_cluster, tmp_path):
+    """The launch was written ahead (its run token) but its job id never recorded: the next supervisor finds
+    the job by its batch script and watches it to the end instead of submitting a second one."""
+    job_file = tmp_path / "job_id"
+    script = DIES_AFTER_SUBMIT.format(root=str(ROOT), tests=str(ROOT / "tests"), tmp=str(tmp_path),
+                                      job_file=str(job_file))
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert first.returncode == -signal.SIGKILL, first.stdout[-2000:] + first.stderr[-2000:]
+    job_id = job_file.read_text()
+    assert squeue_state(job_id) in ("PENDING", "RUNNING")
+    lines: list[str] = []
+    from lights_out_dev.run.supervisor import supervise
+
+    cfg = make_cfg(tmp_path)
+    st = supervise(make_spec("slow=0.5", max_iterations=8), cfg, tmp_path,
+                   tmp_path / "logs" / "runs" / "cartpole__slurm.json", executor=SlurmExecutor(cfg, tmp_path),
+                   status_line=lines.append)
+    assert any(f"Slurm job {job_id}" in line and "adopting" in line for line in lines), lines
+    assert [a.job_id for a in st.attempts] == [job_id], [a.reason for a in st.attempts]
+    assert st.status == "completed", st.reason
+    assert Path(st.attempts[0].log_path).read_text().count("lights-out: submitted Slurm job") == 1
+    assert_jobs_recorded(st)
+
+
 # -- a sweep through the Slurm executor, killed and restarted ---------------------------------------
 
 SWEEP_PLAN = """\

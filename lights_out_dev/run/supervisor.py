@@ -358,10 +358,12 @@ class _Run:
             handle, leader = found.handle, found.handle.pid
             st.attempts.append(Attempt(number=len(st.attempts) + 1, argv=intent["argv"], gpus=intent["gpus"],
                                        env_overrides=intent["env_overrides"], started_at=intent["at"], pid=leader,
-                                       pgid=leader, log_path=intent["log_path"]))
+                                       pgid=leader, job_id=handle.job_id, node=handle.node,
+                                       log_path=intent["log_path"]))
             st.status = "running"
             st.extra["handle"], st.extra["log_offset"] = handle.to_dict(), 0
-            self.say(f"lights-out: found {st.task}'s trainer (pid {leader}) started by a supervisor that died "
+            which = f"Slurm job {handle.job_id}" if handle.job_id else f"pid {leader}"
+            self.say(f"lights-out: found {st.task}'s trainer ({which}) started by a supervisor that died "
                      f"before recording it; adopting it as attempt {len(st.attempts)}.")
         elif found.stopped:
             left = found.survivors

@@ -26,8 +26,9 @@ GPUs than the job's. Sampling on the node (`srun --overlap` every few seconds) i
 VRAM, idle-GPU and imbalance checks do not run for Slurm jobs (the GPU guard still checks the
 allocation inside the job).
 
-A launch written ahead but not recorded (the supervisor died between sbatch and its next save) is not
-found again: its job id was never stored.
+A launch written ahead but not recorded (the supervisor died between sbatch and its next save) is found
+again by its batch script: the queued job whose command is the script beside the launch's log, which
+carries the launch's run token. (An array element's script is the array's: it is not found.)
 
 All Slurm commands are argv lists; user values reach Slurm only through the generated script
 (lights_out_dev/executors/slurm/jobscript.py) with every value quoted.
@@ -35,6 +36,7 @@ All Slurm commands are argv lists; user values reach Slurm only through the gene
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -49,6 +51,7 @@ from lights_out_dev.core.state import atomic_write_text
 from lights_out_dev.executors.base import ExitStatus, Handle, Recovered, SchedulerLease
 from lights_out_dev.executors.local import LaunchError
 from lights_out_dev.executors.slurm import jobscript
+from lights_out_dev.host.procs import RUN_TOKEN_VAR
 
 # A job in one of these states still holds (or will hold) resources and may run processes.
 ACTIVE_STATES = frozenset({
@@ -418,7 +421,25 @@ class SlurmExecutor:
 
     def recover_launch(self, token: str, log_path: str, gpus: list[int] | None, boot: str | None, *,
                        adopt: bool) -> Recovered:
-        return Recovered()  # the job id was never recorded (see the module doc)
+        """The job of this user whose command is the launch's batch script, proven by the token in it."""
+        script = (self.root / log_path).with_suffix(".sbatch")  # as start() wrote it (an absolute path stays)
+        try:
+            ours = f"export {RUN_TOKEN_VAR}={token}\n" in script.read_text()
+        except OSError:  # never written: sbatch was not reached
+            return Recovered()
+        if not ours:  # an earlier launch's script of the same log name
+            return Recovered()
+        proc = _run(["squeue", "-h", "-u", pwd.getpwuid(os.getuid()).pw_name, "-o", "%i|%o"])
+        jobs = [line.split("|", 1)[0] for line in proc.stdout.splitlines()
+                if line.partition("|")[2].strip() == str(script)]
+        if not jobs:
+            return Recovered()
+        handle = Handle(kind=self.kind, log_path=log_path, gpus=gpus, job_id=jobs[-1], script=str(script),
+                        pending_since=time.time())
+        self._poll(handle, fresh=True)  # its node, and whether it already ran
+        if adopt:
+            return Recovered(handle=handle)
+        return Recovered(stopped=1, survivors=self.stop(handle, graceful=False, grace_s=0))
 
     def sample_gpus(self, handle: Handle, gpus: list[int]) -> None:
         return None  # the job's GPUs are on its node; this host's NVML would report others (module doc)
