@@ -29,6 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from lights_out_dev import executors
 from lights_out_dev.core import command
 from lights_out_dev.core.config import (
     ConfigError,
@@ -48,7 +49,6 @@ from lights_out_dev.core.state import (
     save_state,
 )
 from lights_out_dev.core.verdicts import FINAL_STATUSES, StopRequest, Verdict
-from lights_out_dev import executors
 from lights_out_dev.executors.base import Executor, Handle
 from lights_out_dev.executors.local import LaunchError
 from lights_out_dev.host import events, gpu_lock, procs, stopping
