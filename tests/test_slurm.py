@@ -219,7 +219,7 @@ def test_two_jobs_get_distinct_gpus_and_complete(slurm_cluster, tmp_path):
         assert (st.scheduler_state, st.exit_code, st.signal) == ("COMPLETED", 0, None), log_text(h)
         assert h.node in NODES
         assert not ex.alive(h)
-        assert Path(h.extra["script"]).read_text().startswith("#!/bin/bash")
+        assert Path(h.script).read_text().startswith("#!/bin/bash")
     cvd = [log_text(h).split("started CVD=")[1].split()[0] for h in handles]
     assert "unset" not in cvd
     if handles[0].node == handles[1].node:
@@ -437,6 +437,53 @@ def test_restarted_supervisor_adopts_the_running_job(slurm_cluster, tmp_path):
     assert_jobs_recorded(st)
 
 
+DIES_AFTER_SUBMIT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path[:0] = [{root!r}, {tests!r}]
+    from pathlib import Path
+    from lights_out_dev.executors.slurm.executor import SlurmExecutor
+    from lights_out_dev.run.supervisor import supervise
+    from test_slurm import make_cfg, make_spec
+
+    class DiesAfterSubmit(SlurmExecutor):
+        def start(self, *a, **kw):
+            handle = super().start(*a, **kw)
+            Path({job_file!r}).write_text(handle.job_id)
+            os.kill(os.getpid(), signal.SIGKILL)  # before the supervisor records the job
+
+    tmp = Path({tmp!r})
+    cfg = make_cfg(tmp)
+    supervise(make_spec("slow=0.5", max_iterations=8), cfg, tmp, tmp / "logs" / "runs" / "cartpole__slurm.json",
+              executor=DiesAfterSubmit(cfg, tmp), status_line=lambda s: None)
+""")
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(240)
+def test_supervisor_killed_between_submit_and_record_adopts_the_job(slurm_cluster, tmp_path):
+    """The launch was written ahead (its run token) but its job id never recorded: the next supervisor finds
+    the job by its batch script and watches it to the end instead of submitting a second one."""
+    job_file = tmp_path / "job_id"
+    script = DIES_AFTER_SUBMIT.format(root=str(ROOT), tests=str(ROOT / "tests"), tmp=str(tmp_path),
+                                      job_file=str(job_file))
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert first.returncode == -signal.SIGKILL, first.stdout[-2000:] + first.stderr[-2000:]
+    job_id = job_file.read_text()
+    assert squeue_state(job_id) in ("PENDING", "RUNNING")
+    lines: list[str] = []
+    from lights_out_dev.run.supervisor import supervise
+
+    cfg = make_cfg(tmp_path)
+    st = supervise(make_spec("slow=0.5", max_iterations=8), cfg, tmp_path,
+                   tmp_path / "logs" / "runs" / "cartpole__slurm.json", executor=SlurmExecutor(cfg, tmp_path),
+                   status_line=lines.append)
+    assert any(f"Slurm job {job_id}" in line and "adopting" in line for line in lines), lines
+    assert [a.job_id for a in st.attempts] == [job_id], [a.reason for a in st.attempts]
+    assert st.status == "completed", st.reason
+    assert Path(st.attempts[0].log_path).read_text().count("lights-out: submitted Slurm job") == 1
+    assert_jobs_recorded(st)
+
+
 # -- a sweep through the Slurm executor, killed and restarted ---------------------------------------
 
 SWEEP_PLAN = """\
@@ -484,6 +531,60 @@ def test_killed_sweep_readopts_its_running_jobs(slurm_cluster, tmp_path):
     for i, job_id in jobs.items():
         assert [a["job_id"] for a in after[i]["attempts"]] == [job_id], after[i]["attempts"]
         assert after[i]["status"] == "completed"
+        script = Path(after[i]["attempts"][0]["log_path"]).with_suffix(".sbatch").read_text()
+        assert "#SBATCH --gres=gpu:1" in script  # trainer_device = "cpu" keeps the trainer off the fake GPU only
+
+
+GPU_SWEEP_PLAN = """\
+name: gpusweep
+mode: parallel
+runs:
+  - task: cartpole:base
+    overrides: {num_envs: 16, max_iterations: 2}
+  - task: cartpole:base-mgpu
+    gpus: 2
+    overrides: {num_envs: 16, max_iterations: 2}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_sweep_jobs_request_the_runs_gpus_run_the_guard_and_give_the_trainer_the_allocated_device(
+        slurm_cluster, tmp_path):
+    """`doit sweep --executor slurm` with the default trainer_device: each job asks Slurm for its run's GPUs,
+    runs the GPU guard inside the allocation, and a single-GPU trainer is told the job's own cuda:0. The
+    cluster's GPUs are fake (no driver): the guard passes (allowed_models only) and that trainer refuses the
+    CUDA device it was given (a config error), which is what proves it got one."""
+    from test_sweep import doit_argv, env_for, make_repo, states
+
+    repo = make_repo(tmp_path / "repo", {"gpusweep": GPU_SWEEP_PLAN})
+    overlay = tmp_path / "guard.toml"
+    overlay.write_text('[gpu_guard]\nallowed_models = ["H200"]\n')
+    env = {**env_for(repo), "LIGHTS_OUT_CONFIG": str(overlay)}
+    proc = subprocess.run(doit_argv("sweep", "--plan", "sweeps/gpusweep.yaml", "--executor", "slurm"), cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=280)
+    after = states(repo, "gpusweep")
+    assert sorted(after) == [1, 2], proc.stdout[-3000:] + proc.stderr[-2000:]
+    for index, n_gpus in ((1, 1), (2, 2)):
+        attempt = after[index]["attempts"][0]
+        assert attempt["job_id"] and attempt["gpus"] == list(range(n_gpus)), attempt
+        script = Path(attempt["log_path"]).with_suffix(".sbatch").read_text()
+        assert f"#SBATCH --gres=gpu:{n_gpus}\n" in script
+        assert "lights_out_dev.cli.preflight gpu_guard || {" in script  # the guard, before the trainer
+        assert script.index("gpu_guard ||") < script.index("workloads/train.py")
+        assert "CUDA_VISIBLE_DEVICES=" not in script.replace("CUDA_VISIBLE_DEVICES=${", "")  # Slurm's own
+        log = Path(attempt["log_path"]).read_text()
+        assert "gpu_guard: no NVIDIA driver" in log  # it ran inside the allocation
+        assert re.search(r"CUDA_VISIBLE_DEVICES=\d", log), log[-2000:]  # Slurm gave the job its GPUs
+    single = after[1]["attempts"][0]
+    assert single["argv"][single["argv"].index("--device") + 1] == "cuda:0"
+    assert "torch sees no CUDA device" in Path(single["log_path"]).read_text()  # the trainer was given it
+    assert single["verdict"] == "config_error", single["reason"]
+    # torch.distributed.run's ranks take their local GPU themselves (cuda:<rank> where torch sees CUDA; the
+    # fake GPUs have no driver, so the CPU here): no --device, two ranks, the run completes
+    ranks = after[2]["attempts"][0]
+    assert "--distributed" in ranks["argv"] and "--device" not in ranks["argv"]
+    assert ranks["verdict"] == "completed", ranks["reason"]
 
 
 # -- two nodes: multi-node runs, preemption, node failure, job arrays -------------------------------
@@ -570,6 +671,29 @@ def test_two_nodes_two_ranks_each_crash_resume_complete_with_rank0_logging(slurm
     assert resumed.tb_dir and len(list(Path(resumed.tb_dir).glob("events.out.tfevents.*"))) == 1
     assert st.final.iteration == 4 and st.final.mean_reward is not None
     assert_jobs_recorded(st)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_the_submit_hosts_gpus_are_not_sampled_as_the_jobs(slurm_cluster, tmp_path, monkeypatch):
+    """The supervisor's host has two GPUs, one busy and one idle (someone else's work): that is no imbalance
+    of the 2-GPU Slurm job, whose GPUs are on its node. Sampled as the job's, it would be killed as
+    imbalanced after idle_gpu_stall_s and given the host's VRAM as its peak."""
+    from lights_out_dev.host import nvml
+
+    def host_gpus():
+        return [nvml.GpuInfo(index=i, name="fake", uuid=f"GPU-{i}", mem_used_mb=mem, mem_total_mb=80000,
+                             util_pct=util, power_w=None, power_limit_w=None, sm_clock_mhz=None, sm_clock_max_mhz=None,
+                             temp_c=None, processes=[nvml.GpuProc(4242, mem - 500, "python")] if util > 50 else [])
+                for i, (util, mem) in enumerate(((95.0, 60000), (3.0, 500)))]
+    monkeypatch.setattr(nvml, "query_gpus", host_gpus)
+    cfg = make_cfg(tmp_path)
+    cfg = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"stall_s": 60})})  # the exit barrier
+    st, _ = supervise_slurm(tmp_path, mgpu_spec(nodes=1, ranks=2, max_iterations=16, inject="slow=0.5"), cfg)
+    assert [a.verdict for a in st.attempts] == ["completed"], [a.reason for a in st.attempts]
+    attempt = st.attempts[0]
+    assert attempt.gpus == [0, 1] and attempt.imbalance is None and attempt.peak_vram_mb is None
+    assert attempt.healthy_at and attempt.ended_at - attempt.healthy_at > cfg.monitor.idle_gpu_stall_s + 2
 
 
 @pytest.mark.slurm
@@ -725,3 +849,4 @@ def test_array_sweep_of_six_runs_never_runs_more_than_two(slurm_cluster, tmp_pat
     assert max(running_at_once) == 2, running_at_once  # the cap held, and two did run at once
     scripts = list((repo / "local_experiment_logs").glob("*.array.sbatch"))
     assert len(scripts) == 1 and "#SBATCH --array=0-5%2" in scripts[0].read_text()
+    assert "#SBATCH --gres=gpu:1" in scripts[0].read_text()  # each element asks for its run's GPU

@@ -133,6 +133,7 @@ class Run(cmd_run.Run):
         if not specs:
             return None
         from lights_out_dev.core.config import ConfigError, load_config
+        from lights_out_dev.executors import executor_class
         from lights_out_dev.executors.slurm.executor import placement_problem
         from lights_out_dev.host.nvml import (
             gpu_count,  # only here: `doit list` and preflight-only runs skip NVML
@@ -144,8 +145,7 @@ class Run(cmd_run.Run):
         except ConfigError as e:
             return str(e)
         for spec in specs:
-            # A Slurm job's GPUs are on the cluster's nodes, not on this (login) machine.
-            here = gpus if executor != "slurm" else max(gpus, spec.gpus)
+            here = executor_class(executor).visible_gpus(spec.gpus, gpus)
             problem = placement_problem(spec, executor) or launch_problem(spec, root, gpu, here)
             if problem:
                 return problem

@@ -6,6 +6,10 @@
 - stop: signals to the whole group and session (graceful: SIGINT, grace, SIGTERM, short grace, SIGKILL),
   then waits, polling with short sleeps, until no process of the run is left in the process table and,
   with a GPU, in NVML's process list. Survivors are returned by pid; nothing is matched by name.
+- GPUs: the run holds a host.gpu_lock lease; the trainer is told the leased indexes, multi-GPU runs get
+  CUDA_VISIBLE_DEVICES; NVML is sampled here, on the machine the trainer runs on.
+- a supervisor restart: the leader (same pid, start time and boot) is adopted; a launch written ahead but
+  never recorded is found by its run token.
 """
 from __future__ import annotations
 
@@ -18,9 +22,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from lights_out_dev.core import command
+from lights_out_dev.core.config import ProjectConfig
+from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.errors import LightsOutError
-from lights_out_dev.executors.base import ExitStatus, Handle
-from lights_out_dev.host import procs
+from lights_out_dev.executors.base import ExitStatus, GpuSample, Handle, Recovered
+from lights_out_dev.host import gpu_lock, procs
 
 # After SIGTERM a trainer gets this much more time before SIGKILL (the main grace goes to SIGINT).
 TERM_GRACE_S = 5.0
@@ -54,19 +61,41 @@ def _gpu_pids(gpus: list[int] | None) -> set[int]:
 def run_pids(handle: Handle) -> list[int]:
     """Every live process of the run: its group, its session, and descendants that left both."""
     pgid = handle.pgid or handle.pid
-    return procs.run_pids(pgid, handle.extra.get("sid", pgid), token=handle.extra.get("token"),
-                          since_ticks=handle.start_time, boot=handle.extra.get("boot"))
+    return procs.run_pids(pgid, handle.sid or pgid, token=handle.token, since_ticks=handle.start_time,
+                          boot=handle.boot)
 
 
 class LocalExecutor:
     kind = "local"
     poll_interval_s = 0.1  # how long monitor's wait() blocks between log reads
-    pins_gpus_itself = False  # CUDA_VISIBLE_DEVICES comes with the attempt's environment
 
-    def __init__(self, cwd: Path | None = None):
+    def __init__(self, cfg: ProjectConfig | None = None, cwd: Path | None = None):
+        """`cwd`: the trainer's working directory (the project root); `cfg` is where leases come from."""
+        self.cfg = cfg or ProjectConfig()
         self.cwd = Path(cwd) if cwd else None
         self._children: dict[int, _Child] = {}
         self._lock = threading.Lock()
+
+    # -- before a launch -----------------------------------------------------------------------
+    @classmethod
+    def visible_gpus(cls, needed: int, here: int) -> int:
+        return here  # the trainer runs on this machine
+
+    @classmethod
+    def job_array(cls, max_parallel: int, expected: int, name: str) -> None:
+        return None  # every local run is a process of its own
+
+    def lease(self, n_gpus: int, *, prefer: list[int] | None = None, wait: bool = False) -> gpu_lock.Lease:
+        return gpu_lock.acquire(n_gpus, self.cfg, self.cwd or Path.cwd(), prefer=prefer, wait=wait)
+
+    def attempt_gpus(self, spec_gpus: int, lease_gpus: list[int] | None) -> list[int] | None:
+        return lease_gpus  # without a lease the run is not pinned to a GPU
+
+    def trainer_gpus(self, gpus: list[int] | None) -> list[int] | None:
+        return gpus
+
+    def gpu_env(self, spec: RunSpec, gpus: list[int] | None) -> dict[str, str]:
+        return command.gpu_env(spec, gpus)
 
     # -- start -------------------------------------------------------------------------------
     def start(self, argv: list[str], env: dict[str, str], log_path: Path, gpus: list[int] | None,
@@ -97,9 +126,9 @@ class LocalExecutor:
             pidfd = None
         with self._lock:
             self._children[popen.pid] = _Child(popen, pidfd)
-        return Handle(kind=self.kind, log_path=str(log_path), pid=popen.pid, pgid=popen.pid,
-                      start_time=float(procs.start_ticks(popen.pid) or 0),
-                      extra={"sid": popen.pid, "gpus": gpus, "token": token, "boot": procs.boot_id()})
+        return Handle(kind=self.kind, log_path=str(log_path), gpus=gpus, pid=popen.pid, pgid=popen.pid,
+                      sid=popen.pid, start_time=float(procs.start_ticks(popen.pid) or 0), token=token,
+                      boot=procs.boot_id())
 
     # -- wait --------------------------------------------------------------------------------
     def _child(self, handle: Handle) -> _Child:
@@ -142,14 +171,41 @@ class LocalExecutor:
         return child.exit
 
     def alive(self, handle: Handle) -> bool:
-        if procs.same_process(handle.pid, handle.start_time, handle.extra.get("boot")):
+        if procs.same_process(handle.pid, handle.start_time, handle.boot):
             return True
         return bool(handle.pgid and run_pids(handle))
 
+    def adoptable(self, handle: Handle) -> bool:
+        """The leader itself must live and be the same process (pid + start time + boot): a reused pid is
+        not ours, and a dead leader with stray children is a finished attempt whose leftovers get stopped."""
+        return procs.same_process(handle.pid, handle.start_time, handle.boot)
+
+    def recover_launch(self, token: str, log_path: str, gpus: list[int] | None, boot: str | None, *,
+                       adopt: bool) -> Recovered:
+        """The launch's processes are proven ours by its token, never by a pid or a group id alone; its
+        leader is the one that leads its own session and group."""
+        same_boot = boot in (None, procs.boot_id())
+        pids = procs.pids_with_env(procs.RUN_TOKEN_VAR, token) if same_boot else []
+        leader = next((p for p in pids if (ps := procs.stat(p)) and ps.sid == p and ps.pgid == p), None)
+        if adopt and leader is not None:
+            return Recovered(handle=Handle(kind=self.kind, log_path=log_path, gpus=gpus, pid=leader, pgid=leader,
+                                           sid=leader, start_time=float(procs.start_ticks(leader) or 0),
+                                           token=token, boot=procs.boot_id()))
+        if not pids:
+            return Recovered()
+        return Recovered(stopped=len(pids), survivors=procs.kill_marked(procs.RUN_TOKEN_VAR, token))
+
+    def sample_gpus(self, handle: Handle, gpus: list[int]) -> GpuSample:
+        """NVML on this machine; the run token also finds ranks that left the session (torchrun's)."""
+        from lights_out_dev.host import nvml
+
+        return GpuSample(gpus=[i for i in nvml.query_gpus() if i.index in gpus], pids=set(run_pids(handle)))
+
     # -- stop --------------------------------------------------------------------------------
     def stop(self, handle: Handle, graceful: bool, grace_s: float) -> list[int]:
-        pgid, sid = handle.pgid or handle.pid, handle.extra.get("sid", handle.pgid or handle.pid)
-        mark = {"token": handle.extra.get("token"), "since_ticks": handle.start_time, "boot": handle.extra.get("boot")}
+        pgid = handle.pgid or handle.pid
+        sid = handle.sid or pgid
+        mark = {"token": handle.token, "since_ticks": handle.start_time, "boot": handle.boot}
         child = self._child(handle)
         # pid -> start time of every process seen as the run's: one that only its parent tied to the run
         # (own session, no token) is no longer found once that parent is dead, but it is still ours
@@ -187,7 +243,7 @@ class LocalExecutor:
 
         procs.wait_until(kill_escaped, GONE_TIMEOUT_S)
         survivors = set(run_pids(handle)) | set(escaped())
-        gpus = handle.extra.get("gpus")
+        gpus = handle.gpus
         if gpus:  # the driver frees memory after the process table entry goes; wait for NVML too
             procs.wait_until(lambda: not (_gpu_pids(gpus) & set(seen)), GONE_TIMEOUT_S, max_sleep=0.25)
             survivors |= _gpu_pids(gpus) & set(seen)

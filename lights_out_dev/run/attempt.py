@@ -42,7 +42,7 @@ def environment(spec: RunSpec, executor: Executor, gpus: list[int] | None, numbe
     the spec's own, the profile's per-attempt ones (`profile_env`), GPU pinning where the executor leaves
     it to us (a scheduler pins its own allocation), the attempt number (None: not a training attempt, e.g.
     an evaluation), unbuffered Python output."""
-    pinning = {} if executor.pins_gpus_itself else command.gpu_env(spec, gpus)
+    pinning = executor.gpu_env(spec, gpus)
     numbered = {} if number is None else {ATTEMPT_VAR: str(number)}
     return {**spec.env, **(profile_env or {}), **pinning, **numbered, "PYTHONUNBUFFERED": "1"}
 

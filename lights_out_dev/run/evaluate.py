@@ -26,10 +26,11 @@ import sys
 import time
 from pathlib import Path
 
+from lights_out_dev import executors
 from lights_out_dev.core.profiles import checkpoint_iteration, checkpoints_in
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.errors import LightsOutError
-from lights_out_dev.executors.local import LaunchError, LocalExecutor
+from lights_out_dev.executors.local import LaunchError
 from lights_out_dev.host import stopping
 from lights_out_dev.run.attempt import (
     Ended,
@@ -247,7 +248,7 @@ def _run(spec: RunSpec, argv: list[str], gpus: list[int] | None, cfg, root: Path
     """Run the play process as a run's attempt is run (one process session, identity-checked stop, the
     project's stall limits, a stop request of this process honoured) and show its output as it comes;
     (how it ended, its lines)."""
-    executor = LocalExecutor(cwd=root)  # an evaluation runs beside whoever asked for it, on its leased GPU
+    executor = executors.make("local", cfg, root)  # an evaluation runs beside whoever asked, on its leased GPU
     # no pinning: the play command names its one leased GPU in its device flag
     env = process_environment(spec, environment(spec, executor, None, None))
     handle = executor.start(argv, env, log_path, gpus, time_limit_s=limit_s, job_name="lights-out-play")

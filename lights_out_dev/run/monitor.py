@@ -12,6 +12,7 @@ offset and any partial last line) and feeds them to the LogScanner. Decisions th
   startup_stall_s before the first iteration, for stall_s after it, or
   (with a GPU) all processes asleep at 0 % GPU for idle_gpu_stall_s -> SIGKILL, stopped_by='stall'
 - multi-GPU load imbalance (gpu_check.imbalance) lasting idle_gpu_stall_s -> SIGKILL, stopped_by='imbalance'
+  (the GPU checks use executor.sample_gpus(); an executor that cannot see the run's GPUs skips them)
 - silent for stall_s after the end marker ('Training time:'): a hang at exit -> graceful stop,
   stopped_by=None, so the finished run is classified completed
 After any end the run's whole group/session is killed and waited for (survivors reported by pid).
@@ -28,7 +29,7 @@ from typing import Callable
 from lights_out_dev.core.signatures import (
     FATAL_CLASSES,  # the run is lost even if its process lives on
 )
-from lights_out_dev.executors.base import Executor, ExitStatus, Handle
+from lights_out_dev.executors.base import Executor, ExitStatus, GpuSample, Handle
 from lights_out_dev.host import procs
 
 GPU_POLL_S = 2.0  # NVML per-process memory / utilisation sampling period
@@ -206,14 +207,12 @@ class WatchResult:
     stopped_after_checkpoint: str | None = None  # the file a time-limit stop waited for (CheckpointClock)
 
 
-def _gpu_sample(gpus: list[int], pids: set[int], limits: Limits) -> tuple[float, float, str | None]:
-    """(VRAM MB used by `pids` on `gpus`, max utilisation % of those GPUs, imbalance sentence or None)."""
-    from lights_out_dev.host import nvml
+def _gpu_figures(sample: GpuSample, limits: Limits) -> tuple[float, float, str | None]:
+    """(VRAM MB used by the run's processes, max utilisation % of its GPUs, imbalance sentence or None)."""
     from lights_out_dev.host.gpu_check import imbalance
-    infos = [i for i in nvml.query_gpus() if i.index in gpus]
-    used = sum(p.used_mb or 0 for i in infos for p in i.processes if p.pid in pids)
-    util = max((i.util_pct or 0 for i in infos), default=0)
-    return used, util, imbalance(infos, limits.imbalance_util_pct, limits.imbalance_mem_pct)
+    used = sum(p.used_mb or 0 for i in sample.gpus for p in i.processes if p.pid in sample.pids)
+    util = max((i.util_pct or 0 for i in sample.gpus), default=0)
+    return used, util, imbalance(sample.gpus, limits.imbalance_util_pct, limits.imbalance_mem_pct)
 
 
 def _extended(time_left: Callable[[], float | None] | None) -> bool:
@@ -303,11 +302,11 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
         if stop is None and use_gpu and now >= next_gpu:
             next_gpu = now + GPU_POLL_S
             try:
-                # torchrun's ranks leave the session: the run token finds them (and their VRAM) too
-                pids = set(procs.run_pids(handle.pgid or handle.pid, handle.extra.get("sid"),
-                                          token=handle.extra.get("token"), since_ticks=handle.start_time,
-                                          boot=handle.extra.get("boot")))
-                used, util, unbalanced = _gpu_sample(gpus, pids, limits)
+                sample = executor.sample_gpus(handle, gpus)
+                if sample is None:  # this executor cannot see the run's GPUs: no GPU checks from now on
+                    use_gpu = False
+                used, util, unbalanced = _gpu_figures(sample, limits) if sample else (0.0, 1.0, None)
+                pids = sample.pids if sample else set()
             except Exception:  # NVML hiccups must not end a healthy run
                 used, util, unbalanced, pids = 0.0, 1.0, None, set()
             if used:

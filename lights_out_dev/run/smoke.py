@@ -103,15 +103,13 @@ def _stop_leftover(run) -> None:
     """A supervisor killed outright (SIGKILL, power loss) during a smoke leaves that trainer running on
     towards its full length: stop it (it must still be the same process) before a new gate starts."""
     from lights_out_dev.executors.base import Handle
-    from lights_out_dev.host import procs
 
     found = _newest_archived(run.path, run.key)
     rec = found[1].smoke_record if found else {}
     if not rec.get("handle") or rec.get("ended_at"):
         return
-    handle = Handle(**rec["handle"])
-    if run.executor.alive(handle) and (handle.kind != "local" or
-                                       procs.same_process(handle.pid, handle.start_time, handle.extra.get("boot"))):
+    handle = Handle.from_dict(rec["handle"])
+    if run.executor.adoptable(handle):
         run.executor.stop(handle, graceful=False, grace_s=0)
         run.say(f"[{run.state.task}] stopped the smoke trainer (pid {handle.pid}) left running by a dead supervisor.")
 
@@ -134,7 +132,7 @@ def gate(run) -> bool:
 
     st, cfg = run.state, run.cfg
     spec, gpus = run._effective_spec(), run._gpus()
-    argv = command.build_argv(spec, gpus, rid=st.rid, run_name=st.run_name + SUFFIX)
+    argv = command.build_argv(spec, run.executor.trainer_gpus(gpus), rid=st.rid, run_name=st.run_name + SUFFIX)
     digest = argv_hash(argv, spec.env)
     earlier = previous_pass(st, run.path, run.key, digest)
     if earlier is not None:
@@ -163,7 +161,7 @@ def gate(run) -> bool:
     try:
         run.start_trainer(argv, env, log_path, gpus, purpose="smoke", env_overrides=env_over,
                           job_name=f"lo-{run.key}-smoke", time_limit_s=limit, **run.placement(spec))
-        record.update(log_path=run.handle.log_path, pid=run.handle.pid, handle=dict(run.handle.__dict__))
+        record.update(log_path=run.handle.log_path, pid=run.handle.pid, handle=run.handle.to_dict())
         st.smoke_record = record
         st.intent = None
         run.save()

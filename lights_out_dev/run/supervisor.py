@@ -28,6 +28,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from lights_out_dev import executors
 from lights_out_dev.core import command
 from lights_out_dev.core.config import ProjectConfig, load_project_or_report
 from lights_out_dev.core.profiles import (
@@ -52,7 +53,6 @@ from lights_out_dev.core.state import (
 from lights_out_dev.core.verdicts import FINAL_STATUSES, StopRequest, Verdict
 from lights_out_dev.errors import LightsOutError
 from lights_out_dev.executors.base import Executor, Handle
-from lights_out_dev.executors.local import LocalExecutor
 from lights_out_dev.host import events, gpu_lock, procs, stopping
 from lights_out_dev.run import run_requests
 from lights_out_dev.run.attempt import (
@@ -205,6 +205,8 @@ class _Run:
             return
         if self.tail is not None:
             self.state.log_offset = self.tail.offset
+        if self.handle is not None and self.state.handle is not None:  # what the executor learned since (node, ...)
+            self.state.handle = self.handle.to_dict()
         try:
             save_state(self.state, self.path)
         except OSError as e:
@@ -293,43 +295,31 @@ class _Run:
         launch's token, never by a pid or a group id alone."""
         st = self.state
         intent, st.intent = st.intent, None
-        if not intent or self.executor.kind != "local":
+        if not intent:
             return
-        token = intent.token
-        same_boot = intent.boot in (None, procs.boot_id())
-        pids = procs.pids_with_env(procs.RUN_TOKEN_VAR, token) if same_boot else []
-        leader = next((p for p in pids if (ps := procs.stat(p)) and ps.sid == p and ps.pgid == p), None)
-        if intent.purpose == "attempt" and leader is not None:
-            ticks = procs.start_ticks(leader)
-            handle = Handle(kind="local", log_path=intent.log_path, pid=leader, pgid=leader,
-                            start_time=float(ticks or 0),
-                            extra={"sid": leader, "gpus": intent.gpus, "token": token, "boot": procs.boot_id()})
+        found = self.executor.recover_launch(intent.token, intent.log_path, intent.gpus, intent.boot,
+                                             adopt=intent.purpose == "attempt")
+        if found.handle is not None:
+            handle, leader = found.handle, found.handle.pid
             st.attempts.append(Attempt(number=len(st.attempts) + 1, argv=intent.argv, gpus=intent.gpus,
                                        env_overrides=intent.env_overrides, started_at=intent.at, pid=leader,
-                                       pgid=leader, log_path=intent.log_path))
+                                       pgid=leader, job_id=handle.job_id, node=handle.node,
+                                       log_path=intent.log_path))
             st.status = "running"
-            st.handle, st.log_offset = handle.__dict__, 0
-            self.say(f"lights-out: found {st.task}'s trainer (pid {leader}) started by a supervisor that died "
+            st.handle, st.log_offset = handle.to_dict(), 0
+            which = f"Slurm job {handle.job_id}" if handle.job_id else f"pid {leader}"
+            self.say(f"lights-out: found {st.task}'s trainer ({which}) started by a supervisor that died "
                      f"before recording it; adopting it as attempt {len(st.attempts)}.")
-        elif pids:
-            left = procs.kill_marked(procs.RUN_TOKEN_VAR, token)
-            self.say(f"lights-out: stopped {len(pids)} process(es) of a launch of {st.task} that its supervisor "
+        elif found.stopped:
+            left = found.survivors
+            self.say(f"lights-out: stopped {found.stopped} process(es) of a launch of {st.task} that its supervisor "
                      f"never recorded" + (f"; pids {left} survive" if left else "") + ".")
         self.save()
 
     # -- attempts ------------------------------------------------------------------------------
     def _gpus(self) -> list[int] | None:
         """GPUs the attempt runs on: the local lease's, or under a scheduler the job's own cuda:0..N-1."""
-        if self.lease:
-            return self.lease.gpus
-        if self.executor.kind == "slurm":
-            return list(range(self.spec.gpus))
-        return None
-
-    def _trainer_gpus(self, gpus: list[int] | None) -> list[int] | None:
-        if self.executor.kind == "slurm" and self.cfg.slurm.trainer_device == "cpu":
-            return None
-        return gpus
+        return self.executor.attempt_gpus(self.spec.gpus, self.lease.gpus if self.lease else None)
 
     def _effective_spec(self) -> RunSpec:
         eff = self.state.effective
@@ -383,7 +373,7 @@ class _Run:
                 offset = before + (spec.trainer.checkpoint_iteration(resume_from) or 0)
             spec = spec.model_copy(update={"max_iterations": None if budget == "none" else left or spec.max_iterations})
         run_name = st.run_name if n == 1 else f"{st.run_name}_a{n}"  # unique trainer log dir per attempt
-        argv = command.build_argv(spec, self._trainer_gpus(gpus), rid=st.rid, run_name=run_name, extra=extra)
+        argv = command.build_argv(spec, self.executor.trainer_gpus(gpus), rid=st.rid, run_name=run_name, extra=extra)
         env_over = environment(spec, self.executor, gpus, n, spec.trainer.attempt_environment(st.rid, run_name, n))
         env = process_environment(spec, env_over)
         stamp = time.strftime("%Y%m%d_%H%M%S")
@@ -395,7 +385,7 @@ class _Run:
                           node=self.handle.node, log_path=self.handle.log_path, step_offset=offset)
         st.attempts.append(attempt)
         st.status = "running"
-        st.handle = self.handle.__dict__
+        st.handle = self.handle.to_dict()
         st.intent = None
         self.scanner = new_scanner(self.cfg, argv, self.spec, self.root, self._target_iteration(), offset)
         self.tail = LogTail(self.handle.log_path, 0)
@@ -417,7 +407,7 @@ class _Run:
         st = self.state
         attempt = st.current
         hd = st.handle
-        handle = Handle(**hd) if hd else None
+        handle = Handle.from_dict(hd) if hd else None
         self.scanner = new_scanner(self.cfg, attempt.argv, self.spec, self.root, self._target_iteration(),
                                     attempt.step_offset)
         offset = int((st.log_offset or 0))
@@ -430,10 +420,7 @@ class _Run:
             for line in seen.decode(errors="replace").splitlines():
                 self.scanner.feed(line)
         self.tail = LogTail(attempt.log_path, offset) if attempt.log_path else None
-        # Locally the leader itself must live and be the same process (pid + start time): a reused pid is
-        # not ours, and a dead leader with stray children is a finished attempt whose leftovers get killed.
-        ours = handle is not None and self.executor.alive(handle) and (
-            handle.kind != "local" or procs.same_process(handle.pid, handle.start_time, handle.extra.get("boot")))
+        ours = handle is not None and self.executor.adoptable(handle)
         if ours:
             self.handle = handle
             self.say(f"lights-out: adopting {st.task} attempt {attempt.number} (pid {handle.pid}) left running "
@@ -780,7 +767,7 @@ def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *
         raise SupervisorError(f"cannot lock {lock_path(state_path)} ({e.strerror}); make "
                               f"{state_path.parent} writable.") from None
     try:
-        run = _Run(spec, cfg, root, state_path, executor or LocalExecutor(cwd=root), lease, key, status_line,
+        run = _Run(spec, cfg, root, state_path, executor or executors.make("local", cfg, root), lease, key, status_line,
                    sweep, index, phase, should_stop, judge, on_spec_change, fingerprint)
         return run.run(smoke_only)
     finally:
@@ -793,15 +780,6 @@ def _overrides():
     from lights_out_dev.core import overrides
 
     return overrides.current()
-
-
-def _executor_for(name: str, cfg: ProjectConfig, root: Path) -> Executor:
-    if name == "slurm":
-        from lights_out_dev.executors.slurm.executor import (
-            SlurmExecutor,  # written by the Slurm work; optional here
-        )
-        return SlurmExecutor(cfg, root)
-    return LocalExecutor(cwd=root)
 
 
 def write_target(target: Path, state: RunState, state_path: Path) -> None:
@@ -835,16 +813,13 @@ def run_task(spec: RunSpec, target: Path) -> bool:
         try:
             from lights_out_dev.executors.slurm.executor import placement_problem
 
-            # A Slurm job's GPUs are on the cluster's nodes, not on this (login) machine.
-            gpus_here = gpu_lock.gpu_count() if executor_name != "slurm" else max(spec.gpus, gpu_lock.gpu_count())
+            gpus_here = executors.executor_class(executor_name).visible_gpus(spec.gpus, gpu_lock.gpu_count())
             problem = placement_problem(spec, executor_name) or command.launch_problem(spec, root, pin, gpus_here)
             if problem:
                 raise SupervisorError(problem)
-            executor = _executor_for(executor_name, cfg, root)
-            if executor.kind == "local":
-                prefer = [pin] if pin is not None else _running_gpus(state_path)
-                lease = gpu_lock.acquire(spec.gpus, cfg, root, prefer=prefer,
-                                         wait=cfg.monitor.busy_gpu_action == "wait")
+            executor = executors.make(executor_name, cfg, root)
+            prefer = [pin] if pin is not None else _running_gpus(state_path)
+            lease = executor.lease(spec.gpus, prefer=prefer, wait=cfg.monitor.busy_gpu_action == "wait")
             Path(target).unlink(missing_ok=True)  # a target from an earlier run must not outlive this one's failure
             state = supervise(spec, cfg, root, state_path, executor=executor, lease=lease, run_key=run_key(spec.task),
                               should_stop=stopping.requested, on_spec_change=on_change)

@@ -275,7 +275,7 @@ class Sweep:
                  status_line: Callable[[str], None] = print_line):
         self.loaded, self.cfg, self.root = loaded, cfg, root
         self.paths = paths_for(root, cfg, loaded.name)
-        self.executor_kind = executor
+        self.executor_kind = executor or cfg.executor
         self._array = None  # the running phase's Slurm job array (plan slurm_array), see _job_array
         say_lock = threading.Lock()
 
@@ -661,13 +661,11 @@ class Sweep:
         return with_overrides(spec_for(run, self.root, self.cfg), self.paths.state(run.index))
 
     def _executor(self):
-        kind = self.executor_kind or self.cfg.executor
-        if kind == "slurm":
-            from lights_out_dev.executors.slurm.executor import SlurmExecutor
+        """As supervisor.run_task builds it; with the plan's slurm_array, sharing the phase's job array."""
+        from lights_out_dev import executors
 
-            # as supervisor.run_task builds it; with the plan's slurm_array, sharing the phase's job array
-            return SlurmExecutor(self.cfg, self.root, array=self._array)
-        return None  # the supervisor's default: LocalExecutor
+        return executors.make(self.executor_kind, self.cfg, self.root,
+                              **({"array": self._array} if self._array is not None else {}))
 
     @staticmethod
     def _measured_peak(state: RunState | None) -> float | None:
@@ -706,29 +704,29 @@ class Sweep:
 
     def _job_array(self, pending: list[PlannedRun], smoke_only: bool):
         """The phase's Slurm job array (plan `slurm_array: K`): the first launches of its single-GPU runs
-        that have not started yet join it; None when the plan has none or runs locally."""
-        k = self.loaded.plan.slurm_array
-        if not k or smoke_only or (self.executor_kind or self.cfg.executor) != "slurm":
-            return None
-        from lights_out_dev.executors.slurm.executor import JobArray
+        that have not started yet join it; None when the plan has none or its executor batches nothing."""
+        from lights_out_dev import executors
 
+        k = self.loaded.plan.slurm_array
+        if not k or smoke_only:
+            return None
         fresh = [r for r in pending if r.task is not None and r.gpus <= 1 and r.nodes == 1
                  and not _started(read_state(self.paths.state(r.index)))]
         name = f"lo-sweep__{self.loaded.name}-p{fresh[0].phase}" if fresh else ""
-        return JobArray(k, expected=len(fresh), name=name) if len(fresh) > 1 else None
+        if len(fresh) <= 1:
+            return None
+        return executors.executor_class(self.executor_kind).job_array(k, expected=len(fresh), name=name)
 
     def _try_lease(self, n: int, state: RunState | None, run: PlannedRun | None = None):
         """A lease, or None when no slot is free now. A run whose trainer may still be alive (left
         'running' by a killed sweep) gets the GPUs it is on, so an adopted trainer keeps its GPU."""
-        from lights_out_dev.host.gpu_lock import GpuLockError, acquire
+        from lights_out_dev.host.gpu_lock import GpuLockError
 
-        if (self.executor_kind or self.cfg.executor) == "slurm":
-            return _SchedulerLease()  # Slurm allocates the GPUs and queues the jobs (as run_task does)
         prefer = None
         if state and state.status == "running" and state.current and state.current.verdict is None:
             prefer = list(state.current.gpus) if state.current.gpus else None
-        try:
-            return acquire(n, self.cfg, self.root, prefer=prefer, wait=False)
+        try:  # a scheduler's executor (Slurm) hands out a lease that holds nothing here: it allocates the GPUs
+            return self._executor().lease(n, prefer=prefer, wait=False)
         except GpuLockError as e:
             self._lease_blocker = str(e)
             return self._packed_lease(run, state) if run is not None and prefer is None else None
@@ -738,6 +736,8 @@ class Sweep:
 
         smoke_only: only the smoke gates of the runs that have one and no attempt yet (plan `smoke_first`);
         a failed gate fails its run, a passed one is reused by the run's long attempt."""
+        from lights_out_dev import executors
+
         _warm_imports()
         runs = [self.loaded.run(i) for i in indices]
         pending = [r for r in runs if not is_final(read_state(self.paths.state(r.index)))]
@@ -779,7 +779,7 @@ class Sweep:
                             pending.remove(run)
                             continue
                     need = self._needed_gpus(run) if n_gpu else 1  # CPU: one slot per run (ranks share it)
-                    if n_gpu and need > n_gpu:
+                    if n_gpu and need > executors.executor_class(self.executor_kind).visible_gpus(need, n_gpu):
                         self._skip(run, f"it needs {need} GPUs and this machine has {n_gpu}")
                         pending.remove(run)
                         continue
@@ -912,15 +912,6 @@ class Sweep:
                 self.write_target(index, state)
             return True
         return False
-
-
-class _SchedulerLease:
-    """No local lease: the job scheduler (Slurm) owns GPU allocation."""
-
-    gpus = None
-
-    def release(self) -> None:
-        pass
 
 
 def _warm_imports() -> None:

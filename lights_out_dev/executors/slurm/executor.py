@@ -19,12 +19,24 @@ Job arrays: `JobArray` gathers the first launches of several runs (a sweep phase
 `sbatch --array=0-<n-1>%K`; each run keeps its own handle (job id `<array>_<i>`), log, state and
 retries (a retry is a job of its own).
 
+GPUs: Slurm allocates them (`--gres`), so the run holds no local lease (base.SchedulerLease) and sets
+no CUDA_VISIBLE_DEVICES itself; the trainer addresses the job's own cuda:0..N-1, or the CPU with
+`slurm.trainer_device = "cpu"`. The submitting host's NVML is never sampled as the run's: it sees other
+GPUs than the job's. Sampling on the node (`srun --overlap` every few seconds) is not cheap, so the
+VRAM, idle-GPU and imbalance checks do not run for Slurm jobs (the GPU guard still checks the
+allocation inside the job).
+
+A launch written ahead but not recorded (the supervisor died between sbatch and its next save) is found
+again by its batch script: the queued job whose command is the script beside the launch's log, which
+carries the launch's run token. (An array element's script is the array's: it is not found.)
+
 All Slurm commands are argv lists; user values reach Slurm only through the generated script
 (lights_out_dev/executors/slurm/jobscript.py) with every value quoted.
 """
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -36,9 +48,10 @@ from pathlib import Path
 from lights_out_dev.core.config import PACKAGE_PARENT, ProjectConfig
 from lights_out_dev.core.spec import RunSpec
 from lights_out_dev.core.state import atomic_write_text
-from lights_out_dev.executors.base import ExitStatus, Handle
+from lights_out_dev.executors.base import ExitStatus, Handle, Recovered, SchedulerLease
 from lights_out_dev.executors.local import LaunchError
 from lights_out_dev.executors.slurm import jobscript
+from lights_out_dev.host.procs import RUN_TOKEN_VAR
 
 # A job in one of these states still holds (or will hold) resources and may run processes.
 ACTIVE_STATES = frozenset({
@@ -238,7 +251,6 @@ class SlurmExecutor:
 
     kind = "slurm"
     poll_interval_s = 0.5  # how often squeue is asked while a job runs (and monitor's tick)
-    pins_gpus_itself = True  # the job's --gres allocation sets CUDA_VISIBLE_DEVICES on the node
 
     def __init__(self, cfg: ProjectConfig, root: Path, *, runtime_check: bool = False,
                  array: JobArray | None = None):
@@ -249,6 +261,30 @@ class SlurmExecutor:
         self._seen: dict[str, tuple[float, JobInfo | None]] = {}
         self._accounting: bool | None = None
         self._ended: dict[str, ExitStatus] = {}
+        self._noted: dict[str, tuple[str, float]] = {}  # job id -> (pending reason, when) last written to the log
+
+    # -- before a launch -----------------------------------------------------------------------
+    @classmethod
+    def visible_gpus(cls, needed: int, here: int) -> int:
+        """A job's GPUs are on the cluster's nodes, not on this (login) machine; sbatch refuses what no node has."""
+        return max(needed, here)
+
+    @classmethod
+    def job_array(cls, max_parallel: int, expected: int, name: str) -> JobArray:
+        return JobArray(max_parallel, expected=expected, name=name)
+
+    def lease(self, n_gpus: int, *, prefer: list[int] | None = None, wait: bool = False) -> SchedulerLease:
+        return SchedulerLease()  # Slurm allocates the GPUs and queues the jobs
+
+    def attempt_gpus(self, spec_gpus: int, lease_gpus: list[int] | None) -> list[int] | None:
+        """The job's own GPUs as its trainer sees them, cuda:0..N-1, whatever the (empty) lease says."""
+        return list(range(spec_gpus)) or None
+
+    def trainer_gpus(self, gpus: list[int] | None) -> list[int] | None:
+        return None if self.slurm.trainer_device == "cpu" else gpus
+
+    def gpu_env(self, spec: RunSpec, gpus: list[int] | None) -> dict[str, str]:
+        return {}  # Slurm sets CUDA_VISIBLE_DEVICES for the allocation
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, argv: list[str], env: dict[str, str], log_path: Path, gpus: list[int] | None,
@@ -291,9 +327,9 @@ class SlurmExecutor:
         self._note(str(log_path), f"lights-out: submitted Slurm job {job_id} "
                                   f"({Path(script_name).name if script_name else log_path.with_suffix('.sbatch').name})")
         # start_time stays None: it means a local process start time (procs.alive), not a wall time.
-        handle = Handle(kind="slurm", log_path=str(log_path), job_id=job_id,
-                        extra={"script": script_name or str(log_path.with_suffix(".sbatch")), "submitted_at": now,
-                               "pending_since": now, "gpus": n_gpus, "nodes": req.nodes})
+        handle = Handle(kind=self.kind, log_path=str(log_path), gpus=list(range(n_gpus)) or None, job_id=job_id,
+                        nodes=req.nodes, script=script_name or str(log_path.with_suffix(".sbatch")),
+                        submitted_at=now, pending_since=now)
         deadline = time.monotonic() + START_WAIT_S
         while time.monotonic() < deadline:
             info = self._poll(handle, fresh=True)
@@ -365,22 +401,48 @@ class SlurmExecutor:
             info = self._query(handle.job_id)
         except SlurmControllerDown:
             # Not an end: the job may well be running; keep the last known state and ask again.
-            handle.extra["controller"] = "unreachable"
             return seen[1] if seen else JobInfo("UNKNOWN", "controller unreachable", handle.node)
-        handle.extra.pop("controller", None)
         self._seen[handle.job_id] = (now, info)
         if info is not None:
             if info.node and info.state != "PENDING":
                 handle.node = info.node
             if info.state == "RUNNING":
-                handle.extra["ran"] = True  # back to PENDING after this = requeued
-            handle.extra["state"] = info.state
+                handle.ran = True  # back to PENDING after this = requeued
         return info
 
     def alive(self, handle: Handle) -> bool:
         """True while Slurm holds the job (pending, running, completing) or cannot be asked."""
         info = self._poll(handle, fresh=True)
         return info is not None and (info.state in ACTIVE_STATES or info.state == "UNKNOWN")
+
+    def adoptable(self, handle: Handle) -> bool:
+        """Slurm still holds the job: its id is the proof, the processes are the node's business."""
+        return self.alive(handle)
+
+    def recover_launch(self, token: str, log_path: str, gpus: list[int] | None, boot: str | None, *,
+                       adopt: bool) -> Recovered:
+        """The job of this user whose command is the launch's batch script, proven by the token in it."""
+        script = (self.root / log_path).with_suffix(".sbatch")  # as start() wrote it (an absolute path stays)
+        try:
+            ours = f"export {RUN_TOKEN_VAR}={token}\n" in script.read_text()
+        except OSError:  # never written: sbatch was not reached
+            return Recovered()
+        if not ours:  # an earlier launch's script of the same log name
+            return Recovered()
+        proc = _run(["squeue", "-h", "-u", pwd.getpwuid(os.getuid()).pw_name, "-o", "%i|%o"])
+        jobs = [line.split("|", 1)[0] for line in proc.stdout.splitlines()
+                if line.partition("|")[2].strip() == str(script)]
+        if not jobs:
+            return Recovered()
+        handle = Handle(kind=self.kind, log_path=log_path, gpus=gpus, job_id=jobs[-1], script=str(script),
+                        pending_since=time.time())
+        self._poll(handle, fresh=True)  # its node, and whether it already ran
+        if adopt:
+            return Recovered(handle=handle)
+        return Recovered(stopped=1, survivors=self.stop(handle, graceful=False, grace_s=0))
+
+    def sample_gpus(self, handle: Handle, gpus: list[int]) -> None:
+        return None  # the job's GPUs are on its node; this host's NVML would report others (module doc)
 
     def wait(self, handle: Handle, timeout: float) -> ExitStatus | None:
         if handle.job_id in self._ended:
@@ -390,14 +452,14 @@ class SlurmExecutor:
             info = self._poll(handle)
             if info is None or (info.state not in ACTIVE_STATES and info.state != "UNKNOWN"):
                 return self._finish(handle, info)
-            if info.state in REQUEUED_STATES and handle.extra.get("ran"):
+            if info.state in REQUEUED_STATES and handle.ran:
                 return self._requeued(handle, info)
             if info.state == "PENDING":
                 status = self._pending(handle, info)
                 if status is not None:
                     return status
             elif info.state != "UNKNOWN":
-                handle.extra.pop("pending_since", None)  # a requeued job starts a new pending spell
+                handle.pending_since = None  # a requeued job starts a new pending spell
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -405,13 +467,14 @@ class SlurmExecutor:
 
     def _pending(self, handle: Handle, info: JobInfo) -> ExitStatus | None:
         """Note the pending reason in the log; past slurm.pending_timeout_s cancel the job."""
-        waited = time.time() - handle.extra.setdefault("pending_since", time.time())
+        if handle.pending_since is None:
+            handle.pending_since = time.time()
+        waited = time.time() - handle.pending_since
         sentence = pending_sentence(handle.job_id, info.reason, waited, self.slurm.partition)
-        last_reason, last_at = handle.extra.get("pending_reason"), handle.extra.get("pending_noted_at", 0.0)
+        last_reason, last_at = self._noted.get(handle.job_id, (None, 0.0))
         if info.reason != last_reason or time.time() - last_at >= PENDING_NOTE_EVERY_S:
             self._note(handle.log_path, f"lights-out: {sentence}")
-            handle.extra["pending_reason"], handle.extra["pending_noted_at"] = info.reason, time.time()
-        handle.extra["pending"] = sentence
+            self._noted[handle.job_id] = (info.reason, time.time())
         limit = self.slurm.pending_timeout_s
         if limit is None or limit <= 0 or waited < limit or ARRAY_LIMIT_REASON in info.reason:
             return None
@@ -551,3 +614,4 @@ class SlurmExecutor:
     def forget(self, handle: Handle) -> None:
         self._seen.pop(handle.job_id, None)
         self._ended.pop(handle.job_id, None)
+        self._noted.pop(handle.job_id, None)
