@@ -466,3 +466,111 @@ def test_rsl_rl_script_completes_at_its_final_iteration_and_resumes_a_sigkill_fr
     assert done >= 6 and flag(second["argv"], "--iterations") == str(80 - done)
     assert st["final"]["iteration"] == 80 and st["final"]["steps_per_s"] > 0 and st["final"]["mean_reward"] is not None
     assert_no_trainer_left(st)
+
+
+# -- time limit and smoke gate on the real third-party trainers, as for Isaac Lab ------------------------
+
+# (task, flags of its own making checkpoints come every ~second, the checkpoint interval in its progress unit)
+SAVING_OFTEN = {
+    "sb3": (SB3, ["--save_freq", "1024"], 1024),  # two 512-step rollouts per checkpoint
+    "skrl": (SKRL, ["--checkpoint_interval", "1000"], 1000),
+    "rsl_rl": (RSL, ["--num_envs", "16", "--save_interval", "10"], 10),
+}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("profile", sorted(SAVING_OFTEN))
+def test_smoke_gate_passes_on_its_own_progress_then_the_time_limit_stops_right_after_its_checkpoint(
+        tmp_path: Path, profile: str):
+    task, own_flags, interval = SAVING_OFTEN[profile]
+    repo = repo_with(tmp_path)
+    p = doit_run(repo, task, "--max_iterations", "1000000", *own_flags, "--smoke", "--time_limit", "20s")
+    assert p.returncode == 0, out(p)
+    st = run_state(repo, task)
+    gate = st["extra"]["smoke"]
+    assert st["smoke"] == "passed" and gate["progress"]["iteration"] > 0, gate  # its own progress, not a 0/N bar
+    assert "first update completed" in gate["reason"] and flag(gate["argv"], "--run_name").endswith("_smoke")
+    assert verdicts(st) == ["timeout"] and st["status"] == "timeout"
+    a = st["attempts"][0]
+    assert a["started_at"] >= gate["ended_at"]  # the long run came after the gate
+    # none of these trainers saves when interrupted: stopped right after a checkpoint it saved itself
+    assert not resolve_profile(profile, {}).saves_on_interrupt
+    reason = a["reason"]
+    assert reason.startswith("stopped at the time limit at ") and "right after its checkpoint " in reason, reason
+    saved_name = reason.split("right after its checkpoint ")[1].split(" ")[0]
+    assert Path(st["checkpoints"][-1]).name == saved_name  # kept, and nothing newer was saved before the stop
+    assert (Path(a["checkpoint_dir"]) / saved_name).exists()
+    saved = resolve_profile(profile, {}).checkpoint_iteration(saved_name)
+    assert 0 < saved <= st["final"]["iteration"] <= saved + interval  # at most one interval of training lost
+    assert_no_trainer_left(st)
+
+
+# (task, what makes its gate unable to pass)
+NEVER_PASSES = {
+    "sb3": (SB3, ["--n_steps", "200000"]),  # its first rollout (800k steps) never ends within the start-up limit
+    "skrl": (SKRL, ["--env", "NoSuchEnv-v0"]),  # argparse: the last --env wins
+    "rsl_rl": (RSL, ["--env", "NoSuchEnv-v0"]),
+}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("profile", sorted(NEVER_PASSES))
+def test_a_smoke_gate_that_cannot_pass_fails_the_run_before_its_long_attempt(tmp_path: Path, profile: str):
+    task, breaking = NEVER_PASSES[profile]
+    repo = repo_with(tmp_path, startup_stall_s=25)
+    p = doit_run(repo, task, "--max_iterations", "1000000", *breaking, "--smoke")
+    assert p.returncode != 0
+    st = run_state(repo, task)
+    assert st["smoke"].startswith("failed: ") and st["status"] == "failed", st["smoke"]
+    assert st["attempts"] == [] and st["reason"].startswith("smoke failed: ")  # no long attempt started
+    assert Path(st["extra"]["smoke"]["log_path"]).exists()
+
+
+# -- a trainer that finished but hangs at exit is completed, not killed and retried ----------------------
+
+HANG_AFTER = '''"""Runs a trainer script to its end, then hangs on the way out (as Isaac Sim can)."""
+import runpy, sys, time
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+print("trainer returned; hanging at exit", flush=True)
+time.sleep(3600)
+'''
+SB3_HANGS = '''
+[tool.lights_out.trainers.sb3_hangs]
+extends = "sb3"
+script = "hang_after.py"
+script_args = ["workloads/third_party/sb3_ppo.py"]
+flags = { task = "" }
+[tool.lights_out.launchers.lab]
+trainer = "sb3_hangs"
+'''
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("completion", ["exit0", "final progress", "sb3 (real)"])
+def test_a_trainer_that_finished_and_hangs_at_exit_is_stopped_and_completed(tmp_path: Path, completion: str):
+    """Known only from its progress at its total (exit-0 and rsl_rl-style profiles print no end marker)."""
+    task = "cartpole:base"
+    if completion == "sb3 (real)":
+        repo = repo_with(tmp_path, SB3_HANGS, stall_s=5)
+        (repo / "hang_after.py").write_text(HANG_AFTER)
+        args, env, total = ["--max_iterations", "1024", "--num_envs", "4"], {}, 1024
+    else:
+        marker = "completion = ['=== all steps done ===']"
+        repo = repo_with(tmp_path, MY_PROFILE.replace(marker, "completion = " + (
+            '"exit0"' if completion == "exit0" else "[]")), stall_s=5)
+        (repo / "mytrainer.py").write_text(MY_TRAINER.replace(
+            'print("=== all steps done ===", flush=True)',
+            'print("=== all steps done ===", flush=True)\nif os.environ.get("HANG_AT_EXIT"):\n    time.sleep(3600)'))
+        args, env, total = ["--max_iterations", "6"], {"HANG_AT_EXIT": "1"}, 6
+    p = subprocess.run([*DOIT, task, *args], cwd=repo, env={**env_for(repo), **env}, capture_output=True,
+                       text=True, timeout=500)
+    assert p.returncode == 0, out(p)
+    st = run_state(repo, task)
+    assert verdicts(st) == ["completed"] and st["status"] == "completed"  # not killed, crash or stall, no retry
+    a = st["attempts"][0]
+    assert "then hung at exit and was stopped" in a["reason"] and f"{total}/{total}" in a["reason"], a["reason"]
+    assert a["signal"] == signal.SIGINT or a["exit_code"] in (1, 128 + signal.SIGINT)  # the graceful stop
+    assert st["final"]["iteration"] == total and st["checkpoints"]
+    assert_no_trainer_left(st)

@@ -42,6 +42,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
+UNIT_LABELS = {"iteration": "it", "timestep": "steps"}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -75,7 +78,8 @@ class Observe(_Strict):
                                               "per-iteration block and Isaac Lab's run-directory lines; none = "
                                               "only the regexes below")
     progress: str | None = Field(default=None, description="iterations or timesteps done (and of how many)")
-    unit: Literal["iteration", "timestep"] = Field(default="iteration", description="what progress counts")
+    unit: Literal["iteration", "timestep"] = Field(default="iteration", description="what progress counts; "
+                                                   "status lines show it as `it` or `steps`")
     fps: str | None = None
     reward: str | None = None
     episode_length: str | None = None
@@ -87,6 +91,11 @@ class Observe(_Strict):
         default_factory=lambda: ["Training time:"],
         description="regexes that mean training finished (the reason names the one that matched), or "
                     "'exit0' for a trainer that prints no marker: exit 0 with no error is completion")
+
+    @property
+    def unit_label(self) -> str:
+        """The unit as status lines print it before `done/total`."""
+        return UNIT_LABELS[self.unit]
 
     @field_validator("completion", mode="before")
     @classmethod
@@ -111,7 +120,8 @@ class Observe(_Strict):
 class MetricTags(_Strict):
     """The TensorBoard tags that mean reward, FPS and episode length for this trainer. Plans, promotion and
     evaluation name metrics by rsl_rl's tags (`Train/mean_reward`, ...) or by `reward`/`fps`/`episode_length`;
-    both mean these tags (see `resolve`)."""
+    both mean these tags (see `resolve`). A number the log does not print (no `observe` regex, no built-in
+    parser: skrl's reward) is read from its tag while the run goes; "" = no such tag."""
 
     reward: str = "Train/mean_reward"
     fps: str = "Perf/total_fps"

@@ -12,8 +12,10 @@ offset and any partial last line) and feeds them to the LogScanner. Decisions th
   startup_stall_s before the first iteration, for stall_s after it, or
   (with a GPU) all processes asleep at 0 % GPU for idle_gpu_stall_s -> SIGKILL, stopped_by='stall'
 - multi-GPU load imbalance (gpu_check.imbalance) lasting idle_gpu_stall_s -> SIGKILL, stopped_by='imbalance'
-- silent for stall_s after the end marker ('Training time:'): a hang at exit -> graceful stop,
-  stopped_by=None, so the finished run is classified completed
+- silent for stall_s after training finished (its completion marker, or its progress at its total: the
+  only sign an exit-0 or rsl_rl profile gives): a hang at exit -> graceful stop, stopped_by='hang_exit',
+  so the finished run is classified completed, not killed and retried
+Numbers the log does not print (skrl's reward) are read from the run's TensorBoard tags every TB_POLL_S.
 After any end the run's whole group/session is killed and waited for (survivors reported by pid).
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from lights_out_dev.executors.base import Executor, ExitStatus, Handle
 from lights_out_dev.host import procs
 
 GPU_POLL_S = 2.0  # NVML per-process memory / utilisation sampling period
+TB_POLL_S = 2.0  # TensorBoard reads for the numbers a trainer logs only there
 READ_CHUNK = 1 << 20
 # A line ends at \n, and also at a lone \r: a progress bar redrawn with \r is read as it goes, not kept
 # in memory until a newline that may never come.
@@ -168,7 +171,7 @@ class CheckpointClock:
 @dataclass
 class WatchResult:
     exit: ExitStatus | None
-    stopped_by: str | None  # None | 'stall' | 'timeout' | 'user'
+    stopped_by: str | None  # None | 'stall' | 'timeout' | 'user' | 'imbalance' | 'hang_exit'
     trigger: str  # exit | signature:<cls> | stall | startup_stall | idle_gpu | hang_exit | timeout | user
     detected_at: float  # wall time the loop noticed the end condition (benchmarks use it)
     survivors: list[int] = field(default_factory=list)
@@ -215,7 +218,7 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
     start = last_output = last_status = time.monotonic()
     deadline = None if limits.time_left_s is None else start + max(0.0, limits.time_left_s)
     healthy_at = peak = idle_since = imbalanced_since = imbalance = None
-    next_gpu = start
+    next_gpu = next_tb = start
     tb_dir = scanner.tb_dir
     last_progress = scanner.progress.model_dump()
     received = tail.received
@@ -231,12 +234,16 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
         if tail.received != received:  # any byte is a sign of life, newline or not
             received = tail.received
             last_output = now
-        if lines:
-            for line in lines:
-                scanner.feed(line)
-            if scanner.tb_dir != tb_dir:
-                tb_dir = scanner.tb_dir
-                notify("tb_dir")
+        for line in lines:
+            scanner.feed(line)
+        if lines and scanner.tb_dir != tb_dir:
+            tb_dir = scanner.tb_dir
+            notify("tb_dir")
+        tb_read = False
+        if now >= next_tb:
+            next_tb = now + TB_POLL_S
+            tb_read = scanner.read_tensorboard()
+        if lines or tb_read:
             progress = scanner.progress.model_dump()
             if progress != last_progress:
                 last_progress = progress
@@ -260,10 +267,10 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
             stop = ("timeout_at_checkpoint", "timeout", True)
         elif not scanner.first_iteration_seen and now - last_output >= limits.startup_stall_s:
             stop = ("startup_stall", "stall", False)
-        elif scanner.end_marker and now - last_output >= limits.stall_s:
+        elif scanner.training_finished and now - last_output >= limits.stall_s:
             # Training finished and saved; the process hangs on its way out (Isaac Sim does): a clean-up
             # stop, not a stall, so the run still counts as completed.
-            stop = ("hang_exit", None, True)
+            stop = ("hang_exit", "hang_exit", True)
         elif scanner.first_iteration_seen and now - last_output >= limits.stall_s:
             stop = ("stall", "stall", False)
         if stop is None and deadline is not None and now >= deadline:  # extended: the new limit counts from now

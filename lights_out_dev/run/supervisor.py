@@ -220,8 +220,10 @@ def _classify(scanner, exit_status, stopped_by) -> tuple[Verdict, str]:
     if verdict in (Verdict.running, Verdict.healthy):
         # Only an adopted trainer (not our child) ends with an unknown exit code; judge it by its log.
         unknown = (exit_status.reason if exit_status and exit_status.reason else "exit code unknown")
-        if scanner.end_marker:
-            return Verdict.completed, f"finished: {scanner.end_marker_text!r} in the log ({unknown})"
+        if scanner.end_marker or (scanner.training_finished and not scanner.exit0_completes):
+            what = (repr(scanner.end_marker_text) if scanner.end_marker else
+                    f"progress {scanner.progress.iteration}/{scanner.progress.total}")
+            return Verdict.completed, f"finished: {what} in the log ({unknown})"
         return Verdict.crash, f"ended with no end marker and no known error signature ({unknown})"
     return verdict, reason
 
@@ -570,7 +572,8 @@ class _Run:
         st, a = self.state, self.state.current
         where = "cpu" if not a or a.gpus is None else "gpu" + ",".join(map(str, a.gpus))
         p = self.scanner.progress if self.scanner else Progress()
-        it = f"it {p.iteration if p.iteration is not None else '-'}/{p.total if p.total is not None else '-'}"
+        unit = self.spec.trainer.observe.unit_label
+        it = f"{unit} {p.iteration if p.iteration is not None else '-'}/{p.total if p.total is not None else '-'}"
         reward = "-" if p.mean_reward is None else f"{p.mean_reward:.3g}"
         parts = [f"[{st.task} a{a.number if a else 0} {where}]", it, f"{_fmt_rate(p.steps_per_s)} steps/s",
                  f"reward {reward}", f"{_fmt_clock(self._used_s())}/{_fmt_clock(self.limit)}"]
