@@ -470,10 +470,27 @@ def test_rsl_rl_script_completes_at_its_final_iteration_and_resumes_a_sigkill_fr
 
 # -- time limit and smoke gate on the real third-party trainers, as for Isaac Lab ------------------------
 
-# (task, flags of its own making checkpoints come every ~second, the checkpoint interval in its progress unit)
+# The clock that stops a trainer right after its own checkpoint learns the save period from the saves it sees,
+# so the test needs a steady pace on a machine loaded by other work: gymnasium's CartPole with 2 ms per step
+# (gymnasium imports `module:` in an env id), everything else the real trainer's own.
+SLOW_CARTPOLE = """import time
+import gymnasium as gym
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+
+class SlowCartPole(CartPoleEnv):
+    def step(self, action):
+        time.sleep(0.002)
+        return super().step(action)
+
+
+gym.register("SlowCartPole-v1", entry_point=SlowCartPole, max_episode_steps=500)
+"""
+PACED = ["--env", "slow_cartpole:SlowCartPole-v1"]
+# (task, its own flags for a save every second or so, the checkpoint interval in its progress unit)
 SAVING_OFTEN = {
-    "sb3": (SB3, ["--save_freq", "1024"], 1024),  # two 512-step rollouts per checkpoint
-    "skrl": (SKRL, ["--checkpoint_interval", "1000"], 1000),
+    "sb3": (SB3, [*PACED, "--save_freq", "512"], 512),  # each 512-step rollout
+    "skrl": (SKRL, [*PACED, "--checkpoint_interval", "250"], 250),
     "rsl_rl": (RSL, ["--num_envs", "16", "--save_interval", "10"], 10),
 }
 
@@ -484,7 +501,8 @@ def test_smoke_gate_passes_on_its_own_progress_then_the_time_limit_stops_right_a
         tmp_path: Path, profile: str):
     task, own_flags, interval = SAVING_OFTEN[profile]
     repo = repo_with(tmp_path)
-    p = doit_run(repo, task, "--max_iterations", "1000000", *own_flags, "--smoke", "--time_limit", "20s")
+    (repo / "slow_cartpole.py").write_text(SLOW_CARTPOLE)
+    p = doit_run(repo, task, "--max_iterations", "1000000", *own_flags, "--smoke", "--time_limit", "30s")
     assert p.returncode == 0, out(p)
     st = run_state(repo, task)
     gate = st["extra"]["smoke"]

@@ -166,6 +166,10 @@ class TrainerProfile(_Strict):
                                      description="start from another run's checkpoint")
     saves_on_interrupt: bool = Field(default=False, description="SIGINT makes it save a checkpoint and exit; "
                                      "else a time limit stops it right after a checkpoint it saved itself")
+    save_proven_after: int = Field(default=2, ge=0, description="how far progress must be past a checkpoint's "
+                                   "number before that save has surely returned (a time limit then stops right "
+                                   "after it): rsl_rl prints an iteration, then saves it (2); SB3's "
+                                   "CheckpointCallback saves inside the rollout its table reports afterwards (0)")
     newton_selector: str = "physics=newton"
     checkpoint_pattern: str = Field(default=r"model_(\d+)\.pt",
                                     description="checkpoint file names; group 1 is the iteration or timestep")
@@ -263,6 +267,7 @@ BUILTIN_PROFILES: dict[str, dict] = {
         finetune_args=["--resume", "{checkpoint}"],
         checkpoint_pattern=r"rl_model_(\d+)_steps\.zip",
         checkpoint_dir="logs/sb3/{run_name}/checkpoints",
+        save_proven_after=0,
         observe=dict(parser="none", unit="timestep", completion="exit0",
                      progress=r"^\|\s*total_timesteps\s*\|\s*(?P<done>\d+)",
                      fps=r"^\|\s*fps\s*\|\s*(?P<value>\S+)",

@@ -103,15 +103,16 @@ class Limits:
     # Set for trainers that save nothing when interrupted: the time limit then stops the run right after
     # a checkpoint it saved itself (see CheckpointClock) instead of losing what it trained since.
     checkpoint_pattern: str | None = None
+    save_proven_after: int = 2  # the profile's: progress past a checkpoint's number that proves its save done
 
     @classmethod
     def from_config(cls, monitor, time_left_s: float | None, tick_s: float = 0.1,
-                    checkpoint_pattern: str | None = None) -> "Limits":
+                    checkpoint_pattern: str | None = None, save_proven_after: int = 2) -> "Limits":
         return cls(stall_s=monitor.stall_s, startup_stall_s=monitor.startup_stall_s,
                    idle_gpu_stall_s=monitor.idle_gpu_stall_s, time_left_s=time_left_s, grace_s=monitor.grace_s,
                    status_interval_s=monitor.status_interval_s, tick_s=tick_s,
                    imbalance_util_pct=monitor.imbalance_util_pct, imbalance_mem_pct=monitor.imbalance_mem_pct,
-                   checkpoint_pattern=checkpoint_pattern)
+                   checkpoint_pattern=checkpoint_pattern, save_proven_after=save_proven_after)
 
 
 class CheckpointClock:
@@ -119,15 +120,17 @@ class CheckpointClock:
 
     Isaac Lab's trainers save only every `save_interval` iterations and nothing on SIGINT/SIGTERM, so a
     stop at the limit loses up to a whole interval. This clock learns the interval in seconds from the
-    checkpoints it sees appear, and says "stop now" right after a save has completed (the trainer has
-    printed a later iteration, which it does only after `save()` returned) when waiting for the next one
+    checkpoints it sees appear, and says "stop now" right after a save has completed (the trainer's progress
+    is `save_proven_after` past the checkpoint's number, which it prints only after `save()` returned: 2 for
+    rsl_rl, 0 for SB3, whose table comes after the rollout that saved) when waiting for the next one
     would overrun the limit: nothing trained is lost and the limit is kept. Without two checkpoints seen
     there is no estimate, and the limit itself stops the run."""
 
     POLL_S = 0.5
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, save_proven_after: int = 2):
         self._pattern = re.compile(pattern)
+        self._proven_after = save_proven_after
         self._seen: dict[int, float] = {}  # checkpoint iteration -> monotonic time first seen
         self._names: dict[int, str] = {}
         self._next_poll = 0.0
@@ -161,11 +164,12 @@ class CheckpointClock:
         if not self._seen or finished_iterations is None:
             return False
         newest = max(self._seen)
-        if newest == self._decided_for or finished_iterations < newest + 2:  # save not surely complete yet
+        if newest == self._decided_for or finished_iterations < newest + self._proven_after:  # may still be saving
             return False
         self._decided_for = newest
         period = self.period_s()
-        return period is not None and now + period > deadline
+        # the next chance to stop comes up to a poll after the next save: it must not fall after the limit
+        return period is not None and now + period + self.POLL_S > deadline
 
 
 @dataclass
@@ -223,7 +227,8 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
     last_progress = scanner.progress.model_dump()
     received = tail.received
     use_gpu = bool(gpus)
-    clock = CheckpointClock(limits.checkpoint_pattern) if (limits.checkpoint_pattern and deadline) else None
+    clock = (CheckpointClock(limits.checkpoint_pattern, limits.save_proven_after)
+             if (limits.checkpoint_pattern and deadline) else None)
     stop: tuple[str, str | None, bool] | None = None  # (trigger, stopped_by, graceful)
     exit_status: ExitStatus | None = None
 

@@ -638,7 +638,8 @@ class _Run:
                 limits = Limits.from_config(self.cfg.monitor, self._time_left(),
                                             tick_s=getattr(self.executor, "poll_interval_s", 0.1),
                                             checkpoint_pattern=None if trainer.saves_on_interrupt
-                                            else trainer.checkpoint_pattern)
+                                            else trainer.checkpoint_pattern,
+                                            save_proven_after=trainer.save_proven_after)
                 self.stop_request = None
                 result = watch(self.executor, self.handle, self.scanner, limits, self.tail, gpus=attempt.gpus,
                                notify=self._notify, should_stop=self._should_stop, time_left=self._time_left)
