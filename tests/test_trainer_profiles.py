@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -149,7 +150,12 @@ def test_sb3_completes_with_its_own_numbers_checkpoints_and_tensorboard_tags(tmp
     assert [Path(c).name for c in st["checkpoints"]] == ["rl_model_512_steps.zip", "rl_model_1024_steps.zip"]
     final = st["final"]
     assert final["iteration"] == 1024 and final["steps_per_s"] > 0 and final["mean_reward"] > 0
-    assert "steps/s reward" in p.stdout and " it 1024/1024 " in p.stdout  # the status line shows its numbers
+    assert "steps/s reward" in p.stdout and " steps 1024/1024 " in p.stdout  # its numbers, in its unit
+    from lights_out_dev.core.state import load_state
+    from lights_out_dev.views.status import format_row, run_row
+    row = format_row(run_row(None, load_state(repo / "local_experiment_logs/runs/gym_cartpole__sb3.json"), SB3,
+                             time.time()))
+    assert " steps 1024/1024 " in row and " it " not in row  # `lights-out status` too
     from lights_out_dev.core.tb import read_scalars
     assert {"rollout/ep_rew_mean", "time/fps"} <= set(read_scalars(a["tb_dir"]))
     assert_no_trainer_left(st)
@@ -404,11 +410,15 @@ def test_skrl_sigkill_is_retried_from_its_own_checkpoint_and_counts_on_from_it(t
     repo = repo_with(tmp_path)
     # skrl runs ~1,300 steps/s here: 30,000 leaves the kill well inside the run on a fast machine too
     proc = start_doit(repo, SKRL, "--max_iterations", "30000")
+    # skrl prints no reward: while the attempt runs, its reward comes from its TensorBoard tag
     st = wait_for(repo, SKRL, lambda s: _progress(s, 1) >= 300 and bool(s["attempts"][-1].get("checkpoint_dir"))
-                  and (Path(s["attempts"][-1]["checkpoint_dir"]) / "agent_250.pt").exists())
+                  and (Path(s["attempts"][-1]["checkpoint_dir"]) / "agent_250.pt").exists()
+                  and s["attempts"][-1]["progress"]["mean_reward"] is not None)
     os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
     text, _ = proc.communicate(timeout=500)
     assert proc.returncode == 0, text
+    # the live status line: timesteps in its unit, and the reward read from TensorBoard
+    assert re.search(r"\[gym_cartpole:skrl a[12] cpu\] steps \d+/30000 \S+ steps/s reward -?\d", text), text
     st = run_state(repo, SKRL)
     assert verdicts(st) == ["crash", "completed"]
     first, second = st["attempts"]
@@ -523,24 +533,26 @@ def test_smoke_gate_passes_on_its_own_progress_then_the_time_limit_stops_right_a
     assert_no_trainer_left(st)
 
 
-# (task, what makes its gate unable to pass)
+# (task, what makes its gate unable to pass, what the reason says)
 NEVER_PASSES = {
-    "sb3": (SB3, ["--n_steps", "200000"]),  # its first rollout (800k steps) never ends within the start-up limit
-    "skrl": (SKRL, ["--env", "NoSuchEnv-v0"]),  # argparse: the last --env wins
-    "rsl_rl": (RSL, ["--env", "NoSuchEnv-v0"]),
+    # its first rollout (800k steps) does not end within the start-up limit
+    "sb3": (SB3, ["--n_steps", "200000"], "timeout: no first timestep within the start-up limit of 25s"),
+    "skrl": (SKRL, ["--env", "NoSuchEnv-v0"], "NoSuchEnv"),  # argparse: the last --env wins
+    "rsl_rl": (RSL, ["--env", "NoSuchEnv-v0"], "NoSuchEnv"),
 }
 
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("profile", sorted(NEVER_PASSES))
 def test_a_smoke_gate_that_cannot_pass_fails_the_run_before_its_long_attempt(tmp_path: Path, profile: str):
-    task, breaking = NEVER_PASSES[profile]
+    task, breaking, why = NEVER_PASSES[profile]
     repo = repo_with(tmp_path, startup_stall_s=25)
     p = doit_run(repo, task, "--max_iterations", "1000000", *breaking, "--smoke")
     assert p.returncode != 0
     st = run_state(repo, task)
     assert st["smoke"].startswith("failed: ") and st["status"] == "failed", st["smoke"]
     assert st["attempts"] == [] and st["reason"].startswith("smoke failed: ")  # no long attempt started
+    assert why in st["reason"], st["reason"]
     assert Path(st["extra"]["smoke"]["log_path"]).exists()
 
 

@@ -177,7 +177,7 @@ def gate(run) -> bool:
         stopped_by = "smoke"
     verdict, reason = _classify(scanner, result.exit, stopped_by)
     if verdict == Verdict.timeout:
-        reason = f"no first iteration within the start-up limit of {format_duration(limit)}"
+        reason = f"no first {spec.trainer.observe.unit} within the start-up limit of {format_duration(limit)}"
     elif verdict == Verdict.completed:
         sps = scanner.progress.steps_per_s
         first = result.healthy_at or time.time()
