@@ -536,7 +536,7 @@ def test_smoke_gate_passes_on_its_own_progress_then_the_time_limit_stops_right_a
 # (task, what makes its gate unable to pass, what the reason says)
 NEVER_PASSES = {
     # its first rollout (800k steps) does not end within the start-up limit
-    "sb3": (SB3, ["--n_steps", "200000"], "timeout: no first timestep within the start-up limit of 25s"),
+    "sb3": (SB3, ["--n_steps", "200000"], "timeout: no first timestep within the start-up limit of 15s"),
     "skrl": (SKRL, ["--env", "NoSuchEnv-v0"], "NoSuchEnv"),  # argparse: the last --env wins
     "rsl_rl": (RSL, ["--env", "NoSuchEnv-v0"], "NoSuchEnv"),
 }
@@ -546,7 +546,7 @@ NEVER_PASSES = {
 @pytest.mark.parametrize("profile", sorted(NEVER_PASSES))
 def test_a_smoke_gate_that_cannot_pass_fails_the_run_before_its_long_attempt(tmp_path: Path, profile: str):
     task, breaking, why = NEVER_PASSES[profile]
-    repo = repo_with(tmp_path, startup_stall_s=25)
+    repo = repo_with(tmp_path, startup_stall_s=15)
     p = doit_run(repo, task, "--max_iterations", "1000000", *breaking, "--smoke")
     assert p.returncode != 0
     st = run_state(repo, task)

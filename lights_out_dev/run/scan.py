@@ -13,7 +13,8 @@ a run that reached its end has iteration == total.
 What else a trainer prints is read by its profile's `observe` table (lights_out_dev.core.profiles.Observe):
 regexes for progress, FPS, reward, episode length and the run directory (they win over the built-in
 parser, which `parser = "none"` turns off), and the completion markers; `end_marker_text` is the text
-that matched, so a verdict's reason names it.
+that matched, so a verdict's reason names it. What the log does not print at all (skrl's reward) is read
+from the profile's TensorBoard tags (`read_tensorboard`, called by the watch loop every few seconds).
 """
 from __future__ import annotations
 
