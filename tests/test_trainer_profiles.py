@@ -501,7 +501,7 @@ PACED = ["--env", "slow_cartpole:SlowCartPole-v1"]
 SAVING_OFTEN = {
     "sb3": (SB3, [*PACED, "--save_freq", "512"], 512),  # each 512-step rollout
     "skrl": (SKRL, [*PACED, "--checkpoint_interval", "250"], 250),
-    "rsl_rl": (RSL, ["--num_envs", "16", "--save_interval", "10"], 10),
+    "rsl_rl": (RSL, ["--num_envs", "16", "--save_interval", "50"], 50),
 }
 
 
