@@ -113,6 +113,22 @@ CASES = [
     ("slurm FAILED goes by the log", Observations(exit_code=1, scheduler_state="FAILED", hits=NCCL), Verdict.nccl, "NCCL"),
     ("slurm FAILED without evidence", Observations(exit_code=1, scheduler_state="FAILED"), Verdict.crash, "FAILED"),
     ("slurm RUNNING", Observations(scheduler_state="RUNNING", iteration=1, total=6), Verdict.healthy, "running"),
+    # stopped by the runner after training finished and the trainer went silent on its way out
+    ("exit0 profile at its total hangs at exit",
+     Observations(signal=2, exception="KeyboardInterrupt", exit0_completes=True, markers=(), unit="timestep",
+                  iteration=1024, total=1024, stopped_by="hang_exit"),
+     Verdict.completed, "finished: final timestep 1024/1024, then hung at exit and was stopped (SIGINT)"),
+    ("final-iteration profile hangs at exit, SIGKILL at last",
+     Observations(signal=9, markers=(), iteration=80, total=80, stopped_by="hang_exit"),
+     Verdict.completed, "final iteration 80/80, then hung at exit"),
+    ("marker profile hangs at exit on Slurm", Observations(signal=15, scheduler_state="CANCELLED", stopped_by="hang_exit",
+                                                           end_marker_text="Training time: 3 s", **DONE),
+     Verdict.completed, "'Training time: 3 s', then hung at exit"),
+    ("exit0 profile: a progress line at its total with a crash is no completion",
+     Observations(signal=9, exit0_completes=True, markers=(), iteration=1024, total=1024), Verdict.crash, "SIGKILL"),
+    ("a traceback before the hang still wins",
+     Observations(exit_code=1, exception="RuntimeError: save failed", iteration=6, total=6, stopped_by="hang_exit"),
+     Verdict.crash, "RuntimeError: save failed"),
 ]
 
 

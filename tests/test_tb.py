@@ -151,3 +151,25 @@ def test_hundred_thousand_scalars(tmp_path):
     latest = tb.latest_scalars(tmp_path)
     assert {t: (s, v) for t, (s, _, v) in latest.items()} == {t: (9999, pytest.approx(9999 + i / 10))
                                                              for i, t in enumerate(tags)}
+
+
+def test_a_follower_reads_only_what_a_live_run_wrote_since_its_last_update(tmp_path):
+    w = SummaryWriter(str(tmp_path))
+    follower = tb.ScalarFollower()
+    assert follower.update(tmp_path) == {}
+    w.add_scalar("Reward / Total reward (mean)", 1.5, 50)
+    w.flush()
+    assert follower.update(tmp_path)["Reward / Total reward (mean)"][::2] == (50, 1.5)
+    read = dict(follower._read)
+    assert follower.update(tmp_path)["Reward / Total reward (mean)"][::2] == (50, 1.5) and follower._read == read
+    events = tb.event_files(tmp_path)[0]
+    w.add_scalar("Reward / Total reward (mean)", 2.5, 100)
+    w.flush()
+    whole = events.read_bytes()
+    with open(events, "r+b") as f:  # the writer's record cut in half: read once it is complete
+        f.truncate(len(whole) - 3)
+    assert follower.update(tmp_path)["Reward / Total reward (mean)"][::2] == (50, 1.5)
+    events.write_bytes(whole)
+    assert follower.update(tmp_path)["Reward / Total reward (mean)"][::2] == (100, 2.5)
+    assert follower._read[events] == len(whole)
+    w.close()

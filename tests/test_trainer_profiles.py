@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -149,7 +150,12 @@ def test_sb3_completes_with_its_own_numbers_checkpoints_and_tensorboard_tags(tmp
     assert [Path(c).name for c in st["checkpoints"]] == ["rl_model_512_steps.zip", "rl_model_1024_steps.zip"]
     final = st["final"]
     assert final["iteration"] == 1024 and final["steps_per_s"] > 0 and final["mean_reward"] > 0
-    assert "steps/s reward" in p.stdout and " it 1024/1024 " in p.stdout  # the status line shows its numbers
+    assert "steps/s reward" in p.stdout and " steps 1024/1024 " in p.stdout  # its numbers, in its unit
+    from lights_out_dev.core.state import load_state
+    from lights_out_dev.views.status import format_row, run_row
+    row = format_row(run_row(None, load_state(repo / "local_experiment_logs/runs/gym_cartpole__sb3.json"), SB3,
+                             time.time()))
+    assert " steps 1024/1024 " in row and " it " not in row  # `lights-out status` too
     from lights_out_dev.core.tb import read_scalars
     assert {"rollout/ep_rew_mean", "time/fps"} <= set(read_scalars(a["tb_dir"]))
     assert_no_trainer_left(st)
@@ -404,11 +410,15 @@ def test_skrl_sigkill_is_retried_from_its_own_checkpoint_and_counts_on_from_it(t
     repo = repo_with(tmp_path)
     # skrl runs ~1,300 steps/s here: 30,000 leaves the kill well inside the run on a fast machine too
     proc = start_doit(repo, SKRL, "--max_iterations", "30000")
+    # skrl prints no reward: while the attempt runs, its reward comes from its TensorBoard tag
     st = wait_for(repo, SKRL, lambda s: _progress(s, 1) >= 300 and bool(s["attempts"][-1].get("checkpoint_dir"))
-                  and (Path(s["attempts"][-1]["checkpoint_dir"]) / "agent_250.pt").exists())
+                  and (Path(s["attempts"][-1]["checkpoint_dir"]) / "agent_250.pt").exists()
+                  and s["attempts"][-1]["progress"]["mean_reward"] is not None)
     os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
     text, _ = proc.communicate(timeout=500)
     assert proc.returncode == 0, text
+    # the live status line: timesteps in its unit, and the reward read from TensorBoard
+    assert re.search(r"\[gym_cartpole:skrl a[12] cpu\] steps \d+/30000 \S+ steps/s reward -?\d", text), text
     st = run_state(repo, SKRL)
     assert verdicts(st) == ["crash", "completed"]
     first, second = st["attempts"]
@@ -465,4 +475,132 @@ def test_rsl_rl_script_completes_at_its_final_iteration_and_resumes_a_sigkill_fr
     done = int(Path(resumed_from).stem.split("_")[1])
     assert done >= 6 and flag(second["argv"], "--iterations") == str(80 - done)
     assert st["final"]["iteration"] == 80 and st["final"]["steps_per_s"] > 0 and st["final"]["mean_reward"] is not None
+    assert_no_trainer_left(st)
+
+
+# -- time limit and smoke gate on the real third-party trainers, as for Isaac Lab ------------------------
+
+# The clock that stops a trainer right after its own checkpoint learns the save period from the saves it sees,
+# so the test needs a steady pace on a machine loaded by other work: gymnasium's CartPole with 2 ms per step
+# (gymnasium imports `module:` in an env id), everything else the real trainer's own.
+SLOW_CARTPOLE = """import time
+import gymnasium as gym
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+
+class SlowCartPole(CartPoleEnv):
+    def step(self, action):
+        time.sleep(0.002)
+        return super().step(action)
+
+
+gym.register("SlowCartPole-v1", entry_point=SlowCartPole, max_episode_steps=500)
+"""
+PACED = ["--env", "slow_cartpole:SlowCartPole-v1"]
+# (task, its own flags for a save every second or so, the checkpoint interval in its progress unit)
+SAVING_OFTEN = {
+    "sb3": (SB3, [*PACED, "--save_freq", "512"], 512),  # each 512-step rollout
+    "skrl": (SKRL, [*PACED, "--checkpoint_interval", "250"], 250),
+    "rsl_rl": (RSL, ["--num_envs", "16", "--save_interval", "50"], 50),
+}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("profile", sorted(SAVING_OFTEN))
+def test_smoke_gate_passes_on_its_own_progress_then_the_time_limit_stops_right_after_its_checkpoint(
+        tmp_path: Path, profile: str):
+    task, own_flags, interval = SAVING_OFTEN[profile]
+    repo = repo_with(tmp_path)
+    (repo / "slow_cartpole.py").write_text(SLOW_CARTPOLE)
+    p = doit_run(repo, task, "--max_iterations", "1000000", *own_flags, "--smoke", "--time_limit", "30s")
+    assert p.returncode == 0, out(p)
+    st = run_state(repo, task)
+    gate = st["extra"]["smoke"]
+    assert st["smoke"] == "passed" and gate["progress"]["iteration"] > 0, gate  # its own progress, not a 0/N bar
+    assert "first update completed" in gate["reason"] and flag(gate["argv"], "--run_name").endswith("_smoke")
+    assert verdicts(st) == ["timeout"] and st["status"] == "timeout"
+    a = st["attempts"][0]
+    assert a["started_at"] >= gate["ended_at"]  # the long run came after the gate
+    # none of these trainers saves when interrupted: stopped right after a checkpoint it saved itself
+    assert not resolve_profile(profile, {}).saves_on_interrupt
+    reason = a["reason"]
+    assert reason.startswith("stopped at the time limit at ") and "right after its checkpoint " in reason, reason
+    saved_name = reason.split("right after its checkpoint ")[1].split(" ")[0]
+    assert Path(st["checkpoints"][-1]).name == saved_name  # kept, and nothing newer was saved before the stop
+    assert (Path(a["checkpoint_dir"]) / saved_name).exists()
+    saved = resolve_profile(profile, {}).checkpoint_iteration(saved_name)
+    assert 0 < saved <= st["final"]["iteration"] <= saved + interval  # at most one interval of training lost
+    assert_no_trainer_left(st)
+
+
+# (task, what makes its gate unable to pass, what the reason says)
+NEVER_PASSES = {
+    # its first rollout (800k steps) does not end within the start-up limit
+    "sb3": (SB3, ["--n_steps", "200000"], "timeout: no first timestep within the start-up limit of 15s"),
+    "skrl": (SKRL, ["--env", "NoSuchEnv-v0"], "NoSuchEnv"),  # argparse: the last --env wins
+    "rsl_rl": (RSL, ["--env", "NoSuchEnv-v0"], "NoSuchEnv"),
+}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("profile", sorted(NEVER_PASSES))
+def test_a_smoke_gate_that_cannot_pass_fails_the_run_before_its_long_attempt(tmp_path: Path, profile: str):
+    task, breaking, why = NEVER_PASSES[profile]
+    repo = repo_with(tmp_path, startup_stall_s=15)
+    p = doit_run(repo, task, "--max_iterations", "1000000", *breaking, "--smoke")
+    assert p.returncode != 0
+    st = run_state(repo, task)
+    assert st["smoke"].startswith("failed: ") and st["status"] == "failed", st["smoke"]
+    assert st["attempts"] == [] and st["reason"].startswith("smoke failed: ")  # no long attempt started
+    assert why in st["reason"], st["reason"]
+    assert Path(st["extra"]["smoke"]["log_path"]).exists()
+
+
+# -- a trainer that finished but hangs at exit is completed, not killed and retried ----------------------
+
+HANG_AFTER = '''"""Runs a trainer script to its end, then hangs on the way out (as Isaac Sim can)."""
+import runpy, sys, time
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+print("trainer returned; hanging at exit", flush=True)
+time.sleep(3600)
+'''
+SB3_HANGS = '''
+[tool.lights_out.trainers.sb3_hangs]
+extends = "sb3"
+script = "hang_after.py"
+script_args = ["workloads/third_party/sb3_ppo.py"]
+flags = { task = "" }
+[tool.lights_out.launchers.lab]
+trainer = "sb3_hangs"
+'''
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("completion", ["exit0", "final progress", "sb3 (real)"])
+def test_a_trainer_that_finished_and_hangs_at_exit_is_stopped_and_completed(tmp_path: Path, completion: str):
+    """Known only from its progress at its total (exit-0 and rsl_rl-style profiles print no end marker)."""
+    task = "cartpole:base"
+    if completion == "sb3 (real)":
+        repo = repo_with(tmp_path, SB3_HANGS, stall_s=5)
+        (repo / "hang_after.py").write_text(HANG_AFTER)
+        args, env, total = ["--max_iterations", "1024", "--num_envs", "4"], {}, 1024
+    else:
+        marker = "completion = ['=== all steps done ===']"
+        repo = repo_with(tmp_path, MY_PROFILE.replace(marker, "completion = " + (
+            '"exit0"' if completion == "exit0" else "[]")), stall_s=5)
+        (repo / "mytrainer.py").write_text(MY_TRAINER.replace(
+            'print("=== all steps done ===", flush=True)',
+            'print("=== all steps done ===", flush=True)\nif os.environ.get("HANG_AT_EXIT"):\n    time.sleep(3600)'))
+        args, env, total = ["--max_iterations", "6"], {"HANG_AT_EXIT": "1"}, 6
+    p = subprocess.run([*DOIT, task, *args], cwd=repo, env={**env_for(repo), **env}, capture_output=True,
+                       text=True, timeout=500)
+    assert p.returncode == 0, out(p)
+    st = run_state(repo, task)
+    assert verdicts(st) == ["completed"] and st["status"] == "completed"  # not killed, crash or stall, no retry
+    a = st["attempts"][0]
+    assert "then hung at exit and was stopped" in a["reason"] and f"{total}/{total}" in a["reason"], a["reason"]
+    assert a["signal"] == signal.SIGINT or a["exit_code"] in (1, 128 + signal.SIGINT)  # the graceful stop
+    assert st["final"]["iteration"] == total and st["checkpoints"]
     assert_no_trainer_left(st)

@@ -679,8 +679,8 @@ def _most_relevant(rows: list[dict], n: int) -> list[dict]:
 
 
 def _slim_row(r: dict) -> dict:
-    return {k: r.get(k) for k in ("index", "task", "params", "status", "where", "iteration", "total", "steps_per_s",
-                                  "reward", "elapsed_s", "limit_s", "attempts", "reason", "silent_s")}
+    return {k: r.get(k) for k in ("index", "task", "params", "status", "where", "iteration", "total", "unit",
+                                  "steps_per_s", "reward", "elapsed_s", "limit_s", "attempts", "reason", "silent_s")}
 
 
 def _slim_event(ev: dict) -> dict:

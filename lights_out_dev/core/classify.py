@@ -3,7 +3,9 @@
 Exit code 0 is not success: Isaac Lab can exit 0 after an OOM, and a trainer can exit 0 early.
 Success needs a completion marker of the trainer's profile ("Training time:" by default; the reason
 quotes the text that matched) or the final iteration, and no traceback or fatal signature. A profile
-with `completion = "exit0"` (a trainer that prints no marker) succeeds on exit 0 alone. Between failure
+with `completion = "exit0"` (a trainer that prints no marker) succeeds on exit 0 alone. A trainer the
+runner stopped because it hung at exit after training finished (`stopped_by='hang_exit'`: marker seen or
+progress at its total) is completed whatever its exit, exit-0 profiles included. Between failure
 classes the more specific evidence wins: oom > nccl > cuda_error > segfault > config_error > crash.
 """
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Observations:
     progress_observed: bool = True  # False: the profile reads no progress (unknown, not "before the first")
     iteration: int | None = None  # iterations done (rsl_rl's printed index + 1)
     total: int | None = None
-    stopped_by: str | None = None  # None | 'stall' | 'timeout' | 'imbalance' | 'user' | 'smoke'
+    stopped_by: str | None = None  # None | 'stall' | 'timeout' | 'imbalance' | 'user' | 'smoke' | 'hang_exit'
 
 
 def _short(text: str) -> str:
@@ -105,10 +107,24 @@ def _how_it_ended(obs: Observations, sig: int | None) -> str:
     return "still running" if obs.stopped_by is None else f"stopped ({obs.stopped_by})"
 
 
-def _finished(obs: Observations) -> bool:
-    if obs.exit0_completes:  # its progress lines come before the last update: only the exit tells
-        return obs.exit_code == 0 and death_signal(obs) is None and obs.stopped_by is None
+def _trained_to_the_end(obs: Observations) -> bool:
     return obs.end_marker or bool(obs.iteration and obs.total and obs.iteration >= obs.total)
+
+
+def _finished(obs: Observations) -> bool:
+    if obs.exit0_completes and obs.stopped_by != "hang_exit":
+        # its progress lines come before the last update: only the exit tells, or a silence after them
+        return obs.exit_code == 0 and death_signal(obs) is None and obs.stopped_by is None
+    return _trained_to_the_end(obs)
+
+
+def _evidence(obs: Observations) -> str:
+    """What says training finished, for the reason."""
+    if obs.end_marker:
+        return repr(obs.end_marker_text or (obs.markers[0] if obs.markers else "end marker"))
+    if obs.exit0_completes and obs.stopped_by != "hang_exit":
+        return "exit 0 (its profile's completion = 'exit0')"
+    return f"final {obs.unit} {obs.iteration}/{obs.total}"
 
 
 def _failure_in_log(obs: Observations, sig: int | None) -> tuple[Verdict, str] | None:
@@ -172,6 +188,9 @@ def classify(obs: Observations) -> tuple[Verdict, str]:
         return Verdict.stall, f"no output or progress within the stall limit {where}"
     if obs.stopped_by == "imbalance":
         return Verdict.imbalance, f"GPU load imbalance across the run's GPUs {where}"
+    if obs.stopped_by == "hang_exit" and _finished(obs):
+        ended = "" if obs.exit_code is None and sig is None else f" ({_how_it_ended(obs, sig)})"
+        return Verdict.completed, f"finished: {_evidence(obs)}, then hung at exit and was stopped{ended}"
     if obs.stopped_by == "smoke":
         if obs.iteration:
             return Verdict.completed, f"smoke gate passed: stopped after the first update {where}"
@@ -180,9 +199,7 @@ def classify(obs: Observations) -> tuple[Verdict, str]:
     if obs.exit_code is None and sig is None and (not state or state in SCHEDULER_LIVE):
         return (Verdict.healthy if obs.iteration else Verdict.running), f"running {where}"
     if _finished(obs):
-        evidence = (repr(obs.end_marker_text or (obs.markers[0] if obs.markers else "end marker")) if obs.end_marker
-                    else "exit 0 (its profile's completion = 'exit0')" if obs.exit0_completes
-                    else f"final iteration {obs.iteration}/{obs.total}")
+        evidence = _evidence(obs)
         if obs.exit0_completes:
             return Verdict.completed, f"finished: {evidence} {where}"
         if obs.exit_code == 0 and sig is None:

@@ -47,6 +47,9 @@ from lights_out_dev.errors import LightsOutError
 DEFAULT_CHECKPOINT_PATTERN = r"model_(\d+)\.pt"  # rsl_rl's model_<iteration>.pt
 
 
+UNIT_LABELS = {"iteration": "it", "timestep": "steps"}
+
+
 def checkpoint_iteration(path: str | Path, pattern: str = DEFAULT_CHECKPOINT_PATTERN) -> int | None:
     """The iteration (or timestep) a checkpoint file's name carries as `pattern`'s group 1; None for any other name."""
     m = re.fullmatch(pattern, Path(path).name)
@@ -90,7 +93,8 @@ class Observe(StrictModel):
                                               "per-iteration block and Isaac Lab's run-directory lines; none = "
                                               "only the regexes below")
     progress: str | None = Field(default=None, description="iterations or timesteps done (and of how many)")
-    unit: Literal["iteration", "timestep"] = Field(default="iteration", description="what progress counts")
+    unit: Literal["iteration", "timestep"] = Field(default="iteration", description="what progress counts; "
+                                                   "status lines show it as `it` or `steps`")
     fps: str | None = None
     reward: str | None = None
     episode_length: str | None = None
@@ -102,6 +106,11 @@ class Observe(StrictModel):
         default_factory=lambda: ["Training time:"],
         description="regexes that mean training finished (the reason names the one that matched), or "
                     "'exit0' for a trainer that prints no marker: exit 0 with no error is completion")
+
+    @property
+    def unit_label(self) -> str:
+        """The unit as status lines print it before `done/total`."""
+        return UNIT_LABELS[self.unit]
 
     @field_validator("completion", mode="before")
     @classmethod
@@ -126,7 +135,8 @@ class Observe(StrictModel):
 class MetricTags(StrictModel):
     """The TensorBoard tags that mean reward, FPS and episode length for this trainer. Plans, promotion and
     evaluation name metrics by rsl_rl's tags (`Train/mean_reward`, ...) or by `reward`/`fps`/`episode_length`;
-    both mean these tags (see `resolve`)."""
+    both mean these tags (see `resolve`). A number the log does not print (no `observe` regex, no built-in
+    parser: skrl's reward) is read from its tag while the run goes; "" = no such tag."""
 
     reward: str = "Train/mean_reward"
     fps: str = "Perf/total_fps"
@@ -171,6 +181,10 @@ class TrainerProfile(StrictModel):
                                      description="start from another run's checkpoint")
     saves_on_interrupt: bool = Field(default=False, description="SIGINT makes it save a checkpoint and exit; "
                                      "else a time limit stops it right after a checkpoint it saved itself")
+    save_proven_after: int = Field(default=2, ge=0, description="how far progress must be past a checkpoint's "
+                                   "number before that save has surely returned (a time limit then stops right "
+                                   "after it): rsl_rl prints an iteration, then saves it (2); SB3's "
+                                   "CheckpointCallback saves inside the rollout its table reports afterwards (0)")
     newton_selector: str = "physics=newton"
     checkpoint_pattern: str = Field(default=DEFAULT_CHECKPOINT_PATTERN,
                                     description="checkpoint file names; group 1 is the iteration or timestep")
@@ -267,6 +281,7 @@ BUILTIN_PROFILES: dict[str, dict] = {
         finetune_args=["--resume", "{checkpoint}"],
         checkpoint_pattern=r"rl_model_(\d+)_steps\.zip",
         checkpoint_dir="logs/sb3/{run_name}/checkpoints",
+        save_proven_after=0,
         observe=dict(parser="none", unit="timestep", completion="exit0",
                      progress=r"^\|\s*total_timesteps\s*\|\s*(?P<done>\d+)",
                      fps=r"^\|\s*fps\s*\|\s*(?P<value>\S+)",

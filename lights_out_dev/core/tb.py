@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 
@@ -98,20 +98,16 @@ def _proto_scalars(record: bytes) -> Iterator[tuple[str, int, float, float]]:
                 yield v.tag, ev.step, ev.wall_time, value
 
 
-def iter_scalars(path: str | Path) -> Iterator[tuple[str, int, float, float]]:
-    """(tag, step, wall_time, value) for every scalar in one events file, in file order."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        return
+def _records(data: bytes, tags: dict[bytes, str]) -> Generator[tuple[str, int, float, float], None, int]:
+    """(tag, step, wall_time, value) of the complete records in `data`; returns the bytes they take (a
+    writer's unfinished last record is left for the next read). `tags` caches decoded tag names."""
     pos, size = 0, len(data)
-    tags: dict[bytes, str] = {}  # decode each tag once
     while pos + _HEADER <= size:
         (length,) = _unpack("<Q", data, pos)
         start = pos + _HEADER
         end = start + length
         if end + 4 > size:
-            return  # the writer's unfinished record (or a truncated file)
+            break  # the writer's unfinished record (or a truncated file)
         pos = end + 4
         fast = _simple_scalar(data, start, end) if length > 20 else None
         if fast is not None:
@@ -122,6 +118,42 @@ def iter_scalars(path: str | Path) -> Iterator[tuple[str, int, float, float]]:
             yield tag, step, wall, value
         else:
             yield from _proto_scalars(data[start:end])
+    return pos
+
+
+def iter_scalars(path: str | Path) -> Iterator[tuple[str, int, float, float]]:
+    """(tag, step, wall_time, value) for every scalar in one events file, in file order."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return
+    yield from _records(data, {})
+
+
+class ScalarFollower:
+    """The newest point of each tag of a run directory that is still being written, for live numbers:
+    each `update` reads only the bytes its events files gained since the last one."""
+
+    def __init__(self):
+        self._read: dict[Path, int] = {}  # events file -> bytes of complete records read
+        self._tags: dict[bytes, str] = {}
+        self.latest: dict[str, Scalar] = {}
+
+    def update(self, path: str | Path) -> dict[str, Scalar]:
+        for f in event_files(path):
+            done = self._read.get(f, 0)
+            try:
+                with open(f, "rb") as fh:
+                    fh.seek(done)
+                    data = fh.read()
+            except OSError:
+                continue
+            for tag, step, wall, value in self._new(f, done, data):
+                self.latest[tag] = (step, wall, value)
+        return self.latest
+
+    def _new(self, f: Path, done: int, data: bytes):
+        self._read[f] = done + (yield from _records(data, self._tags))
 
 
 def read_scalars(run_dir_or_file: str | Path, last: int | None = None) -> dict[str, list[Scalar]]:

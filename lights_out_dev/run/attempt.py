@@ -83,8 +83,10 @@ def classify_end(scanner: LogScanner, exit_status: ExitStatus | None, stopped_by
     if verdict in (Verdict.running, Verdict.healthy):
         # Only an adopted trainer (not our child) ends with an unknown exit code; judge it by its log.
         unknown = (exit_status.reason if exit_status and exit_status.reason else "exit code unknown")
-        if scanner.end_marker:
-            return Verdict.completed, f"finished: {scanner.end_marker_text!r} in the log ({unknown})"
+        if scanner.end_marker or (scanner.training_finished and not scanner.exit0_completes):
+            what = (repr(scanner.end_marker_text) if scanner.end_marker else
+                    f"progress {scanner.progress.iteration}/{scanner.progress.total}")
+            return Verdict.completed, f"finished: {what} in the log ({unknown})"
         return Verdict.crash, f"ended with no end marker and no known error signature ({unknown})"
     return verdict, reason
 
@@ -93,8 +95,11 @@ def limits_for(cfg: ProjectConfig, executor: Executor, time_left_s: float | None
                spec: RunSpec | None = None) -> Limits:
     """The watch limits of an attempt: the project's, the time left, the executor's polling pace, and for a
     trainer that saves nothing when stopped, its checkpoint pattern (stop right after its own save)."""
-    pattern = None if spec is None or spec.trainer.saves_on_interrupt else spec.trainer.checkpoint_pattern
-    return Limits.from_config(cfg.monitor, time_left_s, tick_s=executor.poll_interval_s, checkpoint_pattern=pattern)
+    if spec is None or spec.trainer.saves_on_interrupt:
+        return Limits.from_config(cfg.monitor, time_left_s, tick_s=executor.poll_interval_s)
+    return Limits.from_config(cfg.monitor, time_left_s, tick_s=executor.poll_interval_s,
+                              checkpoint_pattern=spec.trainer.checkpoint_pattern,
+                              save_proven_after=spec.trainer.save_proven_after)
 
 
 def watch_to_end(executor: Executor, handle: Handle, scanner: LogScanner, limits: Limits, tail: LogTail, *,

@@ -13,8 +13,10 @@ offset and any partial last line) and feeds them to the LogScanner. Decisions th
   (with a GPU) all processes asleep at 0 % GPU for idle_gpu_stall_s -> SIGKILL, stopped_by='stall'
 - multi-GPU load imbalance (gpu_check.imbalance) lasting idle_gpu_stall_s -> SIGKILL, stopped_by='imbalance'
   (the GPU checks use executor.sample_gpus(); an executor that cannot see the run's GPUs skips them)
-- silent for stall_s after the end marker ('Training time:'): a hang at exit -> graceful stop,
-  stopped_by=None, so the finished run is classified completed
+- silent for stall_s after training finished (its completion marker, or its progress at its total: the
+  only sign an exit-0 or rsl_rl profile gives): a hang at exit -> graceful stop, stopped_by='hang_exit',
+  so the finished run is classified completed, not killed and retried
+Numbers the log does not print (skrl's reward) are read from the run's TensorBoard tags every TB_POLL_S.
 After any end the run's whole group/session is killed and waited for (survivors reported by pid).
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ from lights_out_dev.executors.base import Executor, ExitStatus, GpuSample, Handl
 from lights_out_dev.host import procs
 
 GPU_POLL_S = 2.0  # NVML per-process memory / utilisation sampling period
+TB_POLL_S = 2.0  # TensorBoard reads for the numbers a trainer logs only there
 READ_CHUNK = 1 << 20
 # A line ends at \n, and also at a lone \r: a progress bar redrawn with \r is read as it goes, not kept
 # in memory until a newline that may never come.
@@ -128,15 +131,16 @@ class Limits:
     # Set for trainers that save nothing when interrupted: the time limit then stops the run right after
     # a checkpoint it saved itself (see CheckpointClock) instead of losing what it trained since.
     checkpoint_pattern: str | None = None
+    save_proven_after: int = 2  # the profile's: progress past a checkpoint's number that proves its save done
 
     @classmethod
     def from_config(cls, monitor, time_left_s: float | None, tick_s: float = 0.1,
-                    checkpoint_pattern: str | None = None) -> "Limits":
+                    checkpoint_pattern: str | None = None, save_proven_after: int = 2) -> "Limits":
         return cls(stall_s=monitor.stall_s, startup_stall_s=monitor.startup_stall_s,
                    idle_gpu_stall_s=monitor.idle_gpu_stall_s, time_left_s=time_left_s, grace_s=monitor.grace_s,
                    status_interval_s=monitor.status_interval_s, tick_s=tick_s,
                    imbalance_util_pct=monitor.imbalance_util_pct, imbalance_mem_pct=monitor.imbalance_mem_pct,
-                   checkpoint_pattern=checkpoint_pattern)
+                   checkpoint_pattern=checkpoint_pattern, save_proven_after=save_proven_after)
 
 
 class CheckpointClock:
@@ -144,15 +148,17 @@ class CheckpointClock:
 
     Isaac Lab's trainers save only every `save_interval` iterations and nothing on SIGINT/SIGTERM, so a
     stop at the limit loses up to a whole interval. This clock learns the interval in seconds from the
-    checkpoints it sees appear, and says "stop now" right after a save has completed (the trainer has
-    printed a later iteration, which it does only after `save()` returned) when waiting for the next one
+    checkpoints it sees appear, and says "stop now" right after a save has completed (the trainer's progress
+    is `save_proven_after` past the checkpoint's number, which it prints only after `save()` returned: 2 for
+    rsl_rl, 0 for SB3, whose table comes after the rollout that saved) when waiting for the next one
     would overrun the limit: nothing trained is lost and the limit is kept. Without two checkpoints seen
     there is no estimate, and the limit itself stops the run."""
 
     POLL_S = 0.5
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, save_proven_after: int = 2):
         self._pattern = re.compile(pattern)
+        self._proven_after = save_proven_after
         self._seen: dict[int, float] = {}  # checkpoint iteration -> monotonic time first seen
         self._names: dict[int, str] = {}
         self._next_poll = 0.0
@@ -186,17 +192,18 @@ class CheckpointClock:
         if not self._seen or finished_iterations is None:
             return False
         newest = max(self._seen)
-        if newest == self._decided_for or finished_iterations < newest + 2:  # save not surely complete yet
+        if newest == self._decided_for or finished_iterations < newest + self._proven_after:  # may still be saving
             return False
         self._decided_for = newest
         period = self.period_s()
-        return period is not None and now + period > deadline
+        # the next chance to stop comes up to a poll after the next save: it must not fall after the limit
+        return period is not None and now + period + self.POLL_S > deadline
 
 
 @dataclass
 class WatchResult:
     exit: ExitStatus | None
-    stopped_by: str | None  # None | 'stall' | 'timeout' | 'user'
+    stopped_by: str | None  # None | 'stall' | 'timeout' | 'user' | 'imbalance' | 'hang_exit'
     trigger: str  # exit | signature:<cls> | stall | startup_stall | idle_gpu | hang_exit | timeout | user
     detected_at: float  # wall time the loop noticed the end condition (benchmarks use it)
     survivors: list[int] = field(default_factory=list)
@@ -243,12 +250,13 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
     start = last_output = last_status = time.monotonic()
     deadline = None if limits.time_left_s is None else start + max(0.0, limits.time_left_s)
     healthy_at = peak = idle_since = imbalanced_since = imbalance = None
-    next_gpu = start
+    next_gpu = next_tb = start
     tb_dir = scanner.tb_dir
     last_progress = scanner.progress.model_dump()
     received = tail.received
     use_gpu = bool(gpus)
-    clock = CheckpointClock(limits.checkpoint_pattern) if (limits.checkpoint_pattern and deadline) else None
+    clock = (CheckpointClock(limits.checkpoint_pattern, limits.save_proven_after)
+             if (limits.checkpoint_pattern and deadline) else None)
     stop: tuple[str, str | None, bool] | None = None  # (trigger, stopped_by, graceful)
     exit_status: ExitStatus | None = None
 
@@ -259,14 +267,18 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
         if tail.received != received:  # any byte is a sign of life, newline or not
             received = tail.received
             last_output = now
-        if lines:
-            for line in lines:
-                scanner.feed(line)
-                if echo is not None:
-                    echo(line)
-            if scanner.tb_dir != tb_dir:
-                tb_dir = scanner.tb_dir
-                notify("tb_dir")
+        for line in lines:
+            scanner.feed(line)
+            if echo is not None:
+                echo(line)
+        if lines and scanner.tb_dir != tb_dir:
+            tb_dir = scanner.tb_dir
+            notify("tb_dir")
+        tb_read = False
+        if now >= next_tb:
+            next_tb = now + TB_POLL_S
+            tb_read = scanner.read_tensorboard()
+        if lines or tb_read:
             progress = scanner.progress.model_dump()
             if progress != last_progress:
                 last_progress = progress
@@ -290,10 +302,10 @@ def watch(executor: Executor, handle: Handle, scanner, limits: Limits, tail: Log
             stop = ("timeout_at_checkpoint", "timeout", True)
         elif not scanner.first_iteration_seen and now - last_output >= limits.startup_stall_s:
             stop = ("startup_stall", "stall", False)
-        elif scanner.end_marker and now - last_output >= limits.stall_s:
+        elif scanner.training_finished and now - last_output >= limits.stall_s:
             # Training finished and saved; the process hangs on its way out (Isaac Sim does): a clean-up
             # stop, not a stall, so the run still counts as completed.
-            stop = ("hang_exit", None, True)
+            stop = ("hang_exit", "hang_exit", True)
         elif scanner.first_iteration_seen and now - last_output >= limits.stall_s:
             stop = ("stall", "stall", False)
         if stop is None and deadline is not None and now >= deadline:  # extended: the new limit counts from now

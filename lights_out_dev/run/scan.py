@@ -13,7 +13,8 @@ a run that reached its end has iteration == total.
 What else a trainer prints is read by its profile's `observe` table (lights_out_dev.core.profiles.Observe):
 regexes for progress, FPS, reward, episode length and the run directory (they win over the built-in
 parser, which `parser = "none"` turns off), and the completion markers; `end_marker_text` is the text
-that matched, so a verdict's reason names it.
+that matched, so a verdict's reason names it. What the log does not print at all (skrl's reward) is read
+from the profile's TensorBoard tags (`read_tensorboard`, called by the watch loop every few seconds).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from lights_out_dev.core.signatures import (
     exception_name,
 )
 from lights_out_dev.core.state import Progress
+from lights_out_dev.core.tb import ScalarFollower
 from lights_out_dev.executors.base import ExitStatus
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -70,6 +72,15 @@ class LogScanner:
                                                               "tracker_url") if (rx := getattr(observe, name))]
         self._root = root
         self._unit = observe.unit
+        # The numbers the log does not print (no regex, no built-in parser) come from the profile's TensorBoard
+        # tags while the run goes (skrl logs its reward only there): Progress field -> tag.
+        tags = profile.metrics if profile else None
+        self._tb_fields = {} if self._builtin or tags is None else {
+            field: tag for name, field in (("reward", "mean_reward"), ("fps", "steps_per_s"),
+                                           ("episode_length", "mean_episode_length"))
+            if not getattr(observe, name) and (tag := getattr(tags, name))}
+        self._tb: ScalarFollower | None = None
+        self._tb_source: str | None = None
         # A trainer that prints only what it has done (SB3's total_timesteps) counts towards the run's target.
         self._default_total = default_total
         # A trainer that counts a resumed run from 0 (skrl) is offset by its checkpoint's step.
@@ -113,6 +124,27 @@ class LogScanner:
         if self._run_name and not name.endswith(f"_{self._run_name}"):
             return f"{name}_{self._run_name}"
         return name
+
+    @property
+    def training_finished(self) -> bool:
+        """Its completion marker was seen, or its progress reached its total: what is left is its exit."""
+        p = self.progress
+        return self.end_marker or bool(p.iteration and p.total and p.iteration >= p.total)
+
+    def read_tensorboard(self) -> bool:
+        """Take the numbers the log does not print from the run's TensorBoard tags (only what the events
+        files gained since the last call is read); True when one changed."""
+        if not self._tb_fields or self.tb_dir is None:
+            return False
+        if self._tb is None or self._tb_source != self.tb_dir:
+            self._tb, self._tb_source = ScalarFollower(), self.tb_dir
+        latest = self._tb.update(self.tb_dir)
+        changed = False
+        for field, tag in self._tb_fields.items():
+            if tag in latest and getattr(self.progress, field) != latest[tag][2]:
+                setattr(self.progress, field, latest[tag][2])
+                changed = True
+        return changed
 
     @property
     def own_iteration(self) -> int | None:
@@ -175,7 +207,8 @@ class LogScanner:
                 if done is not None:
                     p.iteration = int(float(done)) + self._offset
                     p.total = int(float(total)) + self._offset if total else (p.total or self._default_total)
-                    self.first_iteration_seen = True
+                    # a bar drawn at 0 (skrl's tqdm before its first step) has trained nothing yet
+                    self.first_iteration_seen = self.first_iteration_seen or float(done) > 0
             elif name == "tracker_url":
                 self.tracker_url = groups.get("url") or (m.group(1) if m.groups() else m.group(0))
             elif name == "run_dir":

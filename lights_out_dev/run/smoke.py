@@ -178,7 +178,7 @@ def gate(run) -> bool:
     if result.stopped_by == "user" and not user_stop:  # the gate's own stop at its first iteration
         verdict, reason = classify_end(scanner, result.exit, "smoke")
     if verdict == Verdict.timeout:
-        reason = f"no first iteration within the start-up limit of {format_duration(limit)}"
+        reason = f"no first {spec.trainer.observe.unit} within the start-up limit of {format_duration(limit)}"
     elif verdict == Verdict.completed:
         sps = scanner.progress.steps_per_s
         first = result.healthy_at or time.time()

@@ -500,7 +500,8 @@ class _Run:
         st, a = self.state, self.state.current
         where = "cpu" if not a or a.gpus is None else "gpu" + ",".join(map(str, a.gpus))
         p = self.scanner.progress if self.scanner else Progress()
-        it = f"it {p.iteration if p.iteration is not None else '-'}/{p.total if p.total is not None else '-'}"
+        unit = self.spec.trainer.observe.unit_label
+        it = f"{unit} {p.iteration if p.iteration is not None else '-'}/{p.total if p.total is not None else '-'}"
         reward = "-" if p.mean_reward is None else f"{p.mean_reward:.3g}"
         parts = [f"[{st.task} a{a.number if a else 0} {where}]", it, f"{_fmt_rate(p.steps_per_s)} steps/s",
                  f"reward {reward}", f"{_fmt_clock(self._used_s())}/{_fmt_clock(self.limit)}"]

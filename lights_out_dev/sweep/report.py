@@ -153,8 +153,10 @@ def _save(plt, fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def _plot(path: Path, title: str, tags: dict[int, str], series: dict[int, Series], labels: dict[int, str]) -> bool:
-    """One line per run of its own tag (`tags`: run -> the tag its trainer profile names)."""
+def _plot(path: Path, title: str, tags: dict[int, str], series: dict[int, Series], labels: dict[int, str],
+          xlabel: str) -> bool:
+    """One line per run of its own tag (`tags`: run -> the tag its trainer profile names) over its steps
+    (`xlabel`: what they count, iterations or timesteps)."""
     if not any(series.get(i, {}).get(tags[i]) for i in series):
         return False
     plt = _pyplot()
@@ -167,9 +169,9 @@ def _plot(path: Path, title: str, tags: dict[int, str], series: dict[int, Series
         pts = s.get(tags[i])
         if pts:  # a run that logged one point (failed early) is drawn as a dot; a pruned one up to its stop
             ax.plot([p[0] for p in pts], [p[2] for p in pts], label=labels[i], marker="o" if len(pts) == 1 else None)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations and timesteps are whole numbers
     ax.set_title(title)
-    ax.set_xlabel("iteration")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(" / ".join(sorted(set(tags.values()))))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -236,9 +238,10 @@ def write_report(sweep) -> Path:
     plots = []
     reward = {i: st.spec.trainer.metrics.resolve(REWARD) for i, st in states.items()}
     fps = {i: st.spec.trainer.metrics.resolve(FPS) for i, st in states.items()}
-    if _plot(out / "reward.png", f"{loaded.name}: mean reward", reward, series, labels):
+    steps = " / ".join(sorted({st.spec.trainer.observe.unit for st in states.values()})) or "iteration"
+    if _plot(out / "reward.png", f"{loaded.name}: mean reward", reward, series, labels, steps):
         plots.append("![reward](reward.png)")
-    if _plot(out / "throughput.png", f"{loaded.name}: throughput", fps, series, labels):
+    if _plot(out / "throughput.png", f"{loaded.name}: throughput", fps, series, labels, steps):
         plots.append("![throughput](throughput.png)")
     started = json.loads(sweep.paths.meta.read_text()).get("started_at") if sweep.paths.meta.exists() else None
     compute = sweep.compute()

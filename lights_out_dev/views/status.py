@@ -1,8 +1,8 @@
 """One compact screen about the current sweep: `python -m lights_out_dev.cli.status [--json] [--plan P]`.
 
-Per run: state, GPU, iteration/total, steps/s, reward, elapsed/limit, attempts; then the
-runs started outside the sweep (`doit <task>`) that are running; then the GPUs (NVML) or
-"no GPU: N CPU slots". Reads only the run-state JSON files, never the trainer: cheap to call.
+Per run: state, GPU, progress/total (in its trainer's unit: `it` or `steps`), steps/s, reward,
+elapsed/limit, attempts; then the runs started outside the sweep (`doit <task>`) that are running; then
+the GPUs (NVML) or "no GPU: N CPU slots". Reads only the run-state JSON files, never the trainer: cheap to call.
 The sweep is --plan (a plan file or a plan name), else the last one started
 (<logs_dir>/sweeps/current).
 """
@@ -47,7 +47,7 @@ def run_row(index: int | None, st: RunState | None, task: str, now: float, param
     since a running run's log last grew). `params`: what tells it apart from its grid siblings."""
     if st is None:
         return {"index": index, "task": task, "params": params, "status": "pending", "where": "-", "iteration": None,
-                "total": None, "steps_per_s": None, "reward": None, "elapsed_s": None, "limit_s": None, "attempts": 0,
+                "total": None, "unit": "it", "steps_per_s": None, "reward": None, "elapsed_s": None, "limit_s": None, "attempts": 0,
                 "silent_s": None}
     a = st.current
     p = a.progress if a else None
@@ -58,6 +58,7 @@ def run_row(index: int | None, st: RunState | None, task: str, now: float, param
         "index": index, "task": st.task, "params": params, "status": st.status,
         "where": "-" if not a else ("cpu" if a.gpus is None else "gpu" + ",".join(map(str, a.gpus))),
         "iteration": p.iteration if p else None, "total": p.total if p else None,
+        "unit": st.spec.trainer.observe.unit_label,  # what its progress counts: it(erations) or (time)steps
         "steps_per_s": (p.steps_per_s if p and p.steps_per_s is not None else st.final.steps_per_s),
         "reward": (p.mean_reward if p and p.mean_reward is not None else st.final.mean_reward),
         "elapsed_s": elapsed, "limit_s": st.spec.time_limit_s, "attempts": len(st.attempts),
@@ -67,8 +68,14 @@ def run_row(index: int | None, st: RunState | None, task: str, now: float, param
     }
 
 
+def progress_text(r: dict) -> str:
+    """'it 12/100' or 'steps 2048/50000': done/total in the unit the run's trainer counts."""
+    return (f"{r.get('unit', 'it')} {r['iteration'] if r['iteration'] is not None else '-'}/"
+            f"{r['total'] if r['total'] is not None else '-'}")
+
+
 def format_row(r: dict) -> str:
-    it = f"it {r['iteration'] if r['iteration'] is not None else '-'}/{r['total'] if r['total'] is not None else '-'}"
+    it = progress_text(r)
     sps = "-" if r["steps_per_s"] is None else f"{r['steps_per_s']:.0f}"
     reward = "-" if r["reward"] is None else f"{r['reward']:.3g}"
     idx = f"{r['index']:>2}" if r["index"] is not None else " *"
@@ -194,8 +201,7 @@ def _safe_load(path: Path) -> RunState | None:
 def summary_line(data: dict) -> str:
     counts = counts_text(data["counts"]) or "no runs"
     active = [r for r in data["runs"] + data["other_runs"] if r["status"] == "running"]
-    bits = [" ".join(b for b in (r["task"], r.get("params"), f"it {r['iteration'] if r['iteration'] is not None else '-'}"
-                                 f"/{r['total'] or '-'}", silence(r)) if b) for r in active][:4]
+    bits = [" ".join(b for b in (r["task"], r.get("params"), progress_text(r), silence(r)) if b) for r in active][:4]
     head = f"sweep {data['sweep']}: {counts}" if data["sweep"] else f"no sweep: {len(active)} run(s) running"
     return f"{time.strftime('%H:%M:%S')} {head}" + (f" | {'; '.join(bits)}" if bits else "") + f" | {data['gpu_summary']}"
 
