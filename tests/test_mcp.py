@@ -134,6 +134,7 @@ def test_an_overnight_sweep_in_five_calls_then_diagnose_and_retry(tmp_path: Path
 
 def test_plan_mistakes_and_refusals_are_answered_not_started(tmp_path: Path):
     repo = make_repo(tmp_path / "repo", {"faults": FAULTS, "typo": TYPO, "other": OTHER})
+    (repo / "local_experiment_logs").mkdir(exist_ok=True)
     (repo / "local_experiment_logs" / "sweep_log.md").write_text("# Sweep: other\nStarted: -\n")
 
     async def script(c: Client):
@@ -247,6 +248,7 @@ def test_stopping_a_whole_sweep_is_a_user_stop_with_events(tmp_path: Path):
 def test_watch_sees_a_refusal_written_before_it_started(tmp_path: Path):
     """The race of a sweep refused in under a second: launch first, let it end, then watch from the cursor."""
     repo = make_repo(tmp_path / "repo", {"faults": FAULTS, "typo": TYPO})
+    (repo / "local_experiment_logs").mkdir(exist_ok=True)
     (repo / "local_experiment_logs" / "sweep_log.md").write_text("# Sweep: other\nStarted: -\n")
     env = env_for(repo)
     watch_py = [sys.executable, "-m", "lights_out_dev.cli.watch"]
