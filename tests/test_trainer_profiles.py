@@ -515,7 +515,7 @@ def test_smoke_gate_passes_on_its_own_progress_then_the_time_limit_stops_right_a
     p = doit_run(repo, task, "--max_iterations", "1000000", *own_flags, "--smoke", "--time_limit", "30s")
     assert p.returncode == 0, out(p)
     st = run_state(repo, task)
-    gate = st["extra"]["smoke"]
+    gate = st["smoke_record"]
     assert st["smoke"] == "passed" and gate["progress"]["iteration"] > 0, gate  # its own progress, not a 0/N bar
     assert "first update completed" in gate["reason"] and flag(gate["argv"], "--run_name").endswith("_smoke")
     assert verdicts(st) == ["timeout"] and st["status"] == "timeout"
@@ -553,7 +553,7 @@ def test_a_smoke_gate_that_cannot_pass_fails_the_run_before_its_long_attempt(tmp
     assert st["smoke"].startswith("failed: ") and st["status"] == "failed", st["smoke"]
     assert st["attempts"] == [] and st["reason"].startswith("smoke failed: ")  # no long attempt started
     assert why in st["reason"], st["reason"]
-    assert Path(st["extra"]["smoke"]["log_path"]).exists()
+    assert Path(st["smoke_record"]["log_path"]).exists()
 
 
 # -- a trainer that finished but hangs at exit is completed, not killed and retried ----------------------
