@@ -29,7 +29,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from lights_out_dev import executors
-from lights_out_dev.core import command
+from lights_out_dev.core import command, overrides
 from lights_out_dev.core.config import ProjectConfig, load_project_or_report
 from lights_out_dev.core.profiles import (
     DEFAULT_CHECKPOINT_PATTERN,
@@ -423,7 +423,8 @@ class _Run:
         ours = handle is not None and self.executor.adoptable(handle)
         if ours:
             self.handle = handle
-            self.say(f"lights-out: adopting {st.task} attempt {attempt.number} (pid {handle.pid}) left running "
+            which = f"Slurm job {handle.job_id}" if handle.job_id else f"pid {handle.pid}"
+            self.say(f"lights-out: adopting {st.task} attempt {attempt.number} ({which}) left running "
                      f"by supervisor pid {self.previous_supervisor}.")
             return True
         # The trainer ended while nobody watched: finish that attempt from its log, then go on by policy.
@@ -777,12 +778,6 @@ def supervise(spec: RunSpec, cfg: ProjectConfig, root: Path, state_path: Path, *
 
 # -- doit entry point -------------------------------------------------------------------------------
 
-def _overrides():
-    from lights_out_dev.core import overrides
-
-    return overrides.current()
-
-
 def write_target(target: Path, state: RunState, state_path: Path) -> None:
     tb_dir = next((a.tb_dir for a in reversed(state.attempts) if a.tb_dir), None)
     data = {"task": state.task, "status": state.status, "run_dir": tb_dir,
@@ -798,18 +793,18 @@ def run_task(spec: RunSpec, target: Path) -> bool:
     if project is None:
         return False
     root, cfg = project
-    ov = _overrides()
-    if ov is not None and ov.time_limit_set and ov.time_limit_s is None and spec.time_limit_s is None:
+    ov = overrides.current()
+    if ov.time_limit_set and ov.time_limit_s is None and spec.time_limit_s is None:
         cfg = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"time_limit": None})})
     state_path = state_path_for(root, cfg, spec.task)
-    executor_name = (ov.executor if ov is not None and ov.executor else None) or cfg.executor
-    pin = ov.gpu if ov is not None else None
+    executor_name = ov.executor or cfg.executor
+    pin = ov.gpu
     lease = None
-    if ov is not None and ov.continue_ and ov.wipe:
+    if ov.continue_ and ov.wipe:
         print("lights-out: --continue and --wipe contradict each other; pass one of them (--continue finishes "
               "the recorded run as it was started, --wipe archives it and starts afresh).")
         return False
-    on_change = "continue" if ov is not None and ov.continue_ else "wipe" if ov is not None and ov.wipe else "refuse"
+    on_change = "continue" if ov.continue_ else "wipe" if ov.wipe else "refuse"
     with stopping.handling():
         try:
             from lights_out_dev.executors.slurm.executor import placement_problem
