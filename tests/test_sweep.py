@@ -352,7 +352,7 @@ def test_busy_sweep_names_a_holder_that_writes_its_pid_late(tmp_path: Path):
     import socket
     import threading
 
-    from lights_out_dev.sweep.scheduler import holder
+    from lights_out_dev.sweep.ownership import holder
 
     owner = tmp_path / "sweep.owner"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

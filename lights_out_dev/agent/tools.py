@@ -559,7 +559,8 @@ class Agent:
 
     def _plan(self, plan: str):
         from lights_out_dev.host.nvml import gpu_count
-        from lights_out_dev.sweep.scheduler import known_tasks, plan_path
+        from lights_out_dev.sweep.paths import plan_path
+        from lights_out_dev.sweep.scheduler import known_tasks
 
         try:
             loaded = load_plan(plan_path(self.root, self.cfg, plan))
@@ -586,7 +587,8 @@ class Agent:
     def _ledger_blocker(self, name: str) -> dict | None:
         """Why `doit sweep` of plan `name` would be refused now, read-only (the same rules as Sweep.prepare)."""
         from lights_out_dev.sweep import ledger
-        from lights_out_dev.sweep.scheduler import Sweep, ledger_path, paths_for
+        from lights_out_dev.sweep.paths import ledger_path, paths_for
+        from lights_out_dev.sweep.scheduler import Sweep
 
         live = Sweep._live_holder(paths_for(self.root, self.cfg, name))
         if live:
@@ -607,7 +609,8 @@ class Agent:
         return None
 
     def _sweep(self, plan: str | None):
-        from lights_out_dev.sweep.scheduler import Sweep, paths_for
+        from lights_out_dev.sweep.paths import paths_for
+        from lights_out_dev.sweep.scheduler import Sweep
 
         name = status_mod.current_sweep(self.root, self.cfg, plan)
         if not name:

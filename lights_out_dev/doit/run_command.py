@@ -157,8 +157,8 @@ def plan_problem(root, known_tasks: list[str]) -> str | None:
     returns), or None. A plan error is a usage error like an unknown task: exit 3, nothing launched."""
     from lights_out_dev.core.config import load_config
     from lights_out_dev.host import events
+    from lights_out_dev.sweep.paths import plan_path
     from lights_out_dev.sweep.plan import PlanError, check_tasks, load_plan
-    from lights_out_dev.sweep.scheduler import plan_path
 
     cfg = load_config(root)  # a ConfigError is the caller's one sentence
     plan = overrides.current().plan

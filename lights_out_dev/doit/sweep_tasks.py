@@ -93,8 +93,8 @@ def run_phase(plan: str | None, phase: int) -> bool:
 
 def _name_of(plan: str | None, root, cfg) -> str | None:
     """The plan's name for an event (None when the plan cannot be read)."""
+    from lights_out_dev.sweep.paths import plan_path
     from lights_out_dev.sweep.plan import PlanError, load_plan
-    from lights_out_dev.sweep.scheduler import plan_path
 
     try:
         return load_plan(plan_path(root, cfg, plan)).name
@@ -181,8 +181,8 @@ def _cached_sweep(plan: str | None):
 
 def task_sweep():
     """Run a sweep plan (--plan sweeps/<name>.yaml; default [tool.lights_out] default_plan)."""
+    from lights_out_dev.sweep.paths import paths_for, plan_path
     from lights_out_dev.sweep.plan import PlanError, load_plan
-    from lights_out_dev.sweep.scheduler import paths_for, plan_path
 
     root, cfg, ov = _context()
     try:

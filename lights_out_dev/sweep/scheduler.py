@@ -21,11 +21,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +39,16 @@ from lights_out_dev.host import procs, stopping
 from lights_out_dev.host.nvml import gpu_count
 from lights_out_dev.run.supervisor import spec_fingerprint
 from lights_out_dev.sweep import ledger, promotion
+from lights_out_dev.sweep.ownership import HOLDER_WAIT_S, holder, live_holder, try_lock
+from lights_out_dev.sweep.paths import (
+    SweepPaths,
+    ledger_lock,
+    ledger_path,
+    paths_for,
+    plan_path,
+    run_key,
+    sweeps_root,
+)
 from lights_out_dev.sweep.plan import (
     LoadedPlan,
     PlannedRun,
@@ -53,7 +61,6 @@ from lights_out_dev.sweep.plan import (
 TICK_S = 0.5  # how often the scheduler looks for a free slot when nothing else woke it
 BUSY_RECHECK_S = 5.0  # a run owned by another live supervisor is looked at again this often
 LEDGER_REFRESH_S = 30.0  # ledger rewrite for progress only (starts and ends rewrite at once)
-HOLDER_WAIT_S = 2.0  # time a just-started sweep process gets to write its pid beside the lock it took
 
 
 class SweepError(LightsOutError):
@@ -62,119 +69,6 @@ class SweepError(LightsOutError):
 
 class SweepBusy(SweepError):
     """Another live process runs this plan (or this run): the sweep goes on there."""
-
-
-# --- where things live ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SweepPaths:
-    dir: Path
-
-    @property
-    def runs(self) -> Path:
-        return self.dir / "runs"
-
-    @property
-    def targets(self) -> Path:
-        return self.dir / "targets"
-
-    @property
-    def meta(self) -> Path:
-        return self.dir / "sweep.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.dir / "sweep.lock"
-
-    @property
-    def owner(self) -> Path:
-        return self.dir / "sweep.owner"
-
-    @property
-    def report(self) -> Path:
-        return self.dir / "report.md"
-
-    def state(self, index: int) -> Path:
-        return self.runs / f"{index:02d}.json"
-
-    def run_lock(self, index: int) -> Path:
-        return self.runs / f"{index:02d}.lock"
-
-    def run_owner(self, index: int) -> Path:
-        return self.runs / f"{index:02d}.owner"
-
-    def target(self, index: int) -> Path:
-        return self.targets / f"{index:02d}.json"
-
-    def promotion(self, index: int) -> Path:
-        return self.runs / f"{index:02d}.promotion.json"
-
-    @property
-    def search(self) -> Path:
-        return self.dir / "search"
-
-    @property
-    def compute(self) -> Path:
-        return self.dir / "compute.json"
-
-
-def run_key(name: str, index: int) -> str:
-    """The run's key (in its log file name): the doit task name with ':' -> '__'."""
-    return f"sweep__{name}-{index:02d}"
-
-
-def sweeps_root(root: Path, cfg: ProjectConfig) -> Path:
-    return cfg.path(root, cfg.logs_dir) / "sweeps"
-
-
-def paths_for(root: Path, cfg: ProjectConfig, name: str) -> SweepPaths:
-    return SweepPaths(sweeps_root(root, cfg) / name)
-
-
-def ledger_path(root: Path, cfg: ProjectConfig) -> Path:
-    """[tool.lights_out] ledger, else <logs_dir>/sweep_log.md (beside the runs it describes, outside the source)."""
-    return cfg.path(root, cfg.ledger) if cfg.ledger else cfg.path(root, cfg.logs_dir) / "sweep_log.md"
-
-
-def ledger_lock(root: Path, cfg: ProjectConfig) -> Path:
-    return cfg.path(root, cfg.logs_dir) / "locks" / "ledger.lock"
-
-
-def plan_path(root: Path, cfg: ProjectConfig, given: str | None) -> Path:
-    return cfg.path(root, given or cfg.default_plan)
-
-
-# --- locks with an owner record --------------------------------------------------------------
-
-def try_lock(path: Path, owner: Path) -> FileLock | None:
-    """Non-blocking flock; on success record our pid beside it (to name the holder to others)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path), timeout=0, thread_local=False)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return None
-    try:
-        atomic_write_text(owner, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
-    except OSError:
-        pass  # the lock is what excludes; the owner file only names the holder
-    return lock
-
-
-def holder(owner: Path, wait_s: float = 0.0) -> int | None:
-    """The pid recorded beside a held lock. A lock taken a moment ago may not name its new holder yet (the
-    file is missing or still names the previous, dead holder): `wait_s` gives the holder time to write it."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            doc = json.loads(owner.read_text())
-            pid, host = int(doc["pid"]), doc.get("host")
-        except (OSError, ValueError, KeyError, TypeError):
-            pid, host = None, None
-        current = pid is not None and (host != socket.gethostname() or procs.alive(pid))
-        if current or time.monotonic() >= deadline:
-            return pid if current else None
-        time.sleep(0.05)
 
 
 # --- experiment tasks -> RunSpec ---------------------------------------------------------------
@@ -375,7 +269,7 @@ class Sweep:
             existing = None
         if existing and existing != self.loaded.name:
             other = paths_for(self.root, self.cfg, existing)
-            live = self._live_holder(other)
+            live = live_holder(other)
             if live:
                 raise SweepError(f"the ledger {path} belongs to sweep '{existing}', which process {live} is running "
                                  f"now; wait for it to finish or set a different [tool.lights_out] ledger.")
@@ -393,7 +287,7 @@ class Sweep:
                              f"({listed}); pass --continue to keep them as they are, or --wipe to archive them and "
                              f"run this plan afresh.")
         if wipe and self.paths.dir.exists():
-            live = self._live_holder(self.paths)
+            live = live_holder(self.paths)
             if live:
                 raise SweepError(f"sweep '{self.loaded.name}' is being run by process {live}; stop it before --wipe.")
             if path.exists() and existing == self.loaded.name:
@@ -445,18 +339,6 @@ class Sweep:
     def _archive(self, ledger_file: Path, suffix: str) -> None:
         if ledger_file.exists():
             ledger_file.rename(ledger_file.with_name(f"{ledger_file.stem}.{suffix}{ledger_file.suffix}"))
-
-    @staticmethod
-    def _live_holder(p: SweepPaths) -> int | None:
-        if not p.lock.exists():
-            return None
-        lock = FileLock(str(p.lock), timeout=0, thread_local=False)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return holder(p.owner, wait_s=HOLDER_WAIT_S) or -1
-        lock.release()
-        return None
 
     # -- promotion (promotion.py) ------------------------------------------------------------
     def _load_promotions(self) -> None:

@@ -152,7 +152,8 @@ def current_sweep(root: Path, cfg: ProjectConfig, plan: str | None) -> str | Non
 
 def collect(root: Path, cfg: ProjectConfig, plan: str | None = None, now: float | None = None) -> dict:
     """Everything status shows, as data."""
-    from lights_out_dev.sweep.scheduler import Sweep, paths_for
+    from lights_out_dev.sweep.paths import paths_for
+    from lights_out_dev.sweep.scheduler import Sweep
 
     now = now or time.time()
     name = current_sweep(root, cfg, plan)
