@@ -74,6 +74,25 @@ def assert_no_trainer_left(st: dict) -> None:
         assert a["survivors"] == [] and not procs.alive(a["pid"])
 
 
+# A steady pace for tests that must act while a real trainer is at a given point (a kill inside the run, a
+# time limit between two of its checkpoints), whether the machine is idle or loaded by other work: gymnasium's
+# CartPole with 2 ms per step (gymnasium imports `module:` in an env id); everything else the trainer's own.
+SLOW_CARTPOLE = """import time
+import gymnasium as gym
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+
+class SlowCartPole(CartPoleEnv):
+    def step(self, action):
+        time.sleep(0.002)
+        return super().step(action)
+
+
+gym.register("SlowCartPole-v1", entry_point=SlowCartPole, max_episode_steps=500)
+"""
+PACED = ["--env", "slow_cartpole:SlowCartPole-v1"]
+
+
 # -- pure: the sb3 profile reads SB3's own output ----------------------------------------------------
 
 SB3_LINES = """Using cpu device
@@ -175,7 +194,8 @@ def _has_checkpoint(repo: Path, st: dict, steps: int) -> bool:
 @pytest.mark.timeout(600)
 def test_sb3_sigkill_is_retried_from_its_own_checkpoint_and_ends_at_the_requested_total(tmp_path: Path):
     repo = repo_with(tmp_path)
-    proc = start_doit(repo, SB3, "--max_iterations", "8192", "--save_freq", "512")
+    (repo / "slow_cartpole.py").write_text(SLOW_CARTPOLE)
+    proc = start_doit(repo, SB3, "--max_iterations", "4096", "--save_freq", "512", *PACED)  # killed inside it
     st = wait_for(repo, SB3, lambda s: _progress(s, 1) >= 1536 and _has_checkpoint(repo, s, 1024))
     os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
     text, _ = proc.communicate(timeout=500)
@@ -187,9 +207,9 @@ def test_sb3_sigkill_is_retried_from_its_own_checkpoint_and_ends_at_the_requeste
     resumed_from = flag(second["argv"], "--resume")
     assert resumed_from and Path(resumed_from).parent == Path(first["checkpoint_dir"])  # its own checkpoint
     done = int(Path(resumed_from).name.split("_")[2])
-    assert done >= 1024 and flag(second["argv"], "--total_timesteps") == str(8192 - done)
-    assert second["progress"]["iteration"] == 8192 and st["final"]["total"] == 8192  # not 8192 + done
-    assert Path(st["checkpoints"][-1]).name == "rl_model_8192_steps.zip"
+    assert done >= 1024 and flag(second["argv"], "--total_timesteps") == str(4096 - done)
+    assert second["progress"]["iteration"] == 4096 and st["final"]["total"] == 4096  # not 4096 + done
+    assert Path(st["checkpoints"][-1]).name == "rl_model_4096_steps.zip"
     assert_no_trainer_left(st)
 
 
@@ -480,23 +500,8 @@ def test_rsl_rl_script_completes_at_its_final_iteration_and_resumes_a_sigkill_fr
 
 # -- time limit and smoke gate on the real third-party trainers, as for Isaac Lab ------------------------
 
-# The clock that stops a trainer right after its own checkpoint learns the save period from the saves it sees,
-# so the test needs a steady pace on a machine loaded by other work: gymnasium's CartPole with 2 ms per step
-# (gymnasium imports `module:` in an env id), everything else the real trainer's own.
-SLOW_CARTPOLE = """import time
-import gymnasium as gym
-from gymnasium.envs.classic_control.cartpole import CartPoleEnv
-
-
-class SlowCartPole(CartPoleEnv):
-    def step(self, action):
-        time.sleep(0.002)
-        return super().step(action)
-
-
-gym.register("SlowCartPole-v1", entry_point=SlowCartPole, max_episode_steps=500)
-"""
-PACED = ["--env", "slow_cartpole:SlowCartPole-v1"]
+# The clock that stops a trainer right after its own checkpoint learns the save period from the saves it sees:
+# the paced CartPole keeps that period steady.
 # (task, its own flags for a save every second or so, the checkpoint interval in its progress unit)
 SAVING_OFTEN = {
     "sb3": (SB3, [*PACED, "--save_freq", "512"], 512),  # each 512-step rollout
