@@ -428,8 +428,8 @@ def test_skrl_completes_on_its_full_progress_bar_with_its_tensorboard_tags(tmp_p
 @pytest.mark.timeout(600)
 def test_skrl_sigkill_is_retried_from_its_own_checkpoint_and_counts_on_from_it(tmp_path: Path):
     repo = repo_with(tmp_path)
-    # skrl runs ~1,300 steps/s here: 30,000 leaves the kill well inside the run on a fast machine too
-    proc = start_doit(repo, SKRL, "--max_iterations", "30000")
+    (repo / "slow_cartpole.py").write_text(SLOW_CARTPOLE)
+    proc = start_doit(repo, SKRL, "--max_iterations", "2000", *PACED)  # paced: the kill lands inside the run
     # skrl prints no reward: while the attempt runs, its reward comes from its TensorBoard tag
     st = wait_for(repo, SKRL, lambda s: _progress(s, 1) >= 300 and bool(s["attempts"][-1].get("checkpoint_dir"))
                   and (Path(s["attempts"][-1]["checkpoint_dir"]) / "agent_250.pt").exists()
@@ -438,16 +438,16 @@ def test_skrl_sigkill_is_retried_from_its_own_checkpoint_and_counts_on_from_it(t
     text, _ = proc.communicate(timeout=500)
     assert proc.returncode == 0, text
     # the live status line: timesteps in its unit, and the reward read from TensorBoard
-    assert re.search(r"\[gym_cartpole:skrl a[12] cpu\] steps \d+/30000 \S+ steps/s reward -?\d", text), text
+    assert re.search(r"\[gym_cartpole:skrl a[12] cpu\] steps \d+/2000 \S+ steps/s reward -?\d", text), text
     st = run_state(repo, SKRL)
     assert verdicts(st) == ["crash", "completed"]
     first, second = st["attempts"]
     resumed_from = flag(second["argv"], "--checkpoint")
     assert Path(resumed_from).parent == Path(first["checkpoint_dir"])
     done = int(Path(resumed_from).stem.split("_")[1])
-    assert done >= 250 and flag(second["argv"], "--timesteps") == str(30000 - done)
+    assert done >= 250 and flag(second["argv"], "--timesteps") == str(2000 - done)
     # skrl counts the resumed run from 0; the runner counts on from the checkpoint
-    assert second["step_offset"] == done and second["progress"]["iteration"] == 30000 == st["final"]["total"]
+    assert second["step_offset"] == done and second["progress"]["iteration"] == 2000 == st["final"]["total"]
     assert_no_trainer_left(st)
 
 
@@ -461,8 +461,11 @@ def test_a_carriage_return_ends_a_line_so_a_progress_bar_is_output_and_progress(
                      "  1%|          | 7/600 [00:00<00:08, 66.64it/s]"]
     assert tail.offset == log.stat().st_size - len(b"  2%")  # the unfinished segment is read again later
     s = LogScanner(profile=resolve_profile("skrl", {}), progress_offset=250)
+    s.feed(lines[1])
+    assert not s.first_iteration_seen  # a bar at 0 has trained nothing: no smoke pass, not healthy yet
     for line in lines:
         s.feed(line)
+    assert s.first_iteration_seen
     assert (s.progress.iteration, s.progress.total, s.progress.steps_per_s) == (257, 850, 66.64)
     assert s.own_iteration == 7  # what its checkpoint names count: the time-limit clock compares these
     assert not s.end_marker
