@@ -74,6 +74,25 @@ def assert_no_trainer_left(st: dict) -> None:
         assert a["survivors"] == [] and not procs.alive(a["pid"])
 
 
+# A steady pace for tests that must act while a real trainer is at a given point (a kill inside the run, a
+# time limit between two of its checkpoints), whether the machine is idle or loaded by other work: gymnasium's
+# CartPole with 2 ms per step (gymnasium imports `module:` in an env id); everything else the trainer's own.
+SLOW_CARTPOLE = """import time
+import gymnasium as gym
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+
+class SlowCartPole(CartPoleEnv):
+    def step(self, action):
+        time.sleep(0.002)
+        return super().step(action)
+
+
+gym.register("SlowCartPole-v1", entry_point=SlowCartPole, max_episode_steps=500)
+"""
+PACED = ["--env", "slow_cartpole:SlowCartPole-v1"]
+
+
 # -- pure: the sb3 profile reads SB3's own output ----------------------------------------------------
 
 SB3_LINES = """Using cpu device
@@ -175,7 +194,8 @@ def _has_checkpoint(repo: Path, st: dict, steps: int) -> bool:
 @pytest.mark.timeout(600)
 def test_sb3_sigkill_is_retried_from_its_own_checkpoint_and_ends_at_the_requested_total(tmp_path: Path):
     repo = repo_with(tmp_path)
-    proc = start_doit(repo, SB3, "--max_iterations", "8192", "--save_freq", "512")
+    (repo / "slow_cartpole.py").write_text(SLOW_CARTPOLE)
+    proc = start_doit(repo, SB3, "--max_iterations", "4096", "--save_freq", "512", *PACED)  # killed inside it
     st = wait_for(repo, SB3, lambda s: _progress(s, 1) >= 1536 and _has_checkpoint(repo, s, 1024))
     os.kill(st["attempts"][0]["pid"], signal.SIGKILL)
     text, _ = proc.communicate(timeout=500)
@@ -187,9 +207,9 @@ def test_sb3_sigkill_is_retried_from_its_own_checkpoint_and_ends_at_the_requeste
     resumed_from = flag(second["argv"], "--resume")
     assert resumed_from and Path(resumed_from).parent == Path(first["checkpoint_dir"])  # its own checkpoint
     done = int(Path(resumed_from).name.split("_")[2])
-    assert done >= 1024 and flag(second["argv"], "--total_timesteps") == str(8192 - done)
-    assert second["progress"]["iteration"] == 8192 and st["final"]["total"] == 8192  # not 8192 + done
-    assert Path(st["checkpoints"][-1]).name == "rl_model_8192_steps.zip"
+    assert done >= 1024 and flag(second["argv"], "--total_timesteps") == str(4096 - done)
+    assert second["progress"]["iteration"] == 4096 and st["final"]["total"] == 4096  # not 4096 + done
+    assert Path(st["checkpoints"][-1]).name == "rl_model_4096_steps.zip"
     assert_no_trainer_left(st)
 
 
@@ -408,8 +428,8 @@ def test_skrl_completes_on_its_full_progress_bar_with_its_tensorboard_tags(tmp_p
 @pytest.mark.timeout(600)
 def test_skrl_sigkill_is_retried_from_its_own_checkpoint_and_counts_on_from_it(tmp_path: Path):
     repo = repo_with(tmp_path)
-    # skrl runs ~1,300 steps/s here: 30,000 leaves the kill well inside the run on a fast machine too
-    proc = start_doit(repo, SKRL, "--max_iterations", "30000")
+    (repo / "slow_cartpole.py").write_text(SLOW_CARTPOLE)
+    proc = start_doit(repo, SKRL, "--max_iterations", "2000", *PACED)  # paced: the kill lands inside the run
     # skrl prints no reward: while the attempt runs, its reward comes from its TensorBoard tag
     st = wait_for(repo, SKRL, lambda s: _progress(s, 1) >= 300 and bool(s["attempts"][-1].get("checkpoint_dir"))
                   and (Path(s["attempts"][-1]["checkpoint_dir"]) / "agent_250.pt").exists()
@@ -418,16 +438,16 @@ def test_skrl_sigkill_is_retried_from_its_own_checkpoint_and_counts_on_from_it(t
     text, _ = proc.communicate(timeout=500)
     assert proc.returncode == 0, text
     # the live status line: timesteps in its unit, and the reward read from TensorBoard
-    assert re.search(r"\[gym_cartpole:skrl a[12] cpu\] steps \d+/30000 \S+ steps/s reward -?\d", text), text
+    assert re.search(r"\[gym_cartpole:skrl a[12] cpu\] steps \d+/2000 \S+ steps/s reward -?\d", text), text
     st = run_state(repo, SKRL)
     assert verdicts(st) == ["crash", "completed"]
     first, second = st["attempts"]
     resumed_from = flag(second["argv"], "--checkpoint")
     assert Path(resumed_from).parent == Path(first["checkpoint_dir"])
     done = int(Path(resumed_from).stem.split("_")[1])
-    assert done >= 250 and flag(second["argv"], "--timesteps") == str(30000 - done)
+    assert done >= 250 and flag(second["argv"], "--timesteps") == str(2000 - done)
     # skrl counts the resumed run from 0; the runner counts on from the checkpoint
-    assert second["step_offset"] == done and second["progress"]["iteration"] == 30000 == st["final"]["total"]
+    assert second["step_offset"] == done and second["progress"]["iteration"] == 2000 == st["final"]["total"]
     assert_no_trainer_left(st)
 
 
@@ -441,8 +461,11 @@ def test_a_carriage_return_ends_a_line_so_a_progress_bar_is_output_and_progress(
                      "  1%|          | 7/600 [00:00<00:08, 66.64it/s]"]
     assert tail.offset == log.stat().st_size - len(b"  2%")  # the unfinished segment is read again later
     s = LogScanner(profile=resolve_profile("skrl", {}), progress_offset=250)
+    s.feed(lines[1])
+    assert not s.first_iteration_seen  # a bar at 0 has trained nothing: no smoke pass, not healthy yet
     for line in lines:
         s.feed(line)
+    assert s.first_iteration_seen
     assert (s.progress.iteration, s.progress.total, s.progress.steps_per_s) == (257, 850, 66.64)
     assert s.own_iteration == 7  # what its checkpoint names count: the time-limit clock compares these
     assert not s.end_marker
@@ -480,23 +503,8 @@ def test_rsl_rl_script_completes_at_its_final_iteration_and_resumes_a_sigkill_fr
 
 # -- time limit and smoke gate on the real third-party trainers, as for Isaac Lab ------------------------
 
-# The clock that stops a trainer right after its own checkpoint learns the save period from the saves it sees,
-# so the test needs a steady pace on a machine loaded by other work: gymnasium's CartPole with 2 ms per step
-# (gymnasium imports `module:` in an env id), everything else the real trainer's own.
-SLOW_CARTPOLE = """import time
-import gymnasium as gym
-from gymnasium.envs.classic_control.cartpole import CartPoleEnv
-
-
-class SlowCartPole(CartPoleEnv):
-    def step(self, action):
-        time.sleep(0.002)
-        return super().step(action)
-
-
-gym.register("SlowCartPole-v1", entry_point=SlowCartPole, max_episode_steps=500)
-"""
-PACED = ["--env", "slow_cartpole:SlowCartPole-v1"]
+# The clock that stops a trainer right after its own checkpoint learns the save period from the saves it sees:
+# the paced CartPole keeps that period steady.
 # (task, its own flags for a save every second or so, the checkpoint interval in its progress unit)
 SAVING_OFTEN = {
     "sb3": (SB3, [*PACED, "--save_freq", "512"], 512),  # each 512-step rollout
