@@ -81,11 +81,11 @@ def with_server(repo: Path, script, *flags: str):
 
 def wait_gone(repo: Path, name: str, timeout: float = 120.0) -> None:
     """The sweep process this test started has let go of its lock (it has exited or is about to)."""
+    from lights_out_dev.sweep.ownership import live_holder
     from lights_out_dev.sweep.paths import SweepPaths
-    from lights_out_dev.sweep.scheduler import Sweep
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and Sweep._live_holder(SweepPaths(repo / "local_experiment_logs/sweeps" / name)):
+    while time.monotonic() < deadline and live_holder(SweepPaths(repo / "local_experiment_logs/sweeps" / name)):
         time.sleep(0.5)
 
 

@@ -29,6 +29,7 @@ from lights_out_dev.core.state import RunState, load_state
 from lights_out_dev.errors import LightsOutError
 from lights_out_dev.host import events
 from lights_out_dev.run import run_requests
+from lights_out_dev.sweep.ownership import live_holder
 from lights_out_dev.sweep.plan import PlanError, check_tasks, load_plan, varied_text
 from lights_out_dev.views import status as status_mod
 from lights_out_dev.views import watch
@@ -402,7 +403,7 @@ class Agent:
         sw = ref.sweep
         if ref.state is not None and ref.state.status == "running":
             return error(f"{ref.label} is running; stop it first (stop), or wait_for_event for its end")
-        live = sw._live_holder(sw.paths)
+        live = live_holder(sw.paths)
         if live:
             return error(f"sweep {sw.loaded.name} is being run by process {live}; retry_with works once it has "
                          f"finished: wait_for_event(kinds=['sweep_finished']) and call again")
@@ -472,7 +473,7 @@ class Agent:
                           "marked interrupted; wait_for_event(kinds=['stopped']) confirms it.",
                           {"ok": True, "run": ref.label, "requested": True})
         sw = self._sweep(plan)
-        pid = sw._live_holder(sw.paths)
+        pid = live_holder(sw.paths)
         if not pid:
             return error(f"sweep {sw.loaded.name} is not running; nothing to stop")
         if pid < 0:
@@ -588,9 +589,8 @@ class Agent:
         """Why `doit sweep` of plan `name` would be refused now, read-only (the same rules as Sweep.prepare)."""
         from lights_out_dev.sweep import ledger
         from lights_out_dev.sweep.paths import ledger_path, paths_for
-        from lights_out_dev.sweep.scheduler import Sweep
 
-        live = Sweep._live_holder(paths_for(self.root, self.cfg, name))
+        live = live_holder(paths_for(self.root, self.cfg, name))
         if live:
             return {"needs": "wait", "sentence": f"sweep {name} is being run by process {live} now; "
                                                  "wait_for_event for its sweep_finished, or stop it"}
@@ -600,7 +600,7 @@ class Agent:
         except (OSError, UnicodeDecodeError):
             existing = None
         if existing and existing != name:
-            if Sweep._live_holder(paths_for(self.root, self.cfg, existing)):
+            if live_holder(paths_for(self.root, self.cfg, existing)):
                 return {"needs": "wait", "sentence": f"the ledger {path} belongs to sweep '{existing}', which is "
                                                      "running now; wait for it or set a different ledger"}
             return {"needs": "continue_or_wipe",
