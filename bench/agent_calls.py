@@ -33,8 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from project_copy import copy_project  # noqa: E402  (bench/project_copy.py)
 
-COPIED = ("dodo.py", "pyproject.toml", "tasks", "lights_out_dev", "workloads", "sweeps")
 PLAN = """\
 name: overnight
 mode: parallel
@@ -59,13 +59,7 @@ EXPECTED = {1: "completed", 2: "completed", 3: "completed", 4: "failed", 5: "fai
 
 
 def make_repo(dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, dest / name)
+    copy_project(dest)
     (dest / "sweeps" / "overnight.yaml").write_text(PLAN)
     (dest / "overlay.toml").write_text(OVERLAY)
     return dest

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from project_copy import copy_project  # noqa: E402  (bench/project_copy.py)
 
 GOOD_RUN = "  - task: cartpole:base\n    overrides: {num_envs: 16, max_iterations: 2}\n"
 
@@ -240,14 +240,7 @@ def _repo() -> Path:
     """One copy of the repository for the doit cases (they launch nothing, so they can share it)."""
     global _REPO
     if _REPO is None:
-        _REPO = Path(tempfile.mkdtemp(prefix="lights-out-bad-inputs-")) / "repo"
-        _REPO.mkdir()
-        for name in ("dodo.py", "pyproject.toml", "tasks", "lights_out_dev", "workloads", "sweeps"):
-            src = ROOT / name
-            if src.is_dir():
-                shutil.copytree(src, _REPO / name, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(src, _REPO / name)
+        _REPO = copy_project(Path(tempfile.mkdtemp(prefix="lights-out-bad-inputs-")) / "repo")
     return _REPO
 
 

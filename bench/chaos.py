@@ -39,11 +39,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from project_copy import copy_project  # noqa: E402  (bench/project_copy.py)
 
 from lights_out_dev.host import procs  # noqa: E402
 from lights_out_dev.run.supervisor import STATE_VAR  # noqa: E402
 
-COPIED = ("dodo.py", "pyproject.toml", "tasks", "lights_out_dev", "workloads", "sweeps")
 OVERLAY = """\
 cpu_slots = 2
 [monitor]
@@ -66,13 +66,7 @@ FINAL_TIMEOUT_S = 600
 
 
 def make_repo(dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, dest / name)
+    copy_project(dest)
     (dest / "chaos.toml").write_text(f'locks_dir = "{dest / "locks"}"\n' + OVERLAY)
     return dest
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from project_copy import copy_project  # noqa: E402  (bench/project_copy.py)
 
 from lights_out_dev.host import procs  # noqa: E402
 from lights_out_dev.sweep.search import Search, fixed_configurations, value_text  # noqa: E402
@@ -91,12 +92,7 @@ def summary(name, t0, t1, intervals, run_dirs, target, pruned, leaked, runs) -> 
 # --- lights-out ----------------------------------------------------------------------------------
 
 def run_lights_out(args, cfgs: list[dict], work: Path) -> dict:
-    repo = work / "lights-out"
-    repo.mkdir(parents=True)
-    for name in ("dodo.py", "pyproject.toml", "tasks", "lights_out_dev", "workloads", "sweeps"):
-        src = ROOT / name
-        (shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
-         else shutil.copy2(src, repo / name))
+    repo = copy_project(work / "lights-out")
     # the same random search (seed 5, same space) samples the same configurations as configurations()
     plan = f"""\
 name: vsray

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_graph import make_repo as copy_project  # the project copied, without plans
 
 from lights_out_dev.host import procs
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ("dodo.py", "pyproject.toml", "tasks", "lights_out_dev", "workloads", "sweeps")
 
 # Phase 1: five cart-pole runs (one recovers from a crash by retry, one gives up on a config
 # error); phase 2: the best by final reward promoted to cartpole:base-mgpu, 2 ranks (gloo) on CPU.
@@ -57,13 +56,7 @@ runs:
 
 
 def make_repo(dest: Path, plans: dict[str, str]) -> Path:
-    dest.mkdir(parents=True)
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        elif src.exists():
-            shutil.copy2(src, dest / name)
+    copy_project(dest)
     for name, text in plans.items():
         (dest / "sweeps" / f"{name}.yaml").write_text(text)
     return dest
