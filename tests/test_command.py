@@ -252,3 +252,18 @@ def test_checkpoint_clock_stops_right_after_a_save_when_the_next_would_overrun(t
     assert clock.stop_now(d, 22, now=76.0, deadline=100.0)  # next save ~121 s > 100 s: stop now, nothing lost
     assert clock.newest == "model_20.pt"
     assert not clock.stop_now(d, 23, now=77.0, deadline=100.0)  # decided once per checkpoint
+
+
+def test_checkpoint_clock_sees_a_save_at_the_next_iteration_not_the_next_poll(tmp_path: Path):
+    """Iterations can be shorter than the directory poll: the save is looked for at every new iteration, so
+    the stop comes at the line that proves the save, not one poll (and several trained iterations) later."""
+    from lights_out_dev.run.monitor import CheckpointClock
+
+    clock = CheckpointClock(r"model_(\d+)\.pt")
+    d = str(tmp_path)
+    (tmp_path / "model_0.pt").write_bytes(b"")
+    assert not clock.stop_now(d, 2, now=0.0, deadline=0.5)
+    (tmp_path / "model_5.pt").write_bytes(b"")
+    assert not clock.stop_now(d, 6, now=0.1, deadline=0.5)  # within POLL_S, but iteration 6 is new: listed
+    assert clock.stop_now(d, 7, now=0.2, deadline=0.5)  # save proven, next one would overrun: stop now
+    assert clock.newest == "model_5.pt"

@@ -207,9 +207,10 @@ def test_its_own_sigint_swallow_is_not_success(tmp_path):
 
 def test_time_limit_stops_right_after_a_checkpoint_and_keeps_the_work(tmp_path):
     """3.0 saves nothing on SIGINT/SIGTERM: a stop at the limit would lose up to a save_interval of
-    iterations. The run is stopped right after a checkpoint instead, so at most one iteration is lost."""
+    iterations. The run is stopped right after a checkpoint instead: the iteration whose line proves the save
+    is lost, and on a loaded machine one or two more may finish before the signal lands, never an interval."""
     repo = make_isaac_repo(tmp_path)
-    p = doit_run(repo, TASK, *SMALL, "--max_iterations", "5000", "agent.save_interval=5", "--time_limit", "80s")
+    p = doit_run(repo, TASK, *SMALL, "--max_iterations", "5000", "agent.save_interval=20", "--time_limit", "80s")
     assert p.returncode == 0, out(p)  # a timeout is not a failure
     st = run_state(repo, TASK)
     assert st["status"] == "timeout" and verdicts(st) == ["timeout"]
@@ -218,7 +219,7 @@ def test_time_limit_stops_right_after_a_checkpoint_and_keeps_the_work(tmp_path):
     a = st["attempts"][0]
     assert f"right after its checkpoint model_{kept}.pt" in a["reason"], (a["reason"], st["checkpoints"])
     # `trained` counts finished iterations; model_<i>.pt holds iteration i (0-based): i + 1 finished
-    assert trained - (kept + 1) <= 1, f"trained {trained} iterations, last checkpoint model_{kept}.pt"
+    assert trained - (kept + 1) <= 3, f"trained {trained} iterations, last checkpoint model_{kept}.pt"
     assert a["ended_at"] - a["started_at"] <= 80 + 10, "the limit was overrun"
     assert_no_trainer_left(st)
 

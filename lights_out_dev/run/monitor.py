@@ -162,16 +162,21 @@ class CheckpointClock:
         self._seen: dict[int, float] = {}  # checkpoint iteration -> monotonic time first seen
         self._names: dict[int, str] = {}
         self._next_poll = 0.0
+        self._polled_at: int | None = None  # the trainer's progress at the last listing
         self._decided_for: int | None = None
 
     @property
     def newest(self) -> str | None:
         return self._names[max(self._names)] if self._names else None
 
-    def _poll(self, run_dir: str | None, now: float) -> None:
-        if run_dir is None or now < self._next_poll:
+    def _poll(self, run_dir: str | None, finished_iterations: int | None, now: float) -> None:
+        # A save is proven by the next progress line, so the directory is listed at every new iteration
+        # too: the stop then lands within a tick of that line, not up to POLL_S later (iterations can be
+        # shorter than that, and each one signalled late is one trained and lost).
+        if run_dir is None or (now < self._next_poll and finished_iterations == self._polled_at):
             return
         self._next_poll = now + self.POLL_S
+        self._polled_at = finished_iterations
         try:
             names = os.listdir(run_dir)
         except OSError:
@@ -188,7 +193,7 @@ class CheckpointClock:
         return max(gaps[-3:]) if gaps else None  # the longest recent gap: never promise too early a save
 
     def stop_now(self, run_dir: str | None, finished_iterations: int | None, now: float, deadline: float) -> bool:
-        self._poll(run_dir, now)
+        self._poll(run_dir, finished_iterations, now)
         if not self._seen or finished_iterations is None:
             return False
         newest = max(self._seen)
