@@ -322,3 +322,19 @@ def test_status_of_a_large_sweep_stays_within_40_lines(tmp_path: Path):
     assert any(line.startswith("57 failed") and "seed=56" in line for line in lines)  # the runs that matter are kept
     assert any(line.startswith("58 running") for line in lines)
     assert answer.data["counts"] == {"completed": 58, "failed": 1, "running": 1}
+
+
+def test_check_plan_counts_each_runs_budget_in_its_trainers_unit(tmp_path: Path):
+    """max_iterations is iterations for rsl_rl but timesteps for SB3 (its profile says so): the plan check
+    must not promise 2048 iterations of a run that will train 2048 steps."""
+    from lights_out_dev.core.config import load_config
+
+    repo = make_repo(tmp_path, {"mixed": (
+        "name: mixed\nruns:\n"
+        "  - task: gym_cartpole:sb3\n    overrides: {max_iterations: 2048}\n"
+        "  - task: cartpole:base\n    overrides: {num_envs: 16, max_iterations: 3}\n")})
+    answer = agent.Agent(repo, load_config(repo)).check_plan("sweeps/mixed.yaml")
+    lines = answer.summary.splitlines()
+    assert "gym_cartpole:sb3" in lines[1] and "2048 steps" in lines[1], lines
+    assert "cartpole:base" in lines[2] and "3 it" in lines[2], lines
+    assert [r["progress_unit"] for r in answer.data["runs"]] == ["steps", "it"]

@@ -561,7 +561,7 @@ class Agent:
     def _plan(self, plan: str):
         from lights_out_dev.host.nvml import gpu_count
         from lights_out_dev.sweep.paths import plan_path
-        from lights_out_dev.sweep.scheduler import known_tasks
+        from lights_out_dev.sweep.scheduler import base_spec, known_tasks
 
         try:
             loaded = load_plan(plan_path(self.root, self.cfg, plan))
@@ -581,6 +581,8 @@ class Agent:
                 hours += limit * max(1, gpus if n_gpu else 1) / 3600.0
             runs.append({"index": r.index, "phase": r.phase, "task": r.task or "(promotion)", "num_envs": r.num_envs,
                          "max_iterations": r.max_iterations, "seed": r.seed, "varied": varied_text(r),
+                         # what max_iterations counts: the task's trainer profile says (iterations or timesteps)
+                         "progress_unit": base_spec(self.root, r.task).trainer.observe.unit_label if r.task else "it",
                          "trainer_args": r.trainer_args, "gpus": gpus, "unit": unit, "time_limit_s": limit,
                          "smoke": r.smoke})
         return loaded, runs, {"hours": round(hours, 3), "unit": unit, "unknown": unknown, "gpus_here": n_gpu}
@@ -664,7 +666,7 @@ def _wrap(text: str, per_line: int) -> list[str]:
 def _run_line(r: dict) -> str:
     bits = [f"{r['index']:>2} p{r['phase']} {r['task']}", f"{r['num_envs'] or '-'} envs"]
     if r["max_iterations"]:
-        bits.append(f"{r['max_iterations']} it")
+        bits.append(f"{r['max_iterations']} {r['progress_unit']}")
     if r["seed"] is not None:
         bits.append(f"seed {r['seed']}")
     bits.append(f"{r['gpus']} {r['unit']}" + ("s" if r["gpus"] != 1 else ""))
