@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lights_out_dev.core.config import ProjectConfig, format_duration, parse_duration
+from lights_out_dev.core.profiles import UNIT_LABELS
 from lights_out_dev.core.state import RunState, load_state
 from lights_out_dev.errors import LightsOutError
 from lights_out_dev.host import events
@@ -570,6 +571,9 @@ class Agent:
             raise AgentError(str(e)) from None
         n_gpu = gpu_count()
         unit = "GPU" if n_gpu else "CPU-slot"
+        # what max_iterations counts (iterations or timesteps) is the task's trainer profile's: once per task
+        progress_unit = {task: base_spec(self.root, task).trainer.observe.unit_label
+                         for task in {r.task for r in loaded.runs if r.task}}
         runs, hours, unknown = [], 0.0, 0
         for r in loaded.runs:
             gpus = r.gpus if r.task else ((n_gpu if r.promotion.gpus == "all" else r.promotion.gpus) if n_gpu
@@ -581,8 +585,7 @@ class Agent:
                 hours += limit * max(1, gpus if n_gpu else 1) / 3600.0
             runs.append({"index": r.index, "phase": r.phase, "task": r.task or "(promotion)", "num_envs": r.num_envs,
                          "max_iterations": r.max_iterations, "seed": r.seed, "varied": varied_text(r),
-                         # what max_iterations counts: the task's trainer profile says (iterations or timesteps)
-                         "progress_unit": base_spec(self.root, r.task).trainer.observe.unit_label if r.task else "it",
+                         "progress_unit": progress_unit.get(r.task, UNIT_LABELS["iteration"]),
                          "trainer_args": r.trainer_args, "gpus": gpus, "unit": unit, "time_limit_s": limit,
                          "smoke": r.smoke})
         return loaded, runs, {"hours": round(hours, 3), "unit": unit, "unknown": unknown, "gpus_here": n_gpu}
